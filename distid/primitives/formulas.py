@@ -1,0 +1,55 @@
+"""Bytes each rank sends in each hand-written collective: the textbook figure and the exact
+count for any length (they agree when N divides the element count S).
+
+| op             | textbook, per rank          | exact, rank r (|c_i| = chunk i)       |
+| ring all-reduce| 2(N−1)/N·S                  | 2S − |c_r| − |c_{r+1}|                 |
+| reduce-scatter | (N−1)/N·S                   | S − |c_r|                              |
+| all-gather     | (N−1)/N·S                   | S − |c_{r+1}|                          |
+| tree broadcast | root ⌈log₂N⌉·S, others ≤    | S × (children of r in the binomial tree)|
+| naive          | root (N−1)·S, others S      | same                                   |
+"""
+
+from __future__ import annotations
+
+import math
+
+from distid.primitives.ring import chunk_bounds
+
+OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "naive_all_reduce")
+
+
+def textbook_sent(op: str, nbytes: int, n: int, rank: int = 0) -> float:
+    """Textbook bytes sent by `rank` (rank 0 = the root for broadcast and naive)."""
+    if n == 1:
+        return 0.0
+    if op == "all_reduce":
+        return 2 * (n - 1) / n * nbytes
+    if op in ("reduce_scatter", "all_gather"):
+        return (n - 1) / n * nbytes
+    if op == "broadcast":
+        return tree_children(rank, n) * nbytes
+    if op == "naive_all_reduce":
+        return (n - 1) * nbytes if rank == 0 else nbytes
+    raise ValueError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+
+
+def exact_sent(op: str, numel: int, itemsize: int, n: int, rank: int) -> int:
+    """Exact bytes sent by `rank` for a tensor of `numel` elements (chunks as tensor_split cuts)."""
+    size = [b - a for a, b in chunk_bounds(numel, n)]
+    if n == 1:
+        return 0
+    if op == "all_reduce":
+        elems = 2 * numel - size[rank] - size[(rank + 1) % n]
+    elif op == "reduce_scatter":
+        elems = numel - size[rank]
+    elif op == "all_gather":
+        elems = numel - size[(rank + 1) % n]
+    else:
+        return int(textbook_sent(op, numel * itemsize, n, rank))
+    return elems * itemsize
+
+
+def tree_children(v: int, n: int) -> int:
+    """How many ranks relative rank v sends to in a binomial-tree broadcast over n ranks."""
+    rounds = math.ceil(math.log2(n)) if n > 1 else 0
+    return sum(1 for k in range(rounds) if v < 2**k and v + 2**k < n)

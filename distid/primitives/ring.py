@@ -1,0 +1,112 @@
+"""Ring collectives from send/recv. A flat array of S elements is cut into N chunks
+c_0..c_{N-1} (sizes differ by at most one; any S ≥ 0 works, also S < N).
+
+reduce-scatter: N−1 steps; at step s rank r sends chunk (r−s−1) mod N to r+1 and adds the chunk
+(r−s−2) mod N it receives from r−1. Afterwards rank r holds the full reduction of c_r.
+all-gather: N−1 steps; rank r sends chunk (r−s) mod N right, stores chunk (r−s−1) mod N from the left.
+Bytes sent per rank: reduce-scatter S − |c_r|, all-gather S − |c_{r+1}|, all-reduce the sum:
+2(N−1)/N·S exactly when N divides S.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from distid.primitives.meter import ByteMeter, exchange
+from distid.primitives.reduce import combine
+
+
+def chunk_bounds(numel: int, world_size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] of the N chunks, as torch.tensor_split cuts them (first ones one longer)."""
+    base, extra = divmod(numel, world_size)
+    bounds, start = [], 0
+    for i in range(world_size):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _ring(group: dist.ProcessGroup | None) -> tuple[int, int, int, int]:
+    """(rank, world_size, right neighbour, left neighbour) in group ranks."""
+    rank, n = dist.get_rank(group), dist.get_world_size(group)
+    return rank, n, (rank + 1) % n, (rank - 1) % n
+
+
+def _reduce_scatter_flat(flat: torch.Tensor, op, meter, group) -> None:
+    """In place on a flat contiguous buffer: afterwards this rank's chunk is fully reduced."""
+    rank, n, right, left = _ring(group)
+    chunks = [flat[a:b] for a, b in chunk_bounds(flat.numel(), n)]
+    scratch = torch.empty_like(chunks[0])
+    for s in range(n - 1):
+        out, into = chunks[(rank - s - 1) % n], chunks[(rank - s - 2) % n]
+        incoming = scratch[: into.numel()]
+        exchange(out, right, incoming, left, meter, group)
+        combine(into, incoming, op)
+
+
+def _all_gather_flat(flat: torch.Tensor, meter, group) -> None:
+    """In place on a flat buffer whose chunk `rank` is filled: afterwards every chunk is."""
+    rank, n, right, left = _ring(group)
+    chunks = [flat[a:b] for a, b in chunk_bounds(flat.numel(), n)]
+    for s in range(n - 1):
+        exchange(chunks[(rank - s) % n], right, chunks[(rank - s - 1) % n], left, meter, group)
+
+
+def ring_all_reduce(
+    tensor: torch.Tensor,
+    op: dist.ReduceOp = dist.ReduceOp.SUM,
+    group: dist.ProcessGroup | None = None,
+    meter: ByteMeter | None = None,
+) -> torch.Tensor:
+    """In place, like dist.all_reduce: tensor ← op over ranks of tensor (any shape, any length)."""
+    flat = tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1).clone()
+    _reduce_scatter_flat(flat, op, meter, group)
+    _all_gather_flat(flat, meter, group)
+    if not tensor.is_contiguous():
+        tensor.copy_(flat.view(tensor.shape))
+    return tensor
+
+
+def ring_reduce_scatter(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: dist.ReduceOp = dist.ReduceOp.SUM,
+    group: dist.ProcessGroup | None = None,
+    meter: ByteMeter | None = None,
+) -> torch.Tensor:
+    """Like dist.reduce_scatter_tensor: output ← chunk `rank` of op over ranks of input.
+
+    input: [S] (any shape, flattened); output: |c_rank| elements. `input` is left unchanged.
+    """
+    rank, n = dist.get_rank(group), dist.get_world_size(group)
+    a, b = chunk_bounds(input.numel(), n)[rank]
+    if output.numel() != b - a:
+        raise ValueError(f"output has {output.numel()} elements; chunk {rank} of {input.numel()} over {n} ranks has {b - a}")
+    flat = input.reshape(-1).clone()
+    _reduce_scatter_flat(flat, op, meter, group)
+    output.view(-1).copy_(flat[a:b])
+    return output
+
+
+def ring_all_gather(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    meter: ByteMeter | None = None,
+) -> torch.Tensor:
+    """Like dist.all_gather_into_tensor: output ← concatenation of every rank's input.
+
+    output: [S]; rank r's input is chunk r of S (equal sizes when N divides S).
+    """
+    rank, n = dist.get_rank(group), dist.get_world_size(group)
+    a, b = chunk_bounds(output.numel(), n)[rank]
+    if input.numel() != b - a:
+        raise ValueError(f"input has {input.numel()} elements; chunk {rank} of {output.numel()} over {n} ranks has {b - a}")
+    flat = output.view(-1) if output.is_contiguous() else torch.empty(output.numel(), dtype=output.dtype)
+    flat[a:b].copy_(input.reshape(-1))
+    _all_gather_flat(flat, meter, group)
+    if not output.is_contiguous():
+        output.copy_(flat.view(output.shape))
+    return output

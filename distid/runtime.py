@@ -1,0 +1,76 @@
+"""Process-group set-up and tear-down shared by every entry point.
+
+Reads torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); without it, runs as one process.
+Backend: NCCL when CUDA is available, gloo otherwise. Every collective has a bounded timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = float(os.environ.get("DISTID_TIMEOUT_S", "120"))
+
+
+def pick_backend() -> str:
+    """'nccl' when this process can use a GPU, 'gloo' otherwise (override: DISTID_BACKEND)."""
+    forced = os.environ.get("DISTID_BACKEND")
+    if forced:
+        return forced
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
+    """Join the process group if launched by torchrun; returns (rank, world_size).
+
+    A plain `python -m ...` run is world size 1 and creates a one-rank gloo group, so the same
+    code path (collectives included) runs everywhere.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    backend = backend or pick_backend()
+    if not launched_by_torchrun():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    """The device this rank computes on: its local GPU under NCCL, the CPU under gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    """Barrier, then destroy the group: ranks leave together, so none aborts mid-collective."""
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 only; other ranks stay quiet."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
