@@ -1,0 +1,26 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # distpool, for spawned ranks too
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from distpool import DistPool  # noqa: E402
+
+_pools: dict[int, DistPool] = {}
+
+
+@pytest.fixture(scope="session")
+def dist_pool():
+    """dist_pool(n) -> a live DistPool of n gloo ranks (re-created after a failure)."""
+
+    def get(n: int) -> DistPool:
+        pool = _pools.get(n)
+        if pool is None or not pool.alive:
+            pool = _pools[n] = DistPool(n)
+        return pool
+
+    yield get
+    for pool in _pools.values():
+        pool.close()

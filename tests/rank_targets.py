@@ -1,0 +1,46 @@
+"""Functions the tests run on every rank of a DistPool (looked up as 'rank_targets:name')."""
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from distid.primitives import ring_all_reduce, tree_broadcast
+from distid.primitives.check import run_case
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
+
+
+def check_cases(cases):
+    """cases: [(op, numel, dtype name, seed, src)] → [(record dict, hand output as a tensor)]."""
+    out = []
+    for op, numel, dtype, seed, src in cases:
+        res, hand = run_case(op, numel, DTYPES[dtype], seed=seed, reps=0, src=src)
+        out.append((res.as_dict(), hand.clone()))
+    return out
+
+
+def in_place_and_layout():
+    """ring_all_reduce and tree_broadcast work in place, also on non-contiguous tensors."""
+    rank, n = dist.get_rank(), dist.get_world_size()
+    t = torch.arange(12.0).reshape(3, 4).t() * (rank + 1)  # transposed: not contiguous
+    same = ring_all_reduce(t)
+    b = torch.full((5, 2), float(rank))[:, 0]  # strided view
+    tree_broadcast(b, src=n - 1)
+    m = torch.tensor([float(rank), -float(rank)])
+    ring_all_reduce(m, op=dist.ReduceOp.MAX)
+    return same is t, t.clone(), b.clone(), m.clone()
+
+
+def fail_on(rank_to_fail: int):
+    """One rank raises; the others wait in a ring all-reduce that can never finish."""
+    if dist.get_rank() == rank_to_fail:
+        raise RuntimeError(f"injected failure on rank {rank_to_fail}")
+    ring_all_reduce(torch.ones(1000))
+
+
+def hang_on(rank_to_hang: int):
+    """One rank never joins the collective."""
+    if dist.get_rank() == rank_to_hang:
+        time.sleep(3600)
+    ring_all_reduce(torch.ones(1000))
