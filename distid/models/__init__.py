@@ -1,0 +1,15 @@
+"""Plain nn.Modules, nothing distributed: the networks distid trains."""
+
+from distid.models.mlp import MLP, count_params, seeded
+
+MODELS = {"mlp": MLP}
+
+
+def build_model(name: str, seed: int = 0, **kwargs):
+    """A model from the registry, initialised from `seed` (identical on every rank)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return seeded(lambda: MODELS[name](**kwargs), seed)
+
+
+__all__ = ["MLP", "MODELS", "build_model", "count_params", "seeded"]
