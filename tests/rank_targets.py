@@ -44,3 +44,14 @@ def hang_on(rank_to_hang: int):
     if dist.get_rank() == rank_to_hang:
         time.sleep(3600)
     ring_all_reduce(torch.ones(1000))
+
+
+def dp_runs(data_root, steps, global_batch, lr):
+    """Lesson 2 on this rank: final parameters of the hand-written-ring and the DDP runs."""
+    from distid.parallel import lesson
+    from datasets_for_tests import train_split
+
+    train = train_split(data_root)
+    hand, _ = lesson.run(train, "hand", steps, global_batch, lr)
+    ddp, _ = lesson.run(train, "ddp", steps, global_batch, lr)
+    return hand.params, ddp.params, hand.bytes_per_step

@@ -44,6 +44,11 @@ def _row(recs: list[dict]) -> str:
             f" {1e3 * max(r['torch_s'] for r in recs):>9.3f}  {'ok' if ok else 'FAIL'}")
 
 
+def count_failures(everyone: list[list[dict]]) -> int:
+    """Rank-checks that failed: wrong result, or bytes sent ≠ the exact formula."""
+    return sum(not r["ok"] or r["sent"] != r["expected_sent"] for recs in everyone for r in recs)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank, n = runtime.init()
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
                 records.append(res.as_dict())
     everyone: list = [None] * n
     dist.all_gather_object(everyone, records)
-    failed = sum(not r["ok"] for recs in everyone for r in recs)
+    failed = count_failures(everyone)
     if rank == 0:
         print(f"collectives from send/recv — world size {n}, backend {dist.get_backend()}; "
               f"bytes sent per rank (max over ranks), times are medians of {args.reps} runs")
