@@ -1,0 +1,228 @@
+"""Configuration: TOML files in ``configs/`` read into typed dataclasses.
+
+A config file has the sections ``[model] [data] [train] [dist]`` (all
+optional) and an optional top-level ``name``. Any value can be overridden
+from the command line with ``--set section.key=value``; the value is parsed
+as TOML, falling back to the raw string (so ``--set train.projection=dense``
+needs no quotes). Unknown keys, wrong types and invalid choices raise
+:class:`ConfigError` with a message that names the key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file, override or value."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # "mnist" | "fashion-mnist"
+    root: str = "data"
+
+
+@dataclass
+class TrainConfig:
+    method: str = "subspace"  # "full" | "subspace"
+    d: int = 750
+    projection: str = "fastfood"  # "dense" | "sparse" | "fastfood"
+    optimizer: str = "adam"  # "adam" | "sgd"
+    lr: float = 1e-3
+    global_batch: int = 128
+    epochs: float = 1.0  # training length in epochs (fractional allowed)
+    steps: int = 0  # if > 0, overrides epochs
+    seed: int = 0  # model init, theta_0, projection and data order
+    log_every: int = 50
+    eval_every: int = 0  # 0 = only at the end
+    max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
+
+
+@dataclass
+class DistConfig:
+    strategy: str = "ddp"  # "ddp" | "none"
+    backend: str = "auto"  # "auto" | "gloo" | "nccl"
+    timeout_s: float = 120.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    name: str = "default"  # set from the TOML file's stem by load_config
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig}
+CHOICES = {
+    "data.dataset": ("mnist", "fashion-mnist"),
+    "train.method": ("full", "subspace"),
+    "train.projection": ("dense", "sparse", "fastfood"),
+    "train.optimizer": ("adam", "sgd"),
+    "dist.strategy": ("ddp", "none"),
+    "dist.backend": ("auto", "gloo", "nccl"),
+}
+
+
+def _section_keys(section: str) -> list[str]:
+    return [f"{section}.{f.name}" for f in dataclasses.fields(SECTIONS[section])]
+
+
+def valid_keys() -> list[str]:
+    """All settable dotted keys, e.g. ``'train.lr'``, plus top-level ``'name'``."""
+    return ["name"] + [k for s in SECTIONS for k in _section_keys(s)]
+
+
+def _unknown(key: str, origin: str) -> ConfigError:
+    msg = f"unknown key '{key}'{origin}"
+    section = key.split(".")[0]
+    if "." in key and section not in SECTIONS:
+        msg += f" (no section '{section}'; sections are {', '.join(SECTIONS)})"
+    close = difflib.get_close_matches(key, valid_keys(), n=1)
+    if close:
+        return ConfigError(f"{msg}; did you mean '{close[0]}'?")
+    if section in SECTIONS:
+        return ConfigError(f"{msg}; valid keys: {', '.join(_section_keys(section))}")
+    return ConfigError(f"{msg}; valid keys: {', '.join(valid_keys())}")
+
+
+def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
+    """Type-check ``value`` and assign it to dotted ``key`` of ``cfg``."""
+    parts = key.split(".")
+    if parts == ["name"]:
+        target, attr = cfg, "name"
+    elif len(parts) == 2 and parts[0] in SECTIONS and key in _section_keys(parts[0]):
+        target, attr = getattr(cfg, parts[0]), parts[1]
+    else:
+        raise _unknown(key, origin)
+    expected = type(getattr(target, attr))  # every default is a str, int or float
+    ok = isinstance(value, expected) and not isinstance(value, bool)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise ConfigError(f"{key}{origin}: expected {expected.__name__}, got {value!r}")
+    setattr(target, attr, value)
+
+
+def _flatten(raw: dict) -> Iterable[tuple[str, Any]]:
+    """Yield ``(dotted_key, value)`` pairs from a parsed TOML document."""
+    for k, v in raw.items():
+        if isinstance(v, dict) and k != "name":
+            if not v and k not in SECTIONS:
+                raise _unknown(k, "")
+            for kk, vv in v.items():
+                yield f"{k}.{kk}", vv
+        elif k in SECTIONS:
+            raise ConfigError(f"'{k}' must be a table ([{k}]), got {v!r}")
+        else:
+            yield k, v
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``'section.key=value'``; the value is TOML, else the raw string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        parsed = _toml().loads(f"v = {value}")["v"]
+    except Exception:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _toml():
+    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
+        raise ConfigError("reading TOML needs Python >= 3.11 or the 'tomli' package")
+    return tomllib
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and ranges; raise :class:`ConfigError` on the first problem."""
+    for key, allowed in CHOICES.items():
+        section, attr = key.split(".")
+        value = getattr(getattr(cfg, section), attr)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    t = cfg.train
+    checks = [
+        ("train.d", t.d >= 1, ">= 1", t.d),
+        ("train.lr", t.lr > 0, "> 0", t.lr),
+        ("train.global_batch", t.global_batch >= 1, ">= 1", t.global_batch),
+        ("train.steps", t.steps >= 0, ">= 0", t.steps),
+        ("train.epochs", t.epochs > 0 or t.steps > 0, "> 0 (or train.steps > 0)", t.epochs),
+        ("train.log_every", t.log_every >= 1, ">= 1", t.log_every),
+        ("train.eval_every", t.eval_every >= 0, ">= 0", t.eval_every),
+        ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
+        ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
+    ]
+    for key, ok, rule, value in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {rule}; got {value!r}")
+
+
+def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
+    """Read the TOML file at ``path`` (None: defaults), apply overrides, validate."""
+    cfg = Config()
+    if path is not None:
+        cfg.name = Path(path).stem
+        try:
+            with open(path, "rb") as f:
+                raw = _toml().load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        except _toml().TOMLDecodeError as e:
+            raise ConfigError(f"invalid TOML in {path}: {e}") from e
+        for key, value in _flatten(raw):
+            _set(cfg, key, value, f" in {path}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f" in --set {text!r}")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Nested, JSON-serialisable dict of ``cfg``."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """First 16 hex chars of the sha256 of the canonical JSON of ``to_dict(cfg)``."""
+    canon = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--out`` to ``parser``."""
+    parser.add_argument("--config", metavar="PATH", default=None, help="TOML config file")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
+                        default=[], help="override a config value, e.g. train.d=1000")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output directory")
+
+
+def default_out_dir(cfg: Config) -> str:
+    """``runs/<cfg.name>-<YYYYmmdd-HHMMSS>``."""
+    return f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

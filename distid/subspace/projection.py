@@ -1,0 +1,66 @@
+"""The common shape of a random projection P ∈ R^{D×d}, generated from a seed.
+
+forward(d) = P·d ([d] → [D]); its backward applies Pᵀ ([D] → [d]) explicitly, so autograd never
+stores or differentiates through the construction of P. Subclasses implement matvec / rmatvec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Apply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, proj: "Projection") -> torch.Tensor:
+        ctx.proj = proj
+        return proj.matvec(d)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return ctx.proj.rmatvec(g), None
+
+
+class Projection(nn.Module):
+    """P: R^d → R^D. Everything it holds is a buffer regenerated from `seed` (never trained or sent)."""
+
+    def __init__(self, D: int, d: int, seed: int):
+        super().__init__()
+        if D < 1 or d < 1:
+            raise ValueError(f"projection needs D ≥ 1 and d ≥ 1, got D={D}, d={d}")
+        self.D, self.d, self.seed = D, d, seed
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """CPU generator seeded from (seed, salt): bit-identical on every rank and machine."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+
+    def matvec(self, d: torch.Tensor) -> torch.Tensor:  # [d] → [D]
+        raise NotImplementedError
+
+    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:  # [D] → [d]
+        raise NotImplementedError
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return _Apply.apply(d, self)
+
+    def nbytes(self) -> int:
+        """Memory held by the projection's buffers."""
+        total = 0
+        for b in self.buffers():
+            if b.layout == torch.sparse_csr:
+                b = torch.cat([b.crow_indices(), b.col_indices()]), b.values()
+                total += sum(t.numel() * t.element_size() for t in b)
+            else:
+                total += b.numel() * b.element_size()
+        return total
+
+    def materialize(self) -> torch.Tensor:
+        """P as a dense [D, d] matrix, column by column (tests and small D only)."""
+        eye = torch.eye(self.d, dtype=self._dtype())
+        return torch.stack([self.matvec(eye[i]) for i in range(self.d)], 1).double()
+
+    def _dtype(self) -> torch.dtype:
+        return next((b.dtype for b in self.buffers() if b.is_floating_point()), torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"D={self.D:,}, d={self.d:,}, seed={self.seed}, {self.nbytes() / 2**20:.1f} MiB"

@@ -1,0 +1,94 @@
+"""Random-subspace training of any nn.Module (Li et al. 2018): θ = θ₀ + P·d.
+
+The module's D parameters become frozen buffers (views into one flat θ₀ [D]); d ∈ R^d, initialised
+to zero, is the only nn.Parameter. forward() builds θ = θ₀ + P·d and runs the unchanged module on
+it with torch.func.functional_call. Gradient: ∂L/∂d = Pᵀ·∂L/∂θ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from distid.subspace.dense import DenseProjection
+from distid.subspace.fastfood import FastfoodProjection
+from distid.subspace.projection import Projection
+from distid.subspace.sparse import SparseProjection
+
+PROJECTIONS = ("dense", "sparse", "fastfood")
+
+
+def make_projection(kind: str, D: int, d: int, seed: int, **kwargs) -> Projection:
+    """A projection by name; kwargs go to its constructor (dense: max_bytes, copies; fastfood: block)."""
+    if kind == "dense":
+        return DenseProjection(D, d, seed, **kwargs)
+    if kind == "sparse":
+        return SparseProjection(D, d, seed)
+    if kind == "fastfood":
+        return FastfoodProjection(D, d, seed, **kwargs)
+    raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
+
+
+def _freeze_into_buffers(module: nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor]:
+    """Turn every parameter of `module` into a non-persistent buffer viewing one flat θ₀."""
+    named = list(module.named_parameters())
+    theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
+    offset = 0
+    for name, p in named:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        del owner._parameters[leaf]
+        owner.register_buffer(leaf, theta0[offset:offset + p.numel()].view(p.shape), persistent=False)
+        offset += p.numel()
+    return [n for n, _ in named], [p.shape for _, p in named], theta0
+
+
+class SubspaceModel(nn.Module):
+    """Wrap `module` so that only d (zeros, [d]) is trained; θ₀ and P are regenerated, never sent.
+
+    `module` is modified in place (its parameters become buffers); its forward is untouched.
+    """
+
+    def __init__(self, module: nn.Module, d: int, projection: str = "fastfood", seed: int = 0, **proj_kwargs):
+        super().__init__()
+        self.names, self.shapes, theta0 = _freeze_into_buffers(module)
+        self.module = module
+        self.register_buffer("theta0", theta0, persistent=False)
+        self.projection = make_projection(projection, theta0.numel(), d, seed, **proj_kwargs)
+        self.d = nn.Parameter(torch.zeros(d))
+        self.kind = projection
+
+    @property
+    def D(self) -> int:
+        return self.theta0.numel()
+
+    def theta(self) -> torch.Tensor:
+        """θ = θ₀ + P·d, flat [D]; differentiable in d."""
+        return self.theta0 + self.projection(self.d)
+
+    def params_dict(self) -> dict[str, torch.Tensor]:
+        """θ split into the module's named parameter shapes (views)."""
+        sizes = [s.numel() for s in self.shapes]
+        return {n: t.view(s) for n, t, s in zip(self.names, self.theta().split(sizes), self.shapes)}
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.module, self.params_dict(), args, kwargs)
+
+    def regenerated_buffers(self) -> list[str]:
+        """Names of every buffer rebuilt from the seed (DDP must neither broadcast nor sync them)."""
+        return [n for n, _ in self.named_buffers()]
+
+    def fingerprint(self) -> dict[str, str]:
+        """SHA-256 of θ₀ and of P·e₁: equal on every rank iff θ₀ and P were regenerated identically."""
+        e1 = torch.zeros_like(self.d)
+        e1[0] = 1
+        with torch.no_grad():
+            pe1 = self.projection.matvec(e1)
+        return {"theta0": _sha(self.theta0), "P_e1": _sha(pe1)}
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
