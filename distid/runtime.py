@@ -53,11 +53,16 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def shutdown() -> None:
-    """Barrier, then destroy the group: ranks leave together, so none aborts mid-collective."""
+def shutdown(clean: bool = True) -> None:
+    """Barrier, then destroy the group: ranks leave together, so none aborts mid-collective.
+
+    clean=False (after an error on this rank): destroy without the barrier, which could only
+    wait for peers that are themselves failing; torchrun then stops the rest of the group.
+    """
     if dist.is_initialized():
         try:
-            dist.barrier()
+            if clean:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
 

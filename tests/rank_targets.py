@@ -55,3 +55,16 @@ def dp_runs(data_root, steps, global_batch, lr):
     hand, _ = lesson.run(train, "hand", steps, global_batch, lr)
     ddp, _ = lesson.run(train, "ddp", steps, global_batch, lr)
     return hand.params, ddp.params, hand.bytes_per_step
+
+
+def train_run(overrides, out_dir, bad_seed_rank=None):
+    """distid.train on this rank; returns (summary, trained parameters flattened)."""
+    from distid.config import load_config
+    from distid.train import run_with_model
+    from datasets_for_tests import REPO
+
+    if dist.get_rank() == bad_seed_rank:
+        overrides = [*overrides, "train.seed=99"]
+    cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
+    summary, model = run_with_model(cfg, out_dir)
+    return summary, torch.cat([p.detach().reshape(-1) for p in model.parameters()])

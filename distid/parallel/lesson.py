@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distid.data import ShardedLoader, Split
-from distid.models import build_model, count_params
+from distid.models import build_model
 from distid.parallel.ddp import wrap_ddp
 from distid.parallel.hand_dp import HandDataParallel
 
@@ -85,22 +85,3 @@ def _mean(x: float) -> float:
     t = torch.tensor([x], dtype=torch.float64)
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, test: Split, alone: bool = False, batch: int = 1000) -> float:
-    """Test accuracy; every rank evaluates its shard and the counts are summed (`alone`: no sum)."""
-    distributed = dist.is_initialized() and not alone
-    rank, n = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    loader = ShardedLoader(test, batch * n, rank, n, shuffle=False, drop_last=False)
-    counts = torch.zeros(2, dtype=torch.float64)
-    for x, y in loader:
-        if len(y):
-            counts += torch.tensor([(model(x).argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-    if distributed:
-        dist.all_reduce(counts)
-    return (counts[0] / counts[1]).item()
-
-
-def param_count() -> int:
-    return count_params(build_model("mlp"))

@@ -8,6 +8,7 @@ products are one sparse matrix–vector product.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -35,9 +36,11 @@ class SparseProjection(Projection):
         super().__init__(D, d, seed)
         rows, cols, vals = sparse_entries(D, d, self.generator())
         idx = torch.stack([rows, cols])
-        P = torch.sparse_coo_tensor(idx, vals, (D, d)).coalesce()
-        self.register_buffer("P", P.to_sparse_csr(), persistent=False)
-        self.register_buffer("Pt", P.t().coalesce().to_sparse_csr(), persistent=False)
+        P = torch.sparse_coo_tensor(idx, vals, (D, d), check_invariants=True).coalesce()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.register_buffer("P", P.to_sparse_csr(), persistent=False)
+            self.register_buffer("Pt", P.t().coalesce().to_sparse_csr(), persistent=False)
 
     def matvec(self, d: torch.Tensor) -> torch.Tensor:
         return torch.mv(self.P, d)

@@ -57,8 +57,8 @@ class SubspaceModel(nn.Module):
         self.names, self.shapes, theta0 = _freeze_into_buffers(module)
         self.module = module
         self.register_buffer("theta0", theta0, persistent=False)
-        self.projection = make_projection(projection, theta0.numel(), d, seed, **proj_kwargs)
-        self.d = nn.Parameter(torch.zeros(d))
+        self.projection = make_projection(projection, theta0.numel(), d, seed, **proj_kwargs).to(theta0.dtype)
+        self.d = nn.Parameter(torch.zeros(d, dtype=theta0.dtype))
         self.kind = projection
 
     @property

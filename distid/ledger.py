@@ -1,0 +1,124 @@
+"""Communication ledger: the bytes this rank hands to every collective, by phase and by op,
+counted where the collective is issued — at the dispatcher, where every c10d op passes (DDP's
+buckets and set-up broadcasts, FSDP's all-gathers, user calls) — never computed from a formula.
+
+Three figures are kept apart: `payload` (bytes of the tensors handed to the op on this rank),
+`textbook` (bytes a bandwidth-optimal algorithm sends per rank: all-reduce 2(N−1)/N·S,
+reduce-scatter and all-gather (N−1)/N·S with S the full array, broadcast S), and the backend's
+real traffic, which is not measured here. nccl-tests' busbw = algbw × the same factor.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# c10d op name → (collective, index of the argument holding this rank's input tensors)
+C10D_OPS = {
+    "allreduce_": ("all_reduce", 0), "allreduce_coalesced_": ("all_reduce", 0),
+    "broadcast_": ("broadcast", 0), "reduce_": ("reduce", 0),
+    "allgather_": ("all_gather", 1), "_allgather_base_": ("all_gather", 1),
+    "allgather_into_tensor_coalesced_": ("all_gather", 1), "allgather_coalesced_": ("all_gather", 1),
+    "reduce_scatter_": ("reduce_scatter", 1), "_reduce_scatter_base_": ("reduce_scatter", 1),
+    "reduce_scatter_tensor_coalesced_": ("reduce_scatter", 1),
+    "alltoall_": ("all_to_all", 1), "alltoall_base_": ("all_to_all", 1),
+    "gather_": ("gather", 1), "scatter_": ("scatter", 1),
+    "send": ("send", 0), "recv_": ("recv", 0), "recv_any_source_": ("recv", 0),
+    "barrier": ("barrier", None), "monitored_barrier_": ("barrier", None),
+}
+
+
+def textbook_bytes(op: str, payload: float, n: int) -> float:
+    """Bytes a bandwidth-optimal algorithm sends per rank for `payload` bytes handed in."""
+    if n <= 1 or op in ("barrier", "recv"):
+        return 0.0
+    factor = {"all_reduce": 2 * (n - 1) / n, "reduce_scatter": (n - 1) / n, "all_to_all": (n - 1) / n,
+              "all_gather": n - 1}.get(op, 1.0)  # all_gather: payload is this rank's 1/N of S
+    return factor * payload
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in obj)
+    return 0
+
+
+@dataclass
+class OpStat:
+    calls: int = 0
+    payload: int = 0
+
+
+class _Recorder(TorchDispatchMode):
+    """Books every c10d op dispatched while active into `ledger`, under `phase`."""
+
+    def __init__(self, ledger: "CommLedger", phase: str):
+        super().__init__()
+        self.ledger, self.phase = ledger, phase
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "c10d":
+            self.ledger.book(self.phase, func.__name__.split(".")[0], args)
+        return func(*args, **(kwargs or {}))
+
+
+class CommLedger:
+    """Per-phase, per-op collective payloads on this rank.
+
+    with ledger.phase("setup"): ...                 # DDP construction, consistency checks
+    with ledger.phase("step", steps=1): ...         # one optimizer step
+    ledger.per_step("step") → {op: bytes per step, ..., "total": ...}
+    """
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.stats: dict[str, dict[str, OpStat]] = defaultdict(lambda: defaultdict(OpStat))
+        self.steps: dict[str, int] = defaultdict(int)
+
+    def book(self, phase: str, c10d_name: str, args) -> None:
+        op, arg = C10D_OPS.get(c10d_name, (c10d_name, 0))
+        stat = self.stats[phase][op]
+        stat.calls += 1
+        stat.payload += 0 if arg is None else _tensor_bytes(args[arg])
+
+    @contextmanager
+    def phase(self, name: str, steps: int = 0):
+        with _Recorder(self, name):
+            yield
+        self.steps[name] += steps
+
+    def totals(self, phase: str) -> dict[str, int]:
+        """{op: payload bytes, ..., 'total': sum} over the whole phase."""
+        out = {op: s.payload for op, s in sorted(self.stats[phase].items())}
+        out["total"] = sum(out.values())
+        return out
+
+    def per_step(self, phase: str = "step") -> dict[str, float]:
+        """{op: payload bytes per step, ..., 'total'}, averaged over the phase's booked steps."""
+        n = max(self.steps[phase], 1)
+        return {op: b / n for op, b in self.totals(phase).items()}
+
+    def calls_per_step(self, phase: str = "step") -> dict[str, float]:
+        n = max(self.steps[phase], 1)
+        return {op: s.calls / n for op, s in sorted(self.stats[phase].items())}
+
+    def textbook_per_step(self, phase: str = "step") -> dict[str, float]:
+        """Per-step bytes a bandwidth-optimal algorithm would send per rank for these payloads."""
+        out = {op: textbook_bytes(op, b, self.world_size)
+               for op, b in self.per_step(phase).items() if op != "total"}
+        out["total"] = sum(out.values())
+        return out
+
+    def table(self, phase: str = "step") -> str:
+        """op | calls/step | payload B/step | textbook B/step/rank — the table users know."""
+        lines = [f"{'op':<16} {'calls/step':>10} {'payload B/step':>15} {'textbook B/rank':>16}"]
+        calls, pay, book = self.calls_per_step(phase), self.per_step(phase), self.textbook_per_step(phase)
+        for op in calls:
+            lines.append(f"{op:<16} {calls[op]:>10.2f} {pay[op]:>15,.0f} {book[op]:>16,.0f}")
+        return "\n".join(lines)

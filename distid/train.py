@@ -1,0 +1,233 @@
+"""Train a model fully or in a random subspace, single-process or under DDP, and account for it.
+
+    python -m distid.train --config configs/mnist_fc_subspace.toml [--set train.d=1000] [--out DIR]
+    torchrun --nproc_per_node=4 -m distid.train --config configs/mnist_fc_subspace.toml
+
+One step: this rank's slice of the global batch → forward (subspace: θ = θ₀ + P·d) → backward
+→ DDP all-reduce of the trainable gradients (d floats, or D for full training) → optimizer.
+`run(cfg)` is the whole job, config in, summary out; compare/sweep/bench call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from distid import runtime
+from distid.config import Config, ConfigError, add_config_args, config_hash, default_out_dir, load_config, to_dict
+from distid.data import ShardedLoader, fetch, load_split
+from distid.evaluate import accuracy
+from distid.ledger import CommLedger
+from distid.models import build_model, count_params
+from distid.parallel.consistency import assert_same_across_ranks
+from distid.parallel.ddp import BucketCounter, wrap_ddp
+from distid.subspace import SubspaceModel
+from distid.train_report import Progress, final_table
+
+WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (DDP rebuilds its buckets)
+LEDGER_STEPS = 10  # then booked as "step" by the dispatch-level ledger (it slows a step: not timed)
+
+
+def load_splits(name: str, root: str):
+    """Fetch once per node (local rank 0) while the others wait, then every rank memory-maps."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        fetch(name, root)
+    if dist.is_initialized():
+        dist.barrier()
+    return load_split(name, root, "train"), load_split(name, root, "test")
+
+
+def build(cfg: Config, local_world: int) -> torch.nn.Module:
+    """The model of the config: plain (full training) or wrapped in a random subspace."""
+    model = build_model(cfg.model.name, seed=cfg.train.seed)
+    if cfg.train.method == "full":
+        return model
+    kwargs = {}
+    if cfg.train.projection == "dense":
+        kwargs = dict(max_bytes=int(cfg.train.max_dense_gb * 1e9) or None, copies=local_world)
+    return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, **kwargs)
+
+
+def parallelize(model, cfg: Config, n: int, device: torch.device):
+    """DDP when there is more than one rank; returns (module to call, DDP bucket counter or None)."""
+    if cfg.dist.strategy == "none" or n == 1:
+        return model, None
+    ignore = model.regenerated_buffers() if isinstance(model, SubspaceModel) else []
+    ddp = wrap_ddp(model, device_ids=[device.index] if device.type == "cuda" else None, ignore=ignore)
+    counter = BucketCounter()
+    ddp.register_comm_hook(None, counter.hook())
+    return ddp, counter
+
+
+def make_optimizer(cfg: Config, params):
+    if cfg.train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.train.lr)
+    return torch.optim.SGD(params, lr=cfg.train.lr, momentum=0.9)
+
+
+def batches(loader: ShardedLoader, device: torch.device):
+    """Endless stream of this rank's batches, epoch after epoch."""
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loader.set_epoch(loader.epoch + 1)
+
+
+def train_step(net, opt, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    opt.zero_grad(set_to_none=True)
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    opt.step()
+    return loss.detach(), (logits.argmax(1) == y).float().mean()
+
+
+def run(cfg: Config, out_dir: str | None = None) -> dict:
+    """Train as `cfg` says; rank 0 writes summary.json (+ TensorBoard) to out_dir. Returns the summary."""
+    return run_with_model(cfg, out_dir)[0]
+
+
+def run_with_model(cfg: Config, out_dir: str | None = None) -> tuple[dict, torch.nn.Module]:
+    """run(), also returning the trained model (SubspaceModel or plain). Joins the process group
+    if none exists and then leaves it; inside an existing group (tests, sweeps) it leaves it be."""
+    owns_group = not dist.is_initialized()
+    rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
+    try:
+        result = _run(cfg, out_dir, rank, n)
+    except BaseException:
+        if owns_group:
+            runtime.shutdown(clean=False)
+        raise
+    if owns_group:
+        runtime.shutdown()
+    return result
+
+
+def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, torch.nn.Module]:
+    device, ledger = runtime.device(), CommLedger(n)
+    t_start = time.perf_counter()
+    with ledger.phase("setup"):
+        out = Path(_agree_on_out_dir(out_dir or default_out_dir(cfg)))
+        train_split, test_split = load_splits(cfg.data.dataset, cfg.data.root)
+        loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
+        model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
+        if isinstance(model, SubspaceModel):
+            assert_same_across_ranks(model.fingerprint())
+        net, counter = parallelize(model, cfg, n, device)
+    opt = make_optimizer(cfg, model.parameters())
+    steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(loader)))
+    progress = Progress(out, rank, n, steps, cfg.train.log_every)
+    stream, times, losses, flops = batches(loader, device), [], [], 0
+    for step in range(steps):
+        x, y = next(stream)
+        t0 = time.perf_counter()
+        if step == 0:
+            with ledger.phase("warmup", steps=1), FlopCounterMode(display=False) as fc:
+                loss, acc = train_step(net, opt, x, y)
+            flops = fc.get_total_flops()
+        elif step < WARMUP_STEPS:
+            with ledger.phase("warmup", steps=1):
+                loss, acc = train_step(net, opt, x, y)
+        elif step < WARMUP_STEPS + LEDGER_STEPS:
+            with ledger.phase("step", steps=1):
+                loss, acc = train_step(net, opt, x, y)
+        else:
+            loss, acc = train_step(net, opt, x, y)
+            times.append(time.perf_counter() - t0)
+        losses.append(loss)
+        if progress.due(step):
+            with ledger.phase("metrics"):
+                progress.log(step, loss.item(), acc.item(), ledger.per_step()["total"])
+        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < steps:
+            with ledger.phase("eval"):
+                progress.scalar("test/accuracy", accuracy(net, test_split, device=device), step)
+    with ledger.phase("eval"):
+        test_acc = accuracy(net, test_split, device=device)
+        train_loss = _mean_over_ranks(torch.stack(losses[-50:]).mean().item())
+        peak_rss = _max_over_ranks(progress.peak_rss_mb())
+    summary = dict(
+        method=cfg.train.method, strategy="ddp" if counter else "none", world_size=n,
+        backend=dist.get_backend(), device=str(device),
+        projection=cfg.train.projection if cfg.train.method == "subspace" else None,
+        total_params=model.D if isinstance(model, SubspaceModel) else count_params(model),
+        trainable_params=count_params(model, trainable_only=True),
+        steps=steps, global_batch=cfg.train.global_batch, epochs=steps / len(loader),
+        comm_bytes_per_step=ledger.per_step("step"), comm_calls_per_step=ledger.calls_per_step("step"),
+        comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
+        comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
+        comm_steps_booked=ledger.steps["step"],
+        ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
+        test_accuracy=test_acc, train_loss=train_loss,
+        step_time_s=statistics.median(times) if times else None, peak_rss_mb=peak_rss,
+        flops_per_step=flops, wall_time_s=time.perf_counter() - t_start,
+        projection_bytes=model.projection.nbytes() if isinstance(model, SubspaceModel) else 0,
+        fingerprint=model.fingerprint() if isinstance(model, SubspaceModel) else None,
+        machine=dict(cpu=_cpu_model(), cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version()),
+        config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(out),
+    )
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(final_table(summary, ledger.table("step")), flush=True)
+    progress.close()
+    return summary, model
+
+
+def _agree_on_out_dir(proposal: str) -> str:
+    """Rank 0's choice of output folder, for every rank (their clocks may differ by a second)."""
+    box = [proposal]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    Path(box[0]).mkdir(parents=True, exist_ok=True)
+    return box[0]
+
+
+def _mean_over_ranks(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def _max_over_ranks(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distid.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    run(cfg, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

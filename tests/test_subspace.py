@@ -1,0 +1,139 @@
+"""θ = θ₀ + P·d: the projections against explicit matrices, the wrapper against the base model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distid.models import build_model
+from distid.subspace import (PROJECTIONS, FastfoodProjection, SubspaceModel, check_dense_fits, hadamard,
+                             make_projection)
+from distid.subspace.hadamard import _sylvester, factor_sizes
+
+SMALL = [(1, 1), (37, 5), (300, 7), (1025, 64), (4096, 100)]
+
+
+@pytest.mark.parametrize("L", [1, 2, 4, 8, 64, 128, 1024, 8192])
+def test_hadamard_matches_sylvester_matrix(L):
+    x = torch.randn(3, L, dtype=torch.float64)
+    torch.testing.assert_close(hadamard(x), x @ _sylvester(L, torch.float64, "cpu"))
+    torch.testing.assert_close(hadamard(hadamard(x)), L * x)  # H·H = L·I
+
+
+def test_hadamard_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        factor_sizes(48)
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+@pytest.mark.parametrize("D,d", SMALL)
+def test_projection_matvec_and_transpose_match_the_matrix(kind, D, d):
+    p = make_projection(kind, D, d, seed=3)
+    M = p.materialize()  # [D, d] float64, built column by column from matvec
+    assert M.shape == (D, d)
+    v, g = torch.randn(d), torch.randn(D)
+    torch.testing.assert_close(p.matvec(v).double(), M @ v.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p.rmatvec(g).double(), M.t() @ g.double(), rtol=1e-5, atol=1e-5)
+    # the autograd backward of forward() is exactly rmatvec
+    v.requires_grad_(True)
+    (p(v) * g).sum().backward()
+    torch.testing.assert_close(v.grad, p.rmatvec(g))
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_columns_have_unit_norm(kind):
+    M = make_projection(kind, 2000, 20, seed=0).materialize()
+    torch.testing.assert_close(M.norm(dim=0), torch.ones(20, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_fastfood_columns_unit_norm_in_expectation():
+    norms = FastfoodProjection(20_000, 64, seed=0).materialize().norm(dim=0)
+    assert abs(norms.mean().item() - 1) < 0.05 and norms.std().item() < 0.1
+
+
+def test_sparse_density_is_about_one_over_sqrt_D():
+    D, d = 40_000, 50
+    p = make_projection("sparse", D, d, seed=1)
+    expected = D * d / D**0.5
+    assert 0.9 * expected < p.nnz < 1.1 * expected
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_same_seed_same_projection_other_seed_other(kind):
+    a, b, c = (make_projection(kind, 500, 9, seed=s).materialize() for s in (4, 4, 5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_fastfood_whole_network_block_and_errors():
+    p = FastfoodProjection(1000, 10, seed=0, block="whole")
+    assert (p.L, p.nb) == (1024, 1)
+    with pytest.raises(ValueError, match="power of two"):
+        FastfoodProjection(1000, 10, block=24)
+
+
+def test_dense_refuses_what_does_not_fit():
+    with pytest.raises(MemoryError, match="fastfood.*sparse"):
+        check_dense_fits(199_210, 750, max_bytes=100 * 2**20)
+    check_dense_fits(199_210, 750, max_bytes=10**9)  # 598 MB fits in 1 GB
+    with pytest.raises(MemoryError, match="4 processes"):
+        check_dense_fits(199_210, 750, max_bytes=10**9, copies=4)
+
+
+class UserNet(nn.Module):
+    """A user's own module: conv, batch norm (buffers), tied-free, no distid code."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 5)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 24 * 24, 10)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("builder", [lambda: build_model("mlp", seed=1), lambda: torch.manual_seed(1) and UserNet()])
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_wrapper_starts_at_theta0_and_trains_only_d(builder, kind):
+    ref, base = builder(), builder()
+    ref.eval(), base.eval()
+    D = sum(p.numel() for p in ref.parameters())
+    m = SubspaceModel(base, 16, kind, seed=0)
+    assert [n for n, _ in m.named_parameters()] == ["d"] and m.D == D
+    # θ₀ and P are regenerated, never saved; the module's own buffers (batch norm statistics) stay
+    own_buffers = ["module." + n for n in ref.state_dict() if n not in dict(ref.named_parameters())]
+    assert list(m.state_dict()) == ["d"] + own_buffers
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(m(x), ref(x))  # d = 0: exactly the base model
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_gradient_of_d_is_P_transpose_gradient_of_theta(kind):
+    torch.manual_seed(0)
+    m = SubspaceModel(build_model("mlp", seed=2).double(), 12, kind, seed=0)
+    with torch.no_grad():
+        m.d.copy_(torch.randn(12))
+    x, y = torch.randn(16, 784, dtype=torch.float64), torch.randint(0, 10, (16,))
+    F.cross_entropy(m(x), y).backward()
+    # the same loss on the plain model at θ = θ₀ + P·d, by autograd over all D parameters
+    plain = build_model("mlp", seed=2).double()
+    with torch.no_grad():
+        theta = m.theta()
+        torch.nn.utils.vector_to_parameters(theta, plain.parameters())
+    F.cross_entropy(plain(x), y).backward()
+    g_theta = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
+    P = m.projection.materialize()
+    torch.testing.assert_close(m.d.grad.double(), P.t() @ g_theta, rtol=1e-4, atol=1e-6)
+
+
+def test_fingerprint_changes_with_seed():
+    a = SubspaceModel(build_model("mlp", seed=0), 8, "fastfood", seed=0).fingerprint()
+    b = SubspaceModel(build_model("mlp", seed=0), 8, "fastfood", seed=0).fingerprint()
+    c = SubspaceModel(build_model("mlp", seed=0), 8, "fastfood", seed=1).fingerprint()
+    d = SubspaceModel(build_model("mlp", seed=1), 8, "fastfood", seed=0).fingerprint()
+    assert a == b and a["P_e1"] != c["P_e1"] and a["theta0"] != d["theta0"]
+
+
+def test_unknown_projection_is_a_clear_error():
+    with pytest.raises(ValueError, match="choose one of dense, sparse, fastfood"):
+        make_projection("gaussian", 10, 2, seed=0)

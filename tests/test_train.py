@@ -1,0 +1,79 @@
+"""distid.train under DDP (gloo, 1–4 ranks): only d is all-reduced, ranks agree, world size does
+not change the result, and the ledger's numbers are the measured ones."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datasets_for_tests import DATA_ROOT, REPO, have_mnist
+from distpool import RankFailed
+
+pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
+D = 199_210
+STEPS = 14  # 2 warm-up steps, 10 booked by the ledger, 2 timed
+
+
+def base(**kv):
+    over = {"data.root": DATA_ROOT, "train.steps": STEPS, "train.log_every": 7, **kv}
+    return [f"{k}={v}" for k, v in over.items()]
+
+
+@pytest.mark.parametrize("n,projection", [(2, "fastfood"), (4, "fastfood"), (3, "sparse")])
+def test_subspace_all_reduces_exactly_d_floats(dist_pool, tmp_path, n, projection):
+    d = 50
+    over = base(**{"train.d": d, "train.projection": projection, "train.global_batch": 96})
+    results = dist_pool(n).run("rank_targets:train_run", over,
+                               str(tmp_path), timeout=180)
+    s = results[0][0]
+    assert s["comm_bytes_per_step"] == {"all_reduce": 4 * d, "total": 4 * d}
+    assert s["ddp_hook_bytes_per_step"] == 4 * d
+    assert s["comm_bytes_setup"]["total"] < 4 * d + 2_000  # θ₀ (4·D bytes) is never broadcast
+    assert (s["trainable_params"], s["total_params"], s["world_size"]) == (d, D, n)
+    for _, params in results:
+        assert torch.equal(params, results[0][1]), "ranks hold different d"
+    assert results[0][1].abs().max() > 0, "d never moved"
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("method", "strategy", "world_size", "projection", "total_params", "trainable_params",
+                "comm_bytes_per_step", "comm_bytes_setup", "test_accuracy", "train_loss", "step_time_s",
+                "peak_rss_mb", "flops_per_step", "config"):
+        assert key in saved, key
+    assert saved["flops_per_step"] > 0 and saved["peak_rss_mb"] > 50
+
+
+def test_full_training_all_reduces_all_D_floats(dist_pool, tmp_path):
+    s, _ = dist_pool(2).run("rank_targets:train_run", base(**{"train.method": "full", "train.lr": 1e-3}),
+                            str(tmp_path), timeout=180)[0]
+    assert s["comm_bytes_per_step"]["all_reduce"] == 4 * D == s["comm_bytes_per_step"]["total"]
+    assert s["ddp_hook_bytes_per_step"] == 4 * D
+
+
+def test_world_size_does_not_change_d(dist_pool, tmp_path):
+    over = base(**{"train.d": 64, "train.global_batch": 96})
+    (_, one), = dist_pool(1).run("rank_targets:train_run", over, str(tmp_path / "one"), timeout=180)
+    four = dist_pool(4).run("rank_targets:train_run", over, str(tmp_path / "four"), timeout=180)
+    torch.testing.assert_close(four[0][1], one, rtol=1e-4, atol=1e-6)
+
+
+def test_ranks_that_disagree_on_theta0_fail_loudly(dist_pool, tmp_path):
+    with pytest.raises(RankFailed, match="ranks disagree on theta0"):
+        dist_pool(2).run("rank_targets:train_run", base(), str(tmp_path), bad_seed_rank=1, timeout=120)
+
+
+def test_cli_rejects_unknown_key_with_a_suggestion():
+    out = subprocess.run([sys.executable, "-m", "distid.train", "--set", "train.lrr=0.1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and "did you mean 'train.lr'" in out.stderr
+
+
+def test_torchrun_end_to_end(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distid.train",
+           "--config", "configs/mnist_fc_subspace.toml", "--out", str(tmp_path), *sum((["--set", o] for o in base()), [])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISTID_BACKEND="gloo")
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3,000" in out.stdout and "265.6× less" in out.stdout
+    assert (tmp_path / "summary.json").exists() and list((tmp_path / "tb").iterdir())
