@@ -16,11 +16,12 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("DISTID_TIMEOUT_S", "120"))
 
 
 def pick_backend() -> str:
-    """'nccl' when this process can use a GPU, 'gloo' otherwise (override: DISTID_BACKEND)."""
+    """'nccl' when every local rank can have its own GPU, 'gloo' otherwise (override: DISTID_BACKEND)."""
     forced = os.environ.get("DISTID_BACKEND")
     if forced:
         return forced
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
 
 
 def launched_by_torchrun() -> bool:

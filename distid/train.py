@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

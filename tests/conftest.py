@@ -5,6 +5,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # distpool, for spawned ranks too
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DISTID_BACKEND", "gloo")  # the suite is a CPU suite, also on a GPU machine
 
 from distpool import DistPool  # noqa: E402
 

@@ -5,7 +5,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from distid.primitives import ring_all_reduce, tree_broadcast
+from distid.primitives import (naive_all_reduce, ring_all_gather, ring_all_reduce, ring_reduce_scatter,
+                               tree_broadcast)
 from distid.primitives.check import run_case
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
@@ -24,12 +25,31 @@ def in_place_and_layout():
     """ring_all_reduce and tree_broadcast work in place, also on non-contiguous tensors."""
     rank, n = dist.get_rank(), dist.get_world_size()
     t = torch.arange(12.0).reshape(3, 4).t() * (rank + 1)  # transposed: not contiguous
-    same = ring_all_reduce(t)
+    same = ring_all_reduce(t) is t
     b = torch.full((5, 2), float(rank))[:, 0]  # strided view
     tree_broadcast(b, src=n - 1)
     m = torch.tensor([float(rank), -float(rank)])
     ring_all_reduce(m, op=dist.ReduceOp.MAX)
-    return same is t, t.clone(), b.clone(), m.clone()
+    naive = torch.arange(12.0).reshape(3, 4).t() * (rank + 1)
+    same &= naive_all_reduce(naive) is naive
+    rs_out = torch.zeros(4)[::2]  # a strided view as output
+    ring_reduce_scatter(rs_out, torch.ones(6) * (rank + 1))
+    ag_out = torch.zeros(12)[::2]  # rank r contributes [r, r]
+    ring_all_gather(ag_out, torch.full((2,), float(rank)))
+    return same, t.clone(), b.clone(), m.clone(), naive.clone(), rs_out.clone(), ag_out.clone()
+
+
+def bad_arguments():
+    """Both errors must be raised before any byte moves, even on one rank."""
+    out = []
+    for call in (lambda: ring_all_reduce(torch.ones(3), op=dist.ReduceOp.AVG),
+                 lambda: tree_broadcast(torch.ones(3), src=dist.get_world_size())):
+        try:
+            call()
+            out.append("no error")
+        except ValueError as e:
+            out.append(str(e))
+    return tuple(out)
 
 
 def fail_on(rank_to_fail: int):

@@ -1,21 +1,10 @@
 """The lessons as users run them: under torchrun, with real processes and exit codes."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.primitives.__main__ import count_failures
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+from procs import torchrun
 
 
 def test_primitives_lesson_passes_on_three_ranks():
@@ -27,10 +16,11 @@ def test_primitives_lesson_passes_on_three_ranks():
 
 
 def test_primitives_lesson_counts_failures():
-    good = {"ok": True, "sent": 8, "expected_sent": 8}
+    good = {"ok": True, "sent": 8, "expected_sent": 8, "received": 4, "expected_received": 4}
     assert count_failures([[good], [good]]) == 0
     assert count_failures([[good], [dict(good, ok=False)]]) == 1
     assert count_failures([[dict(good, sent=12)], [good]]) == 1
+    assert count_failures([[good], [dict(good, received=0)]]) == 1
 
 
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")

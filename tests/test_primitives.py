@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from distid.primitives import chunk_bounds
 from distid.primitives.check import make_input
-from distid.primitives.formulas import OPS, exact_sent, textbook_sent
+from distid.primitives.formulas import OPS, exact_received, exact_sent, textbook_sent
 from distpool import RankFailed
 from rank_targets import DTYPES
 
@@ -42,6 +42,7 @@ def assert_cases(pool, cases):
                 assert torch.equal(hand, want), (op, numel, rank)
             v = (rank - src) % n if op == "broadcast" else rank
             assert rec["sent"] == exact_sent(op, numel, hand.element_size(), n, v)
+            assert rec["received"] == exact_received(op, numel, hand.element_size(), n, v)
 
 
 @pytest.mark.parametrize("n", WORLD_SIZES)
@@ -70,11 +71,22 @@ def test_in_place_and_non_contiguous(dist_pool):
     n = 3
     results = dist_pool(n).run("rank_targets:in_place_and_layout")
     base = torch.arange(12.0).reshape(3, 4).t()
-    for same, t, b, m in results:
+    total = sum(range(1, n + 1))
+    for same, t, b, m, naive, rs, ag in results:
         assert same
-        torch.testing.assert_close(t, base * sum(range(1, n + 1)))
+        torch.testing.assert_close(t, base * total)
         assert torch.equal(b, torch.full((5,), float(n - 1)))
         assert torch.equal(m, torch.tensor([float(n - 1), 0.0]))
+        torch.testing.assert_close(naive, base * total)
+        torch.testing.assert_close(rs, torch.full((2,), float(total)))  # chunk `rank` of 6 ones·(r+1)
+        assert torch.equal(ag, torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]))
+
+
+def test_bad_op_and_src_are_rejected_on_every_world_size(dist_pool):
+    for n in (1, 2):
+        errors = dist_pool(n).run("rank_targets:bad_arguments")
+        for err_op, err_src in errors:
+            assert "unsupported reduce op" in err_op and "is not a rank" in err_src
 
 
 def test_failing_rank_kills_the_rest_fast(dist_pool):

@@ -2,7 +2,6 @@
 not change the result, and the ledger's numbers are the measured ones."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import torch
 
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distpool import RankFailed
+from procs import torchrun
 
 pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 D = 199_210
@@ -70,10 +70,8 @@ def test_cli_rejects_unknown_key_with_a_suggestion():
 
 
 def test_torchrun_end_to_end(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distid.train",
-           "--config", "configs/mnist_fc_subspace.toml", "--out", str(tmp_path), *sum((["--set", o] for o in base()), [])]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DISTID_BACKEND="gloo")
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    out = torchrun(2, "-m", "distid.train", "--config", "configs/mnist_fc_subspace.toml", "--out", str(tmp_path),
+                   *sum((["--set", o] for o in base()), []), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3,000" in out.stdout and "265.6× less" in out.stdout
     assert (tmp_path / "summary.json").exists() and list((tmp_path / "tb").iterdir())

@@ -31,10 +31,15 @@ class RunResult:
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """All parameters as one flat CPU tensor [D]."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
 
 
-def sgd_steps(model, loader: ShardedLoader, steps: int, lr: float, sync=None) -> tuple[float, float]:
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def sgd_steps(model, loader: ShardedLoader, steps: int, lr: float, sync=None, device="cpu") -> tuple[float, float]:
     """`steps` SGD steps (momentum 0.9) over the loader's batches; `sync()` runs after backward.
 
     Returns (mean loss of the last 10 steps, median step time in seconds).
@@ -44,6 +49,7 @@ def sgd_steps(model, loader: ShardedLoader, steps: int, lr: float, sync=None) ->
     losses, times, step = [], [], 0
     while step < steps:
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
@@ -60,28 +66,31 @@ def sgd_steps(model, loader: ShardedLoader, steps: int, lr: float, sync=None) ->
     return sum(losses[-10:]) / len(losses[-10:]), sorted(times)[len(times) // 2]
 
 
-def run(train: Split, mode: str, steps: int, global_batch: int, lr: float, seed: int = 0) -> tuple[RunResult, nn.Module]:
+def run(train: Split, mode: str, steps: int, global_batch: int, lr: float, seed: int = 0,
+        device: torch.device | str = "cpu") -> tuple[RunResult, nn.Module]:
     """mode: 'hand' (ring all-reduce), 'ddp', or 'single' (this process alone, whole global batch)."""
     single = mode == "single"
     rank, n = (0, 1) if single else (dist.get_rank(), dist.get_world_size())
     loader = ShardedLoader(train, global_batch, rank, n, seed=seed)
-    model = build_model("mlp", seed=seed)
+    model = build_model("mlp", seed=seed).to(device)
     if mode == "hand":
         dp = HandDataParallel(model)
-        loss, step_s = sgd_steps(dp, loader, steps, lr, sync=dp.sync_gradients)
+        loss, step_s = sgd_steps(dp, loader, steps, lr, sync=dp.sync_gradients, device=device)
         return RunResult(flat_params(model), _mean(loss), step_s, dp.meter.sent / steps), model
     if mode == "ddp":
-        ddp = wrap_ddp(model)
-        loss, step_s = sgd_steps(ddp, loader, steps, lr)
+        ddp = wrap_ddp(model, device_ids=[model_device(model).index] if model_device(model).type == "cuda" else None)
+        loss, step_s = sgd_steps(ddp, loader, steps, lr, device=device)
         return RunResult(flat_params(model), _mean(loss), step_s, float("nan")), model
     if single:
-        loss, step_s = sgd_steps(model, loader, steps, lr)
+        loss, step_s = sgd_steps(model, loader, steps, lr, device=device)
         return RunResult(flat_params(model), loss, step_s, 0.0), model
     raise ValueError(f"unknown mode {mode!r}: use 'hand', 'ddp' or 'single'")
 
 
 def _mean(x: float) -> float:
     """Mean of a per-rank scalar over ranks (the global-batch loss from the shards' losses)."""
-    t = torch.tensor([x], dtype=torch.float64)
+    from distid.runtime import device
+
+    t = torch.tensor([x], dtype=torch.float64, device=device())
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()

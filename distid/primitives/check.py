@@ -11,6 +11,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.distributed as dist
 
+from distid import runtime
 from distid.primitives import formulas
 from distid.primitives.meter import ByteMeter
 from distid.primitives.naive import naive_all_reduce
@@ -34,22 +35,33 @@ class CaseResult:
     sent: int
     received: int
     expected_sent: int
+    expected_received: int
     textbook_sent: float
     hand_s: float
     torch_s: float
     max_abs_err: float
+    torch_reference: str  # the torch collective timed and compared against
     ok: bool
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def make_input(numel: int, dtype: torch.dtype, seed: int, rank: int) -> torch.Tensor:
+def make_input(numel: int, dtype: torch.dtype, seed: int, rank: int, device="cpu") -> torch.Tensor:
     """This rank's deterministic input: integers in [-100, 100) or standard normal floats."""
     g = torch.Generator().manual_seed(seed * 10_007 + rank)
     if dtype.is_floating_point:
-        return torch.randn(numel, generator=g, dtype=torch.float64).to(dtype)
-    return torch.randint(-100, 100, (numel,), generator=g, dtype=dtype)
+        return torch.randn(numel, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return torch.randint(-100, 100, (numel,), generator=g, dtype=dtype).to(device)
+
+
+def torch_reference(op: str, numel: int, n: int) -> str:
+    """Which torch collective run_torch uses: the matching one, or all_reduce for uneven chunks."""
+    if op in ("all_reduce", "naive_all_reduce"):
+        return "all_reduce"
+    if op == "broadcast":
+        return "broadcast"
+    return op if numel % n == 0 else "all_reduce"
 
 
 def run_hand(op: str, x: torch.Tensor, src: int = 0, meter: ByteMeter | None = None) -> torch.Tensor:
@@ -64,7 +76,7 @@ def run_hand(op: str, x: torch.Tensor, src: int = 0, meter: ByteMeter | None = N
         return tree_broadcast(t, src=src, meter=meter)
     a, b = chunk_bounds(x.numel(), n)[rank]
     if op == "reduce_scatter":
-        return ring_reduce_scatter(torch.empty(b - a, dtype=x.dtype), t, meter=meter)
+        return ring_reduce_scatter(torch.empty(b - a, dtype=x.dtype, device=x.device), t, meter=meter)
     if op == "all_gather":
         return ring_all_gather(torch.empty_like(t), t[a:b], meter=meter)
     raise ValueError(f"unknown op {op!r}; known: {', '.join(formulas.OPS)}")
@@ -84,7 +96,7 @@ def run_torch(op: str, x: torch.Tensor, src: int = 0) -> torch.Tensor:
     a, b = chunk_bounds(x.numel(), n)[rank]
     if op == "reduce_scatter":
         if even:
-            out = torch.empty(b - a, dtype=x.dtype)
+            out = torch.empty(b - a, dtype=x.dtype, device=x.device)
             _reduce_scatter_tensor(out, t)
             return out
         dist.all_reduce(t)  # uneven chunks: torch's API needs equal ones
@@ -126,7 +138,7 @@ def run_case(op: str, numel: int, dtype: torch.dtype = torch.float32, seed: int 
              reps: int = 1, src: int = 0) -> tuple[CaseResult, torch.Tensor]:
     """Check one op on this rank; returns (result record, hand-written output)."""
     rank, n = dist.get_rank(), dist.get_world_size()
-    x = make_input(numel, dtype, seed, rank)
+    x = make_input(numel, dtype, seed, rank, runtime.device())
     meter = ByteMeter()
     hand = run_hand(op, x, src, meter)
     ref = run_torch(op, x, src)
@@ -136,7 +148,9 @@ def run_case(op: str, numel: int, dtype: torch.dtype = torch.float32, seed: int 
     torch_s = _timed(lambda: run_torch(op, x, src), reps) if reps else 0.0
     v = (rank - src) % n if op == "broadcast" else rank
     expected = formulas.exact_sent(op, numel, itemsize, n, v)
+    expected_recv = formulas.exact_received(op, numel, itemsize, n, v)
     res = CaseResult(op, numel, str(dtype).replace("torch.", ""), rank, n, meter.sent, meter.received,
-                     expected, formulas.textbook_sent(op, numel * itemsize, n, v), hand_s, torch_s,
-                     err, ok and meter.sent == expected)
+                     expected, expected_recv, formulas.textbook_sent(op, numel * itemsize, n, v), hand_s,
+                     torch_s, err, torch_reference(op, numel, n),
+                     ok and meter.sent == expected and meter.received == expected_recv)
     return res, hand

@@ -1,12 +1,12 @@
 """Bytes each rank sends in each hand-written collective: the textbook figure and the exact
 count for any length (they agree when N divides the element count S).
 
-| op             | textbook, per rank          | exact, rank r (|c_i| = chunk i)       |
-| ring all-reduce| 2(N−1)/N·S                  | 2S − |c_r| − |c_{r+1}|                 |
-| reduce-scatter | (N−1)/N·S                   | S − |c_r|                              |
-| all-gather     | (N−1)/N·S                   | S − |c_{r+1}|                          |
-| tree broadcast | root ⌈log₂N⌉·S, others ≤    | S × (children of r in the binomial tree)|
-| naive          | root (N−1)·S, others S      | same                                   |
+| op             | textbook sent, per rank   | exact sent, rank r (|c_i| = chunk i)    | exact received          |
+| ring all-reduce| 2(N−1)/N·S                | 2S − |c_r| − |c_{r+1}|                  | 2S − |c_{r−1}| − |c_r|  |
+| reduce-scatter | (N−1)/N·S                 | S − |c_r|                               | S − |c_{r−1}|           |
+| all-gather     | (N−1)/N·S                 | S − |c_{r+1}|                           | S − |c_r|               |
+| tree broadcast | root ⌈log₂N⌉·S, others ≤  | S × (children of r in the binomial tree)| S (root: 0)             |
+| naive          | root (N−1)·S, others S    | same                                    | same                    |
 """
 
 from __future__ import annotations
@@ -46,6 +46,26 @@ def exact_sent(op: str, numel: int, itemsize: int, n: int, rank: int) -> int:
         elems = numel - size[(rank + 1) % n]
     else:
         return int(textbook_sent(op, numel * itemsize, n, rank))
+    return elems * itemsize
+
+
+def exact_received(op: str, numel: int, itemsize: int, n: int, rank: int) -> int:
+    """Exact bytes received by `rank` (rank 0 = the root for broadcast and naive)."""
+    size = [b - a for a, b in chunk_bounds(numel, n)]
+    if n == 1:
+        return 0
+    if op == "all_reduce":
+        elems = 2 * numel - size[(rank - 1) % n] - size[rank]
+    elif op == "reduce_scatter":
+        elems = numel - size[(rank - 1) % n]
+    elif op == "all_gather":
+        elems = numel - size[rank]
+    elif op == "broadcast":
+        elems = 0 if rank == 0 else numel
+    elif op == "naive_all_reduce":
+        elems = (n - 1) * numel if rank == 0 else numel
+    else:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(OPS)}")
     return elems * itemsize
 
 

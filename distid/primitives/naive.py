@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from distid.primitives.meter import ByteMeter, exchange
-from distid.primitives.reduce import combine
+from distid.primitives.reduce import check_op, combine
 
 
 def naive_all_reduce(
@@ -18,6 +18,7 @@ def naive_all_reduce(
     meter: ByteMeter | None = None,
 ) -> torch.Tensor:
     """In place, like dist.all_reduce, by gather-to-root then send-to-all."""
+    check_op(op)
     rank, n = dist.get_rank(group), dist.get_world_size(group)
     buf = tensor.contiguous()
     if rank == 0:

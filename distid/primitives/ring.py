@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from distid.primitives.meter import ByteMeter, exchange
-from distid.primitives.reduce import combine
+from distid.primitives.reduce import check_op, combine
 
 
 def chunk_bounds(numel: int, world_size: int) -> list[tuple[int, int]]:
@@ -61,6 +61,7 @@ def ring_all_reduce(
     meter: ByteMeter | None = None,
 ) -> torch.Tensor:
     """In place, like dist.all_reduce: tensor ← op over ranks of tensor (any shape, any length)."""
+    check_op(op)
     flat = tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1).clone()
     _reduce_scatter_flat(flat, op, meter, group)
     _all_gather_flat(flat, meter, group)
@@ -80,13 +81,14 @@ def ring_reduce_scatter(
 
     input: [S] (any shape, flattened); output: |c_rank| elements. `input` is left unchanged.
     """
+    check_op(op)
     rank, n = dist.get_rank(group), dist.get_world_size(group)
     a, b = chunk_bounds(input.numel(), n)[rank]
     if output.numel() != b - a:
         raise ValueError(f"output has {output.numel()} elements; chunk {rank} of {input.numel()} over {n} ranks has {b - a}")
     flat = input.reshape(-1).clone()
     _reduce_scatter_flat(flat, op, meter, group)
-    output.view(-1).copy_(flat[a:b])
+    output.copy_(flat[a:b].view(output.shape))
     return output
 
 
@@ -104,7 +106,7 @@ def ring_all_gather(
     a, b = chunk_bounds(output.numel(), n)[rank]
     if input.numel() != b - a:
         raise ValueError(f"input has {input.numel()} elements; chunk {rank} of {output.numel()} over {n} ranks has {b - a}")
-    flat = output.view(-1) if output.is_contiguous() else torch.empty(output.numel(), dtype=output.dtype)
+    flat = output.view(-1) if output.is_contiguous() else torch.empty(output.numel(), dtype=output.dtype, device=output.device)
     flat[a:b].copy_(input.reshape(-1))
     _all_gather_flat(flat, meter, group)
     if not output.is_contiguous():

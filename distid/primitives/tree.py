@@ -18,6 +18,8 @@ def tree_broadcast(
 ) -> torch.Tensor:
     """In place, like dist.broadcast: every rank's tensor ← src's tensor (src is a group rank)."""
     rank, n = dist.get_rank(group), dist.get_world_size(group)
+    if not 0 <= src < n:
+        raise ValueError(f"src={src} is not a rank of this group (0..{n - 1})")
     v = (rank - src) % n  # relative rank: the root is 0
     buf = tensor if tensor.is_contiguous() else tensor.contiguous()
     mask = 1
