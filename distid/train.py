@@ -104,6 +104,9 @@ def run_with_model(cfg: Config, out_dir: str | None = None) -> tuple[dict, torch
     owns_group = not dist.is_initialized()
     rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
     try:
+        if cfg.train.global_batch % n:
+            raise ConfigError(f"train.global_batch = {cfg.train.global_batch} is not a multiple of the world size "
+                              f"{n}; every rank must get the same number of samples")
         result = _run(cfg, out_dir, rank, n)
     except BaseException:
         if owns_group:
@@ -220,11 +223,11 @@ def main(argv=None) -> int:
     add_config_args(p)
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        run(load_config(args.config, args.overrides), args.out)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
+            print(f"config error: {e}", file=sys.stderr)
         return 2
-    run(cfg, args.out)
     return 0
 
 

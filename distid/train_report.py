@@ -66,14 +66,14 @@ class Progress:
 
 
 def final_table(s: dict, ledger_table: str) -> str:
-    """method | trainable | bytes/step | vs full (4·D) | test acc | step time, and the per-op ledger."""
+    """method | trainable | bytes/step | 4·D ÷ bytes | test acc | step time, and the per-op ledger."""
     full = 4 * s["total_params"]
     sent = s["comm_bytes_per_step"]["total"]
-    ratio = f"{full / sent:,.1f}× less" if sent else "-"
+    ratio = f"{full / sent:,.1f}×" if sent else "-"
     step_ms = f"{1e3 * s['step_time_s']:.2f}" if s["step_time_s"] else "-"
     label = s["method"] + (f" ({s['projection']}, d={s['trainable_params']:,})" if s["projection"] else "")
     return "\n".join([
-        f"\n{'method':<30} {'trainable':>10} {'bytes/step':>11} {'vs full 4·D':>12} {'test acc':>9} {'step ms':>8}",
+        f"\n{'method':<30} {'trainable':>10} {'bytes/step':>11} {'4·D ÷ bytes':>12} {'test acc':>9} {'step ms':>8}",
         f"{label:<30} {s['trainable_params']:>10,} {sent:>11,.0f} {ratio:>12} {s['test_accuracy']:>9.4f} {step_ms:>8}",
         f"D = {s['total_params']:,}; full training would hand 4·D = {full:,} B/step to the all-reduce.",
         f"collectives per step (rank 0, {s['comm_steps_booked']} steps booked at the dispatcher; "

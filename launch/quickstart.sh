@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: install into ./.venv, fetch MNIST into ./data,
-# run lesson 1 (collectives from send/recv) and lesson 2 (data parallel from first principles)
-# on NPROC local processes (default 4; gloo on CPU, NCCL when GPUs are visible).
+# run lesson 1 (collectives from send/recv), lesson 2 (data parallel from first principles) and
+# the MLP trained in a d = 750 random subspace under DDP, on NPROC local processes (default 4;
+# gloo on CPU, NCCL when every process can have its own GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
@@ -12,3 +13,5 @@ run() { echo "+ $*"; "$@"; }
 run python -m distid.data fetch mnist --root "${DISTID_DATA:-data}"
 run torchrun --standalone --nproc_per_node="$NPROC" -m distid.primitives
 run torchrun --standalone --nproc_per_node="$NPROC" -m distid.parallel --data-root "${DISTID_DATA:-data}"
+run torchrun --standalone --nproc_per_node="$NPROC" -m distid.train --config configs/mnist_fc_subspace.toml \
+  --set data.root="${DISTID_DATA:-data}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install distid into ./.venv (created if missing). torch goes in first, pinned to 2.13.0 — where
-# pip finds a CPU wheel for it, that avoids GBs of CUDA packages — unless the venv already has a
-# torch >= 2.5 (a GPU user's own build is kept). Override the pin with DISTID_TORCH="torch==X".
+# Install distid into ./.venv (created if missing). torch goes in first, pinned to 2.13.0, unless
+# the venv already has a torch >= 2.5 (a GPU user's own build is kept); DISTID_TORCH="torch==X"
+# changes the pin. Installing torch before distid matters: left to resolve `torch>=2.5` by itself,
+# pip takes the newest torch, on Linux a CUDA build of several GB. Where a CPU wheel of 2.13.0 is
+# at hand (pip's find-links, or PyTorch's CPU index in PIP_EXTRA_INDEX_URL) the pin picks it.
 # Extras: DISTID_EXTRAS (default "test"; e.g. "test,peft").
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -73,5 +73,5 @@ def test_torchrun_end_to_end(tmp_path):
     out = torchrun(2, "-m", "distid.train", "--config", "configs/mnist_fc_subspace.toml", "--out", str(tmp_path),
                    *sum((["--set", o] for o in base()), []), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "3,000" in out.stdout and "265.6× less" in out.stdout
+    assert "3,000" in out.stdout and "265.6×" in out.stdout
     assert (tmp_path / "summary.json").exists() and list((tmp_path / "tb").iterdir())
