@@ -75,3 +75,9 @@ def test_torchrun_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3,000" in out.stdout and "265.6×" in out.stdout
     assert (tmp_path / "summary.json").exists() and list((tmp_path / "tb").iterdir())
+
+
+def test_global_batch_not_divisible_is_one_clear_error(tmp_path):
+    out = torchrun(3, "-m", "distid.train", "--out", str(tmp_path), "--set", f"data.root={DATA_ROOT}", timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.count("config error: train.global_batch = 128 is not a multiple of the world size 3") == 1
