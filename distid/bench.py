@@ -68,7 +68,7 @@ def bench_steps(args, n: int) -> dict:
                 if p != "dense" or dense_bytes(199_210, args.d) * int(os.environ.get("LOCAL_WORLD_SIZE", n)) < 8e9]
     steppers = {f"{m}/{p}" if p else m: make_stepper(m, p, args.d, local, n) for m, p in variants}
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    for name, step in steppers.items():
+    for step in steppers.values():
         time_steps(step, 3)  # warm-up: allocations, DDP bucket rebuild
     for _ in range(args.rounds):
         for name, step in steppers.items():
@@ -84,7 +84,7 @@ def bench_steps(args, n: int) -> dict:
 
 def to_markdown(result: dict, mach: dict) -> str:
     s = result["steps"]
-    lines = [f"# distid bench — step time\n",
+    lines = ["# distid bench — step time\n",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} ({mach['torch_threads']} threads), "
              f"world size {mach['world_size']}{' (' + mach['backend'] + ')' if mach['backend'] else ''}.",
              f"MLP 784-200-200-10, global batch {s['global_batch']} ({s['local_batch']} per rank), d = {s['d']}, Adam.\n",

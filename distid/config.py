@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
+    name: str = "mlp"  # "mlp" | "lenet"
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Config:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig}
 CHOICES = {
+    "model.name": ("mlp", "lenet"),
     "data.dataset": ("mnist", "fashion-mnist"),
     "train.method": ("full", "subspace"),
     "train.projection": ("dense", "sparse", "fastfood"),
@@ -225,4 +226,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def default_out_dir(cfg: Config) -> str:
     """``runs/<cfg.name>-<YYYYmmdd-HHMMSS>``."""
-    return f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return timestamped_dir(cfg.name)
+
+
+def timestamped_dir(name: str) -> str:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``: the default --out of every entry point."""
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"

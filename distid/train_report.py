@@ -51,6 +51,7 @@ class Progress:
         print(f"step {step + 1:>6}/{self.steps} | loss {loss:.4f} | acc {acc:.3f} | {rate:6.1f} steps/s"
               f" | {bytes_per_step:,.0f} B/step", flush=True)
         for name, value in (("train/loss", loss), ("train/batch_accuracy", acc), ("time/steps_per_s", rate),
+                            ("time/step_ms", 1e3 / rate),
                             ("comm/bytes_per_step", bytes_per_step)):
             self.scalar(name, value, step)
         for r, mb in enumerate(all_rss):

@@ -92,7 +92,13 @@ class UserNet(nn.Module):
         return self.head(F.relu(self.bn(self.conv(x))).flatten(1))
 
 
-@pytest.mark.parametrize("builder", [lambda: build_model("mlp", seed=1), lambda: torch.manual_seed(1) and UserNet()])
+def test_model_sizes_match_the_paper():
+    assert sum(p.numel() for p in build_model("mlp").parameters()) == 199_210
+    assert sum(p.numel() for p in build_model("lenet").parameters()) == 44_426
+
+
+@pytest.mark.parametrize("builder", [lambda: build_model("mlp", seed=1), lambda: build_model("lenet", seed=1),
+                                     lambda: torch.manual_seed(1) and UserNet()])
 @pytest.mark.parametrize("kind", PROJECTIONS)
 def test_wrapper_starts_at_theta0_and_trains_only_d(builder, kind):
     ref, base = builder(), builder()

@@ -1,8 +1,9 @@
 """Plain nn.Modules, nothing distributed: the networks distid trains."""
 
+from distid.models.lenet import LeNet5
 from distid.models.mlp import MLP, count_params, seeded
 
-MODELS = {"mlp": MLP}
+MODELS = {"mlp": MLP, "lenet": LeNet5}
 
 
 def build_model(name: str, seed: int = 0, **kwargs):
@@ -12,4 +13,4 @@ def build_model(name: str, seed: int = 0, **kwargs):
     return seeded(lambda: MODELS[name](**kwargs), seed)
 
 
-__all__ = ["MLP", "MODELS", "build_model", "count_params", "seeded"]
+__all__ = ["LeNet5", "MLP", "MODELS", "build_model", "count_params", "seeded"]

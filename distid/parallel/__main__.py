@@ -1,6 +1,6 @@
 """Lesson 2 — data parallel from first principles.
 
-    torchrun --nproc_per_node=4 -m distid.parallel [--steps 300] [--global-batch 128]
+    torchrun --nproc_per_node=4 -m distid.parallel [--steps 300] [--global-batch 128] [--out DIR]
 
 Trains the 784-200-200-10 MLP on MNIST three ways from the same initial weights and the same
 global batches — gradients averaged by the hand-written ring all-reduce, by PyTorch's DDP, and
@@ -11,12 +11,16 @@ bytes per step, and exits 1 if the three final parameter vectors differ beyond -
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from distid import runtime
+from distid.config import timestamped_dir
 from distid.evaluate import accuracy
 from distid.parallel import lesson
 from distid.primitives.formulas import exact_sent, textbook_sent
@@ -27,12 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m distid.parallel", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
-    p.add_argument("--global-batch", type=int, default=120,
-                   help="samples per step, summed over ranks (a multiple of the world size; 120 suits 1–6, 8, 10, 12)")
+    p.add_argument("--global-batch", type=int, default=128,
+                   help="samples per step, summed over ranks (a multiple of the world size)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data-root", default=os.environ.get("DISTID_DATA", "data"))
+    p.add_argument("--out", default=None, help="folder for summary.json (default runs/data_parallel-<time>)")
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--atol", type=float, default=1e-4)
     return p.parse_args(argv)
@@ -54,8 +59,24 @@ def main(argv=None) -> int:
     res, model = lesson.run(train, "single", **kw)  # every rank, so none waits idle on rank 0
     rows["single"] = (res, accuracy(model, test, alone=True, device=runtime.device()))
     ok = report(rows, args, n) if rank == 0 else True
+    if rank == 0:
+        save(rows, args, n, ok)
     runtime.shutdown()
     return 0 if ok else 1
+
+
+def save(rows: dict, args, n: int, ok: bool) -> None:
+    """summary.json: per run test accuracy, loss, step time, bytes, and the distance to single."""
+    ref = rows["single"][0].params
+    runs = {mode: dict(test_accuracy=acc, train_loss=res.loss, step_time_s=res.step_s,
+                       grad_bytes_per_step=None if math.isnan(res.bytes_per_step) else res.bytes_per_step,
+                       max_abs_diff_vs_single=(res.params - ref).abs().max().item())
+            for mode, (res, acc) in rows.items()}
+    out = Path(args.out or timestamped_dir("data_parallel"))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = dict(world_size=n, total_params=ref.numel(), agree=ok, runs=runs, args=vars(args))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"summary: {out}/summary.json")
 
 
 def report(rows: dict, args, n: int) -> bool:

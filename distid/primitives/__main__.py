@@ -1,6 +1,6 @@
 """Lesson 1 — collectives from send/recv.
 
-    torchrun --nproc_per_node=4 -m distid.primitives [--sizes 1200,120000,1200000] [--reps 5]
+    torchrun --nproc_per_node=4 -m distid.primitives [--sizes 1200,120000,1200000] [--reps 5] [--out DIR]
 
 For each size and op, runs the hand-written collective and torch's on the same tensor, checks the
 results agree (exact for int64, allclose for float32), checks every rank's measured bytes sent
@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from distid import runtime
+from distid.config import timestamped_dir
 from distid.primitives.check import run_case
 from distid.primitives.formulas import OPS
 
@@ -33,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(DTYPES)}")
     p.add_argument("--ops", default=",".join(OPS), type=_choices(OPS), help="comma-separated subset of the ops")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per op (median reported)")
-    p.add_argument("--json", default=None, help="also write every rank's records to this file")
+    p.add_argument("--out", default=None,
+                   help="folder for records.json (every rank's records) and table.txt (default runs/primitives-<time>)")
     return p.parse_args(argv)
 
 
@@ -60,6 +63,21 @@ def _row(recs: list[dict]) -> str:
             f" {1e3 * max(r['torch_s'] for r in recs):>8.3f}{mark:1} {'ok' if ok else 'FAIL'}")
 
 
+def render(everyone: list[list[dict]], reps: int, n: int, passed: int) -> str:
+    """The lesson's table, one row per (dtype, size, op), worst rank shown."""
+    lines = [f"collectives from send/recv — world size {n}, backend {dist.get_backend()}; bytes sent and"
+             f" received per rank (max over ranks), times are medians of {reps} runs",
+             f"{'op':<17} {'dtype':<8} {'elements':>10} {'sent':>12} {'formula':>12} {'textbook':>12}"
+             f" {'received':>12} {'formula':>12} {'hand ms':>8} {'torch ms':>8}  check"]
+    rows = [_row([recs[i] for recs in everyone]) for i in range(len(everyone[0]))]
+    lines += rows
+    if any("* " in row for row in rows):
+        lines.append("* uneven chunks: torch's reduce_scatter/all_gather need equal ones, so the reference"
+                     " (and its time) is an all_reduce")
+    lines.append(f"{passed} of {len(rows) * n} rank-checks passed")
+    return "\n".join(lines)
+
+
 def count_failures(everyone: list[list[dict]]) -> int:
     """Rank-checks that failed: wrong result, or bytes sent or received ≠ the exact formula."""
     return sum(not r["ok"] or r["sent"] != r["expected_sent"] or r["received"] != r["expected_received"]
@@ -80,19 +98,12 @@ def main(argv=None) -> int:
     dist.all_gather_object(everyone, records)
     failed = count_failures(everyone)
     if rank == 0:
-        print(f"collectives from send/recv — world size {n}, backend {dist.get_backend()}; bytes sent and"
-              f" received per rank (max over ranks), times are medians of {args.reps} runs")
-        print(f"{'op':<17} {'dtype':<8} {'elements':>10} {'sent':>12} {'formula':>12} {'textbook':>12}"
-              f" {'received':>12} {'formula':>12} {'hand ms':>8} {'torch ms':>8}  check")
-        rows = [_row([everyone[r][i] for r in range(n)]) for i in range(len(records))]
-        print("\n".join(rows))
-        if any("* " in row for row in rows):
-            print("* uneven chunks: torch's reduce_scatter/all_gather need equal ones, so the reference"
-                  " (and its time) is an all_reduce")
-        print(f"{len(records) * n - failed} of {len(records) * n} rank-checks passed")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(everyone, f, indent=1)
+        table = render(everyone, args.reps, n, len(records) * n - failed)
+        print(table)
+        out = Path(args.out or timestamped_dir("primitives"))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "records.json").write_text(json.dumps(everyone, indent=1))
+        (out / "table.txt").write_text(table + "\n")
     runtime.shutdown()
     return 1 if failed else 0
 
