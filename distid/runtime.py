@@ -1,7 +1,8 @@
 """Process-group set-up and tear-down shared by every entry point.
 
-Reads torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); without it, runs as one process.
-Backend: NCCL when CUDA is available, gloo otherwise. Every collective has a bounded timeout.
+Rank, local rank and world size come from torchrun's environment only (RANK, LOCAL_RANK,
+WORLD_SIZE, GROUP_RANK, ...); without it, one process. Backend "auto": NCCL when every local rank
+can have its own GPU (cuda:LOCAL_RANK), gloo otherwise. Every collective has a bounded timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ def pick_backend() -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
 
 
+class BackendError(ValueError):
+    """A backend this machine cannot run (NCCL without a GPU, an unknown name)."""
+
+
+def check_backend(backend: str) -> None:
+    if backend not in ("gloo", "nccl"):
+        raise BackendError(f"unknown backend {backend!r}: use 'auto', 'gloo' or 'nccl'")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise BackendError("backend 'nccl' needs a CUDA GPU and none is visible here: use 'gloo' (or 'auto')")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if backend == "nccl" and torch.cuda.device_count() < local_world:
+        raise BackendError(f"backend 'nccl' runs one process per GPU: {local_world} processes on this node but "
+                           f"{torch.cuda.device_count()} GPU(s); lower --nproc_per_node or use 'gloo'")
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -37,6 +53,7 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tu
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     backend = backend or pick_backend()
+    check_backend(backend)
     if not launched_by_torchrun():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -66,6 +83,16 @@ def shutdown(clean: bool = True) -> None:
                 dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def node_count() -> int:
+    """Number of torchrun nodes (agents) in the job: distinct GROUP_RANKs over all ranks."""
+    mine = int(os.environ.get("GROUP_RANK", "0"))
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 1
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return len(set(everyone))
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ One step: this rank's slice of the global batch → forward (subspace: θ = θ�
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -40,9 +41,13 @@ LEDGER_STEPS = 10  # then booked as "step" by the dispatch-level ledger (it slow
 
 
 def load_splits(name: str, root: str):
-    """Fetch once per node (local rank 0) while the others wait, then every rank memory-maps."""
+    """Fetch once per node (local rank 0, under a file lock: two "nodes" may share a host and a
+    folder) while the other ranks wait at a barrier; then every rank memory-maps the files."""
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        fetch(name, root)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with open(Path(root) / ".fetch.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fetch(name, root)
     if dist.is_initialized():
         dist.barrier()
     return load_split(name, root, "train"), load_split(name, root, "test")
@@ -159,9 +164,12 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         test_acc = accuracy(net, test_split, device=device)
         train_loss = _mean_over_ranks(torch.stack(losses[-50:]).mean().item())
         peak_rss = _max_over_ranks(progress.peak_rss_mb())
+        peak_gpu = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None
+        step_times = _gather_floats(statistics.median(times) if times else float("nan"))
+        nnodes = runtime.node_count()
     summary = dict(
-        method=cfg.train.method, strategy="ddp" if counter else "none", world_size=n,
-        backend=dist.get_backend(), device=str(device),
+        method=cfg.train.method, strategy="ddp" if counter else "none", world_size=n, nnodes=nnodes,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)), backend=dist.get_backend(), device=str(device),
         projection=cfg.train.projection if cfg.train.method == "subspace" else None,
         total_params=model.D if isinstance(model, SubspaceModel) else count_params(model),
         trainable_params=count_params(model, trainable_only=True),
@@ -172,7 +180,8 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         comm_steps_booked=ledger.steps["step"],
         ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
         test_accuracy=test_acc, train_loss=train_loss,
-        step_time_s=statistics.median(times) if times else None, peak_rss_mb=peak_rss,
+        step_time_s=statistics.median(times) if times else None, step_time_s_per_rank=step_times,
+        peak_rss_mb=peak_rss, peak_gpu_mb=peak_gpu,
         flops_per_step=flops, wall_time_s=time.perf_counter() - t_start,
         projection_bytes=model.projection.nbytes() if isinstance(model, SubspaceModel) else 0,
         fingerprint=model.fingerprint() if isinstance(model, SubspaceModel) else None,
@@ -181,6 +190,7 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
     )
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        torch.save({k: v.detach().cpu() for k, v in model.named_parameters()}, out / "trainable.pt")
         print(final_table(summary, ledger.table("step")), flush=True)
     progress.close()
     return summary, model
@@ -196,13 +206,21 @@ def _agree_on_out_dir(proposal: str) -> str:
 
 
 def _mean_over_ranks(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
 
 
+def _gather_floats(x: float) -> list[float]:
+    """[x of rank 0, x of rank 1, …] on every rank."""
+    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.item() for o in out]
+
+
 def _max_over_ranks(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
 
@@ -224,9 +242,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         run(load_config(args.config, args.overrides), args.out)
-    except ConfigError as e:
+    except (ConfigError, runtime.BackendError) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
-            print(f"config error: {e}", file=sys.stderr)
+            print(f"{'config' if isinstance(e, ConfigError) else 'backend'} error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,6 +10,8 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from distid import runtime
+
 
 class Progress:
     """Rank 0 prints `step | loss | acc | steps/s | bytes/step` every `every` steps; every rank
@@ -39,8 +41,8 @@ class Progress:
 
     def log(self, step: int, loss: float, acc: float, bytes_per_step: float) -> None:
         """One progress line; gathers every rank's RSS (one tiny all-gather, booked as 'metrics')."""
-        rss = torch.tensor([self.rss_mb()])
-        all_rss = [torch.zeros(1) for _ in range(self.world)] if self.world > 1 else [rss]
+        rss = torch.tensor([self.rss_mb()], device=runtime.device())
+        all_rss = [torch.zeros_like(rss) for _ in range(self.world)] if self.world > 1 else [rss]
         if self.world > 1:
             dist.all_gather(all_rss, rss)
         now = time.perf_counter()

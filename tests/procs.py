@@ -1,4 +1,4 @@
-"""Run a command the way a user does, with a hard time limit that also kills its children."""
+"""Run commands the way a user does, with a hard time limit that also kills their children."""
 
 import os
 import signal
@@ -8,18 +8,36 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)  # the venv's bin: torchrun, python
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """torchrun in its own session; on timeout the whole process group (workers too) is killed."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DISTID_BACKEND="gloo")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def user_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISTID_BACKEND="gloo", **extra)
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start `cmd` in its own session (so it and its workers can be killed together)."""
+    return subprocess.Popen(cmd, cwd=REPO, env=env or user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for `proc`; past `timeout` kill its whole process group and fail the test."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"torchrun {' '.join(args)} timed out after {timeout} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        pytest.fail(f"{' '.join(proc.args)} timed out after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run(cmd: list[str], timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    return finish(start(cmd, env), timeout)
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return run(cmd, timeout)
