@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,17 +23,10 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.config import load_config
-from distid.subspace import dense_bytes
-from distid.train import _cpu_model, build, make_optimizer, parallelize, train_step
+from distid.config import timestamped_dir
+from distid.train import build, make_optimizer, parallelize, train_step
 
 VARIANTS = [("full", None), ("subspace", "fastfood"), ("subspace", "sparse"), ("subspace", "dense")]
-
-
-def machine() -> dict:
-    return dict(cpu=_cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                torch=torch.__version__, python=platform.python_version(),
-                backend=dist.get_backend() if dist.is_initialized() else None,
-                world_size=dist.get_world_size() if dist.is_initialized() else 1)
 
 
 def make_stepper(method: str, projection: str | None, d: int, local_batch: int, n: int):
@@ -64,9 +56,12 @@ def time_steps(step, k: int) -> list[float]:
 
 def bench_steps(args, n: int) -> dict:
     local = args.global_batch // n
-    variants = [(m, p) for m, p in VARIANTS
-                if p != "dense" or dense_bytes(199_210, args.d) * int(os.environ.get("LOCAL_WORLD_SIZE", n)) < 8e9]
-    steppers = {f"{m}/{p}" if p else m: make_stepper(m, p, args.d, local, n) for m, p in variants}
+    steppers = {}
+    for m, p in VARIANTS:
+        try:
+            steppers[f"{m}/{p}" if p else m] = make_stepper(m, p, args.d, local, n)
+        except MemoryError as e:  # a dense P this machine refuses: leave it out, say why
+            runtime.print0(f"skipping {m}/{p}: {e}")
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for step in steppers.values():
         time_steps(step, 3)  # warm-up: allocations, DDP bucket rebuild
@@ -102,13 +97,13 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, default=750)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=40, help="steps per variant per round (dense: a tenth)")
-    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--out", default=None, help="folder for bench.json and bench.md (default runs/bench-<time>)")
     args = p.parse_args(argv)
     rank, n = runtime.init()
     result = {"steps": bench_steps(args, n)}
-    mach = machine()
+    mach = runtime.machine()
     if rank == 0:
-        out = Path(args.out)
+        out = Path(args.out or timestamped_dir("bench"))
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(dict(machine=mach, **result), indent=2))
         md = to_markdown(result, mach)

@@ -103,6 +103,9 @@ def _unknown(key: str, origin: str) -> ConfigError:
     if "." in key and section not in SECTIONS:
         msg += f" (no section '{section}'; sections are {', '.join(SECTIONS)})"
     close = difflib.get_close_matches(key, valid_keys(), n=1)
+    if not close:  # a bare leaf such as 'lr' or 'd': match it against every section's fields
+        leaves = {k.split(".")[-1]: k for k in valid_keys()}
+        close = [leaves[m] for m in difflib.get_close_matches(key.split(".")[-1], list(leaves), n=1)]
     if close:
         return ConfigError(f"{msg}; did you mean '{close[0]}'?")
     if section in SECTIONS:
@@ -222,11 +225,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
                         default=[], help="override a config value, e.g. train.d=1000")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory")
-
-
-def default_out_dir(cfg: Config) -> str:
-    """``runs/<cfg.name>-<YYYYmmdd-HHMMSS>``."""
-    return timestamped_dir(cfg.name)
 
 
 def timestamped_dir(name: str) -> str:

@@ -95,6 +95,22 @@ def node_count() -> int:
     return len(set(everyone))
 
 
+def machine() -> dict:
+    """What a measurement ran on: CPU model, cores, torch threads and version, backend, world size."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if device().type == "cuda" else None
+    return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), gpu=gpu,
+                backend=dist.get_backend() if dist.is_initialized() else None,
+                world_size=dist.get_world_size() if dist.is_initialized() else 1)
+
+
 def free_port() -> int:
     import socket
 

@@ -14,19 +14,20 @@ import argparse
 import fcntl
 import json
 import os
-import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import psutil
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from distid import runtime
-from distid.config import Config, ConfigError, add_config_args, config_hash, default_out_dir, load_config, to_dict
+from distid.config import Config, ConfigError, add_config_args, config_hash, load_config, timestamped_dir, to_dict
 from distid.data import ShardedLoader, fetch, load_split
 from distid.evaluate import accuracy
 from distid.ledger import CommLedger
@@ -58,15 +59,32 @@ def build(cfg: Config, local_world: int) -> torch.nn.Module:
     model = build_model(cfg.model.name, seed=cfg.train.seed)
     if cfg.train.method == "full":
         return model
+    D = count_params(model)
+    if not 1 <= cfg.train.d <= D:
+        raise ConfigError(f"train.d = {cfg.train.d} must be between 1 and D = {D:,} (the model's parameter count)")
     kwargs = {}
     if cfg.train.projection == "dense":
-        kwargs = dict(max_bytes=int(cfg.train.max_dense_gb * 1e9) or None, copies=local_world)
+        kwargs = dict(max_bytes=dense_limit(cfg), copies=local_world)
     return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, **kwargs)
+
+
+def dense_limit(cfg: Config) -> int:
+    """Bytes a dense P may take on this machine: train.max_dense_gb, else half the memory available
+    now — the smallest any rank sees, so that every rank takes the same decision."""
+    limit = int(cfg.train.max_dense_gb * 1e9) or psutil.virtual_memory().available // 2
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([limit], dtype=torch.int64, device=runtime.device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        limit = int(t.item())
+    return limit
 
 
 def parallelize(model, cfg: Config, n: int, device: torch.device):
     """DDP when there is more than one rank; returns (module to call, DDP bucket counter or None)."""
-    if cfg.dist.strategy == "none" or n == 1:
+    if cfg.dist.strategy == "none" and n > 1:
+        raise ConfigError(f"dist.strategy = 'none' with {n} ranks would train {n} unsynchronised models: "
+                          f"use 'ddp', or run one process")
+    if n == 1:
         return model, None
     ignore = model.regenerated_buffers() if isinstance(model, SubspaceModel) else []
     ddp = wrap_ddp(model, device_ids=[device.index] if device.type == "cuda" else None, ignore=ignore)
@@ -126,7 +144,7 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
     device, ledger = runtime.device(), CommLedger(n)
     t_start = time.perf_counter()
     with ledger.phase("setup"):
-        out = Path(_agree_on_out_dir(out_dir or default_out_dir(cfg)))
+        out = Path(_agree_on_out_dir(out_dir or timestamped_dir(cfg.name)))
         train_split, test_split = load_splits(cfg.data.dataset, cfg.data.root)
         loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
         model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
@@ -136,45 +154,48 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
     opt = make_optimizer(cfg, model.parameters())
     steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(loader)))
     progress = Progress(out, rank, n, steps, cfg.train.log_every)
-    stream, times, losses, flops = batches(loader, device), [], [], 0
+    stream, times, losses = batches(loader, device), [], []
+    fc = FlopCounterMode(display=False)
     for step in range(steps):
         x, y = next(stream)
-        t0 = time.perf_counter()
-        if step == 0:
-            with ledger.phase("warmup", steps=1), FlopCounterMode(display=False) as fc:
-                loss, acc = train_step(net, opt, x, y)
-            flops = fc.get_total_flops()
-        elif step < WARMUP_STEPS:
-            with ledger.phase("warmup", steps=1):
-                loss, acc = train_step(net, opt, x, y)
-        elif step < WARMUP_STEPS + LEDGER_STEPS:
-            with ledger.phase("step", steps=1):
-                loss, acc = train_step(net, opt, x, y)
-        else:
+        booked = step < WARMUP_STEPS + LEDGER_STEPS
+        phase = "warmup" if step < WARMUP_STEPS else "step"
+        with ledger.phase(phase, steps=1) if booked else nullcontext(), fc if step == 0 else nullcontext():
+            t0 = time.perf_counter()
             loss, acc = train_step(net, opt, x, y)
-            times.append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if not booked:
+                times.append(time.perf_counter() - t0)
         losses.append(loss)
         if progress.due(step):
             with ledger.phase("metrics"):
-                progress.log(step, loss.item(), acc.item(), ledger.per_step()["total"])
+                sent = ledger.per_step()["total"] if ledger.steps["step"] else (
+                    counter.payload / (step + 1) if counter else 0.0)  # before the booked steps: DDP's hook
+                progress.log(step, loss.item(), acc.item(), sent)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < steps:
             with ledger.phase("eval"):
                 progress.scalar("test/accuracy", accuracy(net, test_split, device=device), step)
     with ledger.phase("eval"):
         test_acc = accuracy(net, test_split, device=device)
-        train_loss = _mean_over_ranks(torch.stack(losses[-50:]).mean().item())
-        peak_rss = _max_over_ranks(progress.peak_rss_mb())
-        peak_gpu = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None
+        progress.scalar("test/accuracy", test_acc, steps - 1)
+        train_loss = _reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
+        peak_rss = _reduce_scalar(progress.peak_rss_mb(), dist.ReduceOp.MAX)
+        peak_gpu = _reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
+            if device.type == "cuda" else None
         step_times = _gather_floats(statistics.median(times) if times else float("nan"))
         nnodes = runtime.node_count()
     summary = dict(
-        method=cfg.train.method, strategy="ddp" if counter else "none", world_size=n, nnodes=nnodes,
+        method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
+        world_size=n, nnodes=nnodes,
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)), backend=dist.get_backend(), device=str(device),
         projection=cfg.train.projection if cfg.train.method == "subspace" else None,
         total_params=model.D if isinstance(model, SubspaceModel) else count_params(model),
         trainable_params=count_params(model, trainable_only=True),
         steps=steps, global_batch=cfg.train.global_batch, epochs=steps / len(loader),
-        comm_bytes_per_step=ledger.per_step("step"), comm_calls_per_step=ledger.calls_per_step("step"),
+        comm_bytes_per_step=ledger.per_step("step") if ledger.steps["step"] else None,
+        comm_bytes_formula=4 * count_params(model, trainable_only=True) if counter else 0,
+        comm_calls_per_step=ledger.calls_per_step("step"),
         comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
         comm_steps_booked=ledger.steps["step"],
@@ -182,10 +203,12 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         test_accuracy=test_acc, train_loss=train_loss,
         step_time_s=statistics.median(times) if times else None, step_time_s_per_rank=step_times,
         peak_rss_mb=peak_rss, peak_gpu_mb=peak_gpu,
-        flops_per_step=flops, wall_time_s=time.perf_counter() - t_start,
+        flops_per_step=fc.get_total_flops(),
+        projection_flops_per_step=model.projection.flops() if isinstance(model, SubspaceModel) else 0,
+        wall_time_s=time.perf_counter() - t_start,
         projection_bytes=model.projection.nbytes() if isinstance(model, SubspaceModel) else 0,
         fingerprint=model.fingerprint() if isinstance(model, SubspaceModel) else None,
-        machine=dict(cpu=_cpu_model(), cores=os.cpu_count(), torch=torch.__version__, python=platform.python_version()),
+        machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(out),
     )
     if rank == 0:
@@ -205,12 +228,6 @@ def _agree_on_out_dir(proposal: str) -> str:
     return box[0]
 
 
-def _mean_over_ranks(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
-
-
 def _gather_floats(x: float) -> list[float]:
     """[x of rank 0, x of rank 1, …] on every rank."""
     t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
@@ -219,20 +236,11 @@ def _gather_floats(x: float) -> list[float]:
     return [o.item() for o in out]
 
 
-def _max_over_ranks(x: float) -> float:
+def _reduce_scalar(x: float, op: dist.ReduceOp) -> float:
+    """op (SUM, MAX, …) of a per-rank number over ranks."""
     t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.item()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -242,9 +250,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         run(load_config(args.config, args.overrides), args.out)
-    except (ConfigError, runtime.BackendError) as e:
+    except (ConfigError, runtime.BackendError, MemoryError) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
-            print(f"{'config' if isinstance(e, ConfigError) else 'backend'} error: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -71,7 +71,7 @@ class Progress:
 def final_table(s: dict, ledger_table: str) -> str:
     """method | trainable | bytes/step | 4·D ÷ bytes | test acc | step time, and the per-op ledger."""
     full = 4 * s["total_params"]
-    sent = s["comm_bytes_per_step"]["total"]
+    sent = (s["comm_bytes_per_step"] or {"total": s["ddp_hook_bytes_per_step"]})["total"]
     ratio = f"{full / sent:,.1f}×" if sent else "-"
     step_ms = f"{1e3 * s['step_time_s']:.2f}" if s["step_time_s"] else "-"
     label = s["method"] + (f" ({s['projection']}, d={s['trainable_params']:,})" if s["projection"] else "")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from distid.config import (
-    Config, ConfigError, add_config_args, config_hash, default_out_dir,
+    Config, ConfigError, add_config_args, config_hash, timestamped_dir,
     load_config, to_dict, validate,
 )
 
@@ -175,4 +175,20 @@ def test_add_config_args():
 
 def test_default_out_dir():
     cfg = load_config(None, ["name=exp"])
-    assert re.fullmatch(r"runs/exp-\d{8}-\d{6}", default_out_dir(cfg))
+    assert re.fullmatch(r"runs/exp-\d{8}-\d{6}", timestamped_dir(cfg.name))
+
+
+def test_bare_leaf_names_get_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        load_config(None, ["lr=0.1"])
+    with pytest.raises(ConfigError, match="did you mean 'train.d'"):
+        load_config(None, ["d=100"])
+
+
+def test_choices_match_the_registries():
+    from distid.config import CHOICES
+    from distid.models import MODELS
+    from distid.subspace import PROJECTIONS
+
+    assert set(CHOICES["model.name"]) == set(MODELS)
+    assert set(CHOICES["train.projection"]) == set(PROJECTIONS)

@@ -8,16 +8,52 @@ from torch import nn
 from distid.models import build_model
 from distid.subspace import (PROJECTIONS, FastfoodProjection, SubspaceModel, check_dense_fits, hadamard,
                              make_projection)
-from distid.subspace.hadamard import _sylvester, factor_sizes
+from distid.subspace.hadamard import factor_sizes
 
 SMALL = [(1, 1), (37, 5), (300, 7), (1025, 64), (4096, 100)]
 
 
+def walsh(L: int) -> torch.Tensor:
+    """H_ij = (−1)^popcount(i & j): the closed form, independent of the code under test."""
+    i = torch.arange(L)
+    bits = torch.bitwise_and(i[:, None], i[None, :])
+    parity = torch.zeros_like(bits)
+    while bits.any():
+        parity ^= bits & 1
+        bits = bits >> 1
+    return (1 - 2 * parity).double()
+
+
 @pytest.mark.parametrize("L", [1, 2, 4, 8, 64, 128, 1024, 8192])
-def test_hadamard_matches_sylvester_matrix(L):
+def test_hadamard_matches_the_closed_form(L):
     x = torch.randn(3, L, dtype=torch.float64)
-    torch.testing.assert_close(hadamard(x), x @ _sylvester(L, torch.float64, "cpu"))
+    torch.testing.assert_close(hadamard(x), x @ walsh(L))
     torch.testing.assert_close(hadamard(hadamard(x)), L * x)  # H·H = L·I
+
+
+def fastfood_matrix(p: FastfoodProjection) -> torch.Tensor:
+    """[D, d] built from the buffers as the docstring defines it: blocks H·G_j·Π_j·H·B_j."""
+    H = walsh(p.L)
+    blocks = []
+    for j in range(p.nb):
+        perm = p.perm[j * p.L:(j + 1) * p.L] - j * p.L
+        Pi = torch.zeros(p.L, p.L, dtype=torch.float64)
+        Pi[torch.arange(p.L), perm] = 1  # (Π y)_i = y_perm[i]
+        blocks.append(H @ torch.diag(p.G[j].double()) @ Pi @ H @ torch.diag(p.B[j].double()))
+    return torch.cat(blocks)[: p.D, : p.d]
+
+
+@pytest.mark.parametrize("D,d,block", [(300, 7, "auto"), (1025, 64, "auto"), (300, 7, "whole"), (100, 3, 16)])
+def test_fastfood_equals_its_definition(D, d, block):
+    p = FastfoodProjection(D, d, seed=2, block=block)
+    torch.testing.assert_close(p.materialize(), fastfood_matrix(p), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_equals_its_stored_matrix():
+    p = make_projection("sparse", 500, 9, seed=1)
+    dense = p.P.to_dense().double()
+    torch.testing.assert_close(p.materialize(), dense)
+    torch.testing.assert_close(p.Pt.to_dense().double(), dense.t())
 
 
 def test_hadamard_rejects_non_power_of_two():
@@ -143,3 +179,46 @@ def test_fingerprint_changes_with_seed():
 def test_unknown_projection_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of dense, sparse, fastfood"):
         make_projection("gaussian", 10, 2, seed=0)
+
+
+class Tied(nn.Module):
+    """Input and output layers share one weight, as language models tie embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 4, bias=False)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 6, bias=False)
+        self.out.weight = nn.Parameter(self.inp.weight.detach().t().clone())
+        self.back = nn.Linear(4, 6, bias=False)
+        self.back.weight = self.out.weight  # tied
+
+    def forward(self, x):
+        h = self.mid(self.inp(x))
+        return self.out(h) + self.back(h)
+
+
+def test_tied_parameters_stay_tied_and_d_is_the_only_parameter():
+    torch.manual_seed(0)
+    ref, base = Tied(), Tied()
+    base.load_state_dict(ref.state_dict())
+    m = SubspaceModel(base, 5, "dense", seed=0)
+    assert [n for n, _ in m.named_parameters()] == ["d"]
+    assert m.D == sum(p.numel() for p in ref.parameters())  # the shared weight counted once
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(m(x), ref(x))
+    with torch.no_grad():
+        m.d.normal_()
+    out = m(x)
+    theta = dict(zip(m.names, m.theta().split([s.numel() for s in m.shapes])))
+    w = theta["out.weight"].view(6, 4)
+    h = ref.mid.bias + (x @ theta["inp.weight"].view(4, 6).t()) @ theta["mid.weight"].view(4, 4).t()
+    h = h - ref.mid.bias + theta["mid.bias"]
+    torch.testing.assert_close(out, 2 * h @ w.t())  # both heads used the same moved weight
+
+
+def test_regenerated_buffers_leave_batch_norm_statistics_to_ddp():
+    m = SubspaceModel(UserNet(), 4, "fastfood", seed=0)
+    names = m.regenerated_buffers()
+    assert "theta0" in names and "module.conv.weight" in names and "projection.G" in names
+    assert not any("running_mean" in n or "num_batches" in n for n in names)

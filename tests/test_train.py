@@ -80,4 +80,18 @@ def test_torchrun_end_to_end(tmp_path):
 def test_global_batch_not_divisible_is_one_clear_error(tmp_path):
     out = torchrun(3, "-m", "distid.train", "--out", str(tmp_path), "--set", f"data.root={DATA_ROOT}", timeout=120)
     assert out.returncode != 0
-    assert out.stderr.count("config error: train.global_batch = 128 is not a multiple of the world size 3") == 1
+    assert out.stderr.count("error: train.global_batch = 128 is not a multiple of the world size 3") == 1
+
+
+def test_strategy_none_on_several_ranks_is_refused(dist_pool, tmp_path):
+    with pytest.raises(RankFailed, match="would train 2 unsynchronised models"):
+        dist_pool(2).run("rank_targets:train_run", base(**{"dist.strategy": "none"}), str(tmp_path), timeout=120)
+
+
+@pytest.mark.parametrize("d", [0, 199_211])
+def test_d_outside_one_to_D_is_a_config_error(d):
+    from distid.config import ConfigError, load_config
+    from distid.train import build
+
+    with pytest.raises(ConfigError, match=r"train\.d"):  # d = 0: the config's own check; d > D: build's
+        build(load_config(None, [f"train.d={d}"]), 1)

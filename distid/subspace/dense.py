@@ -42,3 +42,6 @@ class DenseProjection(Projection):
 
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
         return g @ self.P
+
+    def flops(self) -> int:
+        return 4 * self.D * self.d

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from distid.subspace.hadamard import hadamard
+from distid.subspace.hadamard import factor_sizes, hadamard
 from distid.subspace.projection import Projection
 
 
@@ -51,3 +51,9 @@ class FastfoodProjection(Projection):
         y = hadamard(y.view(self.nb, self.L)).mul_(self.G)
         y = y.view(-1).index_select(0, self.inv_perm).view(self.nb, self.L)
         return hadamard(y).mul_(self.B).sum(0)[: self.d]
+
+    def flops(self) -> int:
+        """Two Walsh–Hadamard transforms (2·n_i per element per factor) and three element-wise
+        products per direction, over nb·L elements."""
+        per_wht = self.nb * self.L * sum(2 * n for n in factor_sizes(self.L))
+        return 2 * (2 * per_wht + 3 * self.nb * self.L)

@@ -43,6 +43,10 @@ class Projection(nn.Module):
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         return _Apply.apply(d, self)
 
+    def flops(self) -> int:
+        """Analytic FLOPs of one P·d plus one Pᵀ·g (multiply-adds count 2)."""
+        raise NotImplementedError
+
     def nbytes(self) -> int:
         """Memory held by the projection's buffers."""
         total = 0

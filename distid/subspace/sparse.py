@@ -48,6 +48,9 @@ class SparseProjection(Projection):
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
         return torch.mv(self.Pt, g)
 
+    def flops(self) -> int:
+        return 4 * self.nnz
+
     @property
     def nnz(self) -> int:
         return self.P.values().numel()

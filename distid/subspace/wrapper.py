@@ -32,18 +32,26 @@ def make_projection(kind: str, D: int, d: int, seed: int, **kwargs) -> Projectio
     raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
 
 
-def _freeze_into_buffers(module: nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor]:
-    """Turn every parameter of `module` into a non-persistent buffer viewing one flat θ₀."""
-    named = list(module.named_parameters())
+def _freeze_into_buffers(module: nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor, list[str]]:
+    """Turn every parameter of `module` into a non-persistent buffer viewing one flat θ₀.
+
+    Tied parameters (one tensor under several names) get one slice of θ₀ and stay tied.
+    Returns (names, shapes, θ₀, every buffer name created, aliases included).
+    """
+    named = list(module.named_parameters())  # one entry per distinct tensor
     theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
-    offset = 0
-    for name, p in named:
+    views, offset = {}, 0
+    for _, p in named:
+        views[id(p)] = theta0[offset:offset + p.numel()].view(p.shape)
+        offset += p.numel()
+    created = []
+    for name, p in list(module.named_parameters(remove_duplicate=False)):
         owner_name, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_name)
         del owner._parameters[leaf]
-        owner.register_buffer(leaf, theta0[offset:offset + p.numel()].view(p.shape), persistent=False)
-        offset += p.numel()
-    return [n for n, _ in named], [p.shape for _, p in named], theta0
+        owner.register_buffer(leaf, views[id(p)], persistent=False)
+        created.append(name)
+    return [n for n, _ in named], [p.shape for _, p in named], theta0, created
 
 
 class SubspaceModel(nn.Module):
@@ -54,7 +62,7 @@ class SubspaceModel(nn.Module):
 
     def __init__(self, module: nn.Module, d: int, projection: str = "fastfood", seed: int = 0, **proj_kwargs):
         super().__init__()
-        self.names, self.shapes, theta0 = _freeze_into_buffers(module)
+        self.names, self.shapes, theta0, self._frozen = _freeze_into_buffers(module)
         self.module = module
         self.register_buffer("theta0", theta0, persistent=False)
         self.projection = make_projection(projection, theta0.numel(), d, seed, **proj_kwargs).to(theta0.dtype)
@@ -78,8 +86,10 @@ class SubspaceModel(nn.Module):
         return functional_call(self.module, self.params_dict(), args, kwargs)
 
     def regenerated_buffers(self) -> list[str]:
-        """Names of every buffer rebuilt from the seed (DDP must neither broadcast nor sync them)."""
-        return [n for n, _ in self.named_buffers()]
+        """Buffers rebuilt from the seed — θ₀, its per-parameter views, P — which DDP must neither
+        broadcast nor sync. The module's own buffers (batch-norm statistics) are not among them."""
+        return (["theta0"] + [f"module.{n}" for n in self._frozen]
+                + [f"projection.{n}" for n, _ in self.projection.named_buffers()])
 
     def fingerprint(self) -> dict[str, str]:
         """SHA-256 of θ₀ and of P·e₁: equal on every rank iff θ₀ and P were regenerated identically."""
