@@ -82,6 +82,6 @@ def final_table(s: dict, ledger_table: str) -> str:
         f"collectives per step (rank 0, {s['comm_steps_booked']} steps booked at the dispatcher; "
         f"setup: {s['comm_bytes_setup']['total']:,} B):",
         ledger_table,
-        f"world size {s['world_size']} ({s['backend']}), peak RSS {s['peak_rss_mb']:.0f} MB, "
+        f"world size {s['world_size']} on {s['nnodes']} node{'s' if s['nnodes'] > 1 else ''} ({s['backend']}), peak RSS {s['peak_rss_mb']:.0f} MB, "
         f"{s['flops_per_step'] / 1e6:.1f} MFLOP/step/rank, summary: {s['out_dir']}/summary.json",
     ])
