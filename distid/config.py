@@ -46,7 +46,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "subspace"  # "full" | "subspace"
+    method: str = "subspace"  # "full" | "subspace" | "lora"
     d: int = 750
     projection: str = "fastfood"  # "dense" | "sparse" | "fastfood"
     optimizer: str = "adam"  # "adam" | "sgd"
@@ -58,11 +58,14 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0  # 0 = only at the end
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
+    lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
+    lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
+    lora_targets: str = ""  # comma-separated layer names or patterns; "" = every Linear/Conv2d
 
 
 @dataclass
 class DistConfig:
-    strategy: str = "ddp"  # "ddp" | "none"
+    strategy: str = "ddp"  # "ddp" | "fsdp" | "none"
     backend: str = "auto"  # "auto" | "gloo" | "nccl"
     timeout_s: float = 120.0
 
@@ -78,12 +81,12 @@ class Config:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig}
 CHOICES = {
-    "model.name": ("mlp", "lenet"),
+    "model.name": ("mlp", "mlp_wide", "lenet"),
     "data.dataset": ("mnist", "fashion-mnist"),
-    "train.method": ("full", "subspace"),
+    "train.method": ("full", "subspace", "lora"),
     "train.projection": ("dense", "sparse", "fastfood"),
     "train.optimizer": ("adam", "sgd"),
-    "dist.strategy": ("ddp", "none"),
+    "dist.strategy": ("ddp", "fsdp", "none"),
     "dist.backend": ("auto", "gloo", "nccl"),
 }
 
@@ -123,6 +126,8 @@ def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
     else:
         raise _unknown(key, origin)
     expected = type(getattr(target, attr))  # every default is a str, int or float
+    if expected is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a layer name such as --set train.lora_targets=3
     ok = isinstance(value, expected) and not isinstance(value, bool)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
@@ -180,6 +185,8 @@ def validate(cfg: Config) -> None:
         ("train.log_every", t.log_every >= 1, ">= 1", t.log_every),
         ("train.eval_every", t.eval_every >= 0, ">= 0", t.eval_every),
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
+        ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
+        ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
     ]
     for key, ok, rule, value in checks:

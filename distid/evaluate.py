@@ -19,11 +19,10 @@ def accuracy(model: nn.Module, test: Split, alone: bool = False, batch: int = 10
     was_training = model.training
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for x, y in loader:
-        if len(y):
-            x, y = x.to(device), y.to(device)
-            counts[0] += (model(x).argmax(1) == y).sum()
-            counts[1] += len(y)
+    for x, y in loader:  # an empty batch is still run: FSDP's all-gathers need every rank
+        x, y = x.to(device), y.to(device)
+        counts[0] += (model(x).argmax(1) == y).sum()
+        counts[1] += len(y)
     model.train(was_training)
     if distributed:
         dist.all_reduce(counts)

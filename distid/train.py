@@ -31,10 +31,15 @@ from distid.config import Config, ConfigError, add_config_args, config_hash, loa
 from distid.data import ShardedLoader, fetch, load_split
 from distid.evaluate import accuracy
 from distid.ledger import CommLedger
+from distid.memory import state_bytes
 from distid.models import build_model, count_params
 from distid.parallel.consistency import assert_same_across_ranks
+from distid import lora
+from distid.parallel import expected
 from distid.parallel.ddp import BucketCounter, wrap_ddp
+from distid.parallel.fsdp import full_state, wrap_fsdp
 from distid.subspace import SubspaceModel
+from distid.subspace.sharded import ShardedSubspaceModel
 from distid.train_report import Progress, final_table
 
 WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (DDP rebuilds its buckets)
@@ -55,10 +60,12 @@ def load_splits(name: str, root: str):
 
 
 def build(cfg: Config, local_world: int) -> torch.nn.Module:
-    """The model of the config: plain (full training) or wrapped in a random subspace."""
+    """The model of the config: plain (full training), with LoRA adapters, or in a random subspace."""
     model = build_model(cfg.model.name, seed=cfg.train.seed)
     if cfg.train.method == "full":
         return model
+    if cfg.train.method == "lora":
+        return with_lora(model, cfg)
     D = count_params(model)
     if not 1 <= cfg.train.d <= D:
         raise ConfigError(f"train.d = {cfg.train.d} must be between 1 and D = {D:,} (the model's parameter count)")
@@ -66,6 +73,17 @@ def build(cfg: Config, local_world: int) -> torch.nn.Module:
     if cfg.train.projection == "dense":
         kwargs = dict(max_bytes=dense_limit(cfg), copies=local_world)
     return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, **kwargs)
+
+
+def with_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """LoRA on train.lora_targets (all Linear/Conv2d by default) at train.lora_rank, or at the rank
+    whose trainable count is closest to train.d; α = train.lora_alpha, or the rank."""
+    targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()] or None
+    try:
+        r = cfg.train.lora_rank or lora.match_budget(model, cfg.train.d, targets)[0]
+        return lora.inject(model, r, cfg.train.lora_alpha or float(r), targets, seed=cfg.train.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def dense_limit(cfg: Config) -> int:
@@ -80,13 +98,30 @@ def dense_limit(cfg: Config) -> int:
 
 
 def parallelize(model, cfg: Config, n: int, device: torch.device):
-    """DDP when there is more than one rank; returns (module to call, DDP bucket counter or None)."""
+    """Wrap for the strategy; returns (module to call, DDP bucket counter or None, the per-step
+    payload the formulas expect). One rank: the model itself, nothing to synchronise."""
     if cfg.dist.strategy == "none" and n > 1:
         raise ConfigError(f"dist.strategy = 'none' with {n} ranks would train {n} unsynchronised models: "
-                          f"use 'ddp', or run one process")
+                          f"use 'ddp' or 'fsdp', or run one process")
     if n == 1:
-        return model, None
+        return model, None, {"total": 0}
+    if cfg.dist.strategy == "fsdp" and isinstance(model, SubspaceModel):
+        try:
+            sharded = ShardedSubspaceModel(model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        a, b = sharded.bounds
+        net, counter = _ddp(sharded, device, sharded.regenerated_buffers())
+        return net, counter, expected.sharded_subspace_bytes(b - a, model.projection.d)
+    if cfg.dist.strategy == "fsdp":
+        bytes_ = expected.fsdp_bytes(list(model.parameters()), n)
+        return wrap_fsdp(model, device.type), None, bytes_
     ignore = model.regenerated_buffers() if isinstance(model, SubspaceModel) else []
+    net, counter = _ddp(model, device, ignore)
+    return net, counter, expected.ddp_bytes(model)
+
+
+def _ddp(model, device: torch.device, ignore: list[str]):
     ddp = wrap_ddp(model, device_ids=[device.index] if device.type == "cuda" else None, ignore=ignore)
     counter = BucketCounter()
     ddp.register_comm_hook(None, counter.hook())
@@ -148,10 +183,13 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         train_split, test_split = load_splits(cfg.data.dataset, cfg.data.root)
         loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
         model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-        if isinstance(model, SubspaceModel):
-            assert_same_across_ranks(model.fingerprint())
-        net, counter = parallelize(model, cfg, n, device)
-    opt = make_optimizer(cfg, model.parameters())
+        fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else None
+        if fingerprint:
+            assert_same_across_ranks(fingerprint)
+        shape = dict(total=model.D if isinstance(model, SubspaceModel) else count_params(model),
+                     trainable=count_params(model, trainable_only=True))
+        net, counter, formula = parallelize(model, cfg, n, device)
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(loader)))
     progress = Progress(out, rank, n, steps, cfg.train.log_every)
     stream, times, losses = batches(loader, device), [], []
@@ -184,17 +222,20 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         peak_gpu = _reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
             if device.type == "cuda" else None
         step_times = _gather_floats(statistics.median(times) if times else float("nan"))
+        held = state_bytes(getattr(net, "module", net), opt)
+        held_per_rank = _gather_floats(float(held["total"]))
+        rss_per_rank = _gather_floats(progress.peak_rss_mb())
         nnodes = runtime.node_count()
     summary = dict(
         method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
         world_size=n, nnodes=nnodes,
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)), backend=dist.get_backend(), device=str(device),
         projection=cfg.train.projection if cfg.train.method == "subspace" else None,
-        total_params=model.D if isinstance(model, SubspaceModel) else count_params(model),
-        trainable_params=count_params(model, trainable_only=True),
+        total_params=shape["total"], trainable_params=shape["trainable"],
+        lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
         steps=steps, global_batch=cfg.train.global_batch, epochs=steps / len(loader),
         comm_bytes_per_step=ledger.per_step("step") if ledger.steps["step"] else None,
-        comm_bytes_formula=4 * count_params(model, trainable_only=True) if counter else 0,
+        comm_bytes_formula=formula,
         comm_calls_per_step=ledger.calls_per_step("step"),
         comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
@@ -202,18 +243,20 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
         test_accuracy=test_acc, train_loss=train_loss,
         step_time_s=statistics.median(times) if times else None, step_time_s_per_rank=step_times,
-        peak_rss_mb=peak_rss, peak_gpu_mb=peak_gpu,
+        peak_rss_mb=peak_rss, peak_rss_mb_per_rank=rss_per_rank, peak_gpu_mb=peak_gpu,
+        state_bytes=held, state_bytes_per_rank=held_per_rank,
         flops_per_step=fc.get_total_flops(),
         projection_flops_per_step=model.projection.flops() if isinstance(model, SubspaceModel) else 0,
         wall_time_s=time.perf_counter() - t_start,
         projection_bytes=model.projection.nbytes() if isinstance(model, SubspaceModel) else 0,
-        fingerprint=model.fingerprint() if isinstance(model, SubspaceModel) else None,
+        fingerprint=fingerprint,
         machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(out),
     )
+    trained = full_state(model)  # on every rank: under FSDP it gathers the shards
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        torch.save({k: v.detach().cpu() for k, v in model.named_parameters()}, out / "trainable.pt")
+        torch.save(trained, out / "trainable.pt")
         print(final_table(summary, ledger.table("step")), flush=True)
     progress.close()
     return summary, model

@@ -116,7 +116,8 @@ def test_unknown_section(tmp_path):
 @pytest.mark.parametrize("text, pattern", [
     ("[train]\nd = 1.5\n", r"train\.d.*expected int.*1\.5"),
     ("[train]\nlr = \"fast\"\n", r"train\.lr.*expected float.*'fast'"),
-    ("[train]\nmethod = 3\n", r"train\.method.*expected str.*3"),
+    ("[train]\nmethod = 3.5\n", r"train\.method.*expected str.*3\.5"),
+    ("[train]\nmethod = 3\n", r"train\.method must be one of .*got '3'"),  # an int is read as a name
     ("[train]\nepochs = true\n", r"train\.epochs.*expected float.*True"),
 ])
 def test_type_errors(tmp_path, text, pattern):
@@ -125,10 +126,10 @@ def test_type_errors(tmp_path, text, pattern):
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("train.method=half", r"train\.method must be one of 'full', 'subspace'; got 'half'"),
+    ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora'; got 'half'"),
     ("train.projection=gauss", r"train\.projection must be one of 'dense', 'sparse', 'fastfood'"),
     ("train.optimizer=rmsprop", r"train\.optimizer must be one of 'adam', 'sgd'"),
-    ("dist.strategy=fsdp", r"dist\.strategy must be one of 'ddp', 'none'"),
+    ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'none'"),
     ("dist.backend=mpi", r"dist\.backend must be one of 'auto', 'gloo', 'nccl'"),
     ("data.dataset=cifar", r"data\.dataset must be one of 'mnist', 'fashion-mnist'"),
     ("train.d=0", r"train\.d must be >= 1"),

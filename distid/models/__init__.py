@@ -3,7 +3,12 @@
 from distid.models.lenet import LeNet5
 from distid.models.mlp import MLP, count_params, seeded
 
-MODELS = {"mlp": MLP, "lenet": LeNet5}
+def wide_mlp() -> MLP:
+    """784-4096-4096-10, D = 20,037,642: large enough for FSDP's per-rank saving to show."""
+    return MLP(hidden=(4096, 4096))
+
+
+MODELS = {"mlp": MLP, "mlp_wide": wide_mlp, "lenet": LeNet5}
 
 
 def build_model(name: str, seed: int = 0, **kwargs):

@@ -71,19 +71,28 @@ class SubspaceModel(nn.Module):
 
     @property
     def D(self) -> int:
-        return self.theta0.numel()
+        return self.projection.D
 
     def theta(self) -> torch.Tensor:
         """θ = θ₀ + P·d, flat [D]; differentiable in d."""
         return self.theta0 + self.projection(self.d)
 
-    def params_dict(self) -> dict[str, torch.Tensor]:
-        """θ split into the module's named parameter shapes (views)."""
+    def params_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """θ (default θ₀ + P·d) split into the module's named parameter shapes (views)."""
+        theta = self.theta() if theta is None else theta
         sizes = [s.numel() for s in self.shapes]
-        return {n: t.view(s) for n, t, s in zip(self.names, self.theta().split(sizes), self.shapes)}
+        return {n: t.view(s) for n, t, s in zip(self.names, theta.split(sizes), self.shapes)}
+
+    def run(self, theta: torch.Tensor, *args, **kwargs):
+        """The unchanged module evaluated at the flat parameter vector θ [D]."""
+        return functional_call(self.module, self.params_dict(theta), args, kwargs)
 
     def forward(self, *args, **kwargs):
-        return functional_call(self.module, self.params_dict(), args, kwargs)
+        return self.run(self.theta(), *args, **kwargs)
+
+    def frozen_names(self) -> list[str]:
+        """Qualified names (inside `module`) of the buffers that replaced its parameters."""
+        return list(self._frozen)
 
     def regenerated_buffers(self) -> list[str]:
         """Buffers rebuilt from the seed — θ₀, its per-parameter views, P — which DDP must neither

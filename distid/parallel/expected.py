@@ -1,0 +1,36 @@
+"""What each strategy should hand to its collectives per optimizer step (payload bytes per rank),
+from the parameters alone — the formula printed beside the ledger's measurement.
+
+DDP:  all_reduce 4·T (T = trainable parameters, float32).
+FSDP2 (reshard after forward): every unit is all-gathered twice (forward, backward); a rank hands
+in its padded shard, Σ_p ⌈p₀/N⌉·(|p|/p₀)·4 bytes; the gradients of the trainable parameters
+are reduce-scattered with the padded full size, Σ_p ⌈p₀/N⌉·N·(|p|/p₀)·4 (p₀ = a parameter's dim 0).
+Sharded subspace: one all_gather of this rank's θ₀ slice (4·|slice|) and the all_reduce of 4·d.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _padded_rows(p, n: int) -> int:
+    rows = p.shape[0] if p.dim() else 1
+    return -(-rows // n) * (p.numel() // max(rows, 1))
+
+
+def ddp_bytes(model: nn.Module, itemsize: int = 4) -> dict[str, int]:
+    t = sum(p.numel() for p in model.parameters() if p.requires_grad) * itemsize
+    return {"all_reduce": t, "total": t}
+
+
+def fsdp_bytes(params: list, n: int, itemsize: int = 4) -> dict[str, int]:
+    """params: the model's parameters before sharding (shapes and requires_grad)."""
+    gather = 2 * sum(_padded_rows(p, n) for p in params) * itemsize
+    scatter = sum(_padded_rows(p, n) * n for p in params if p.requires_grad) * itemsize
+    return {"all_gather": gather, "reduce_scatter": scatter, "total": gather + scatter}
+
+
+def sharded_subspace_bytes(slice_len: int, d: int, itemsize: int = 4) -> dict[str, int]:
+    out = {"all_gather": slice_len * itemsize, "all_reduce": d * itemsize}
+    out["total"] = sum(out.values())
+    return out

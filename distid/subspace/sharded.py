@@ -1,0 +1,75 @@
+"""Subspace training with θ₀ sharded across ranks (strategy = "fsdp"): where FSDP and the subspace
+meet, in one file.
+
+Rank r keeps only its slice θ₀[a_r:b_r] (D/N floats) at rest. Forward: every rank computes P·d
+from the seed-generated structure (Fastfood: O(D) buffers; sparse: O(d√D)), adds its slice to
+its θ₀ slice and the slices are all-gathered into θ [D] — the all-gather FSDP does for any frozen
+weight. Backward: ∂L/∂d = Pᵀ·∂L/∂θ, computed locally; d's gradient (d floats) is then all-reduced
+by DDP. A dense P is refused here: sharded by rows it would need ∂L/∂θ reduce-scattered (D floats
+per step), replicated it would undo the memory saving.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distid.primitives.ring import chunk_bounds
+from distid.subspace.wrapper import SubspaceModel
+
+
+class _GatherTheta(torch.autograd.Function):
+    """θ = all_gather(θ₀[a:b] + (P·d)[a:b]) forward; ∂L/∂d = Pᵀ·∂L/∂θ backward (no collective)."""
+
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, owner: "ShardedSubspaceModel") -> torch.Tensor:
+        ctx.owner = owner
+        a, b = owner.bounds
+        local = owner.theta0_shard + owner.inner.projection.matvec(d)[a:b]
+        parts = [torch.empty(hi - lo, dtype=local.dtype, device=local.device) for lo, hi in owner.all_bounds]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return ctx.owner.inner.projection.rmatvec(g), None
+
+
+class ShardedSubspaceModel(nn.Module):
+    """A SubspaceModel whose θ₀ lives as one 1/N slice per rank; same forward, same d."""
+
+    def __init__(self, inner: SubspaceModel):
+        super().__init__()
+        if inner.kind == "dense":
+            raise ValueError("a dense projection cannot be sharded without sending ∂L/∂θ (D floats) each step: "
+                             "use projection = 'fastfood' or 'sparse' with strategy = 'fsdp', or strategy = 'ddp'")
+        n, r = dist.get_world_size(), dist.get_rank()
+        self.all_bounds = chunk_bounds(inner.D, n)
+        self.bounds = self.all_bounds[r]
+        a, b = self.bounds
+        self.inner = inner
+        self.register_buffer("theta0_shard", inner.theta0[a:b].clone(), persistent=False)
+        _drop_full_theta0(inner)
+        self.d = inner.d  # the one parameter, shared with `inner`
+
+    @property
+    def D(self) -> int:
+        return self.all_bounds[-1][1]
+
+    def forward(self, *args, **kwargs):
+        theta = _GatherTheta.apply(self.d, self)
+        return self.inner.run(theta, *args, **kwargs)
+
+    def regenerated_buffers(self) -> list[str]:
+        """Every buffer (the θ₀ slices differ by rank on purpose): DDP must not broadcast any."""
+        return [n for n, _ in self.named_buffers()]
+
+
+def _drop_full_theta0(inner: SubspaceModel) -> None:
+    """Free the replicated θ₀ (and the module's views of it): only the shard stays at rest."""
+    like = dict(dtype=inner.theta0.dtype, device=inner.theta0.device)
+    for name in inner.frozen_names():  # one empty tensor each: shared ones would read as tied weights
+        owner_name, _, leaf = name.rpartition(".")
+        setattr(inner.module.get_submodule(owner_name), leaf, torch.empty(0, **like))
+    inner.theta0 = torch.empty(0, **like)
