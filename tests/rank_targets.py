@@ -87,4 +87,7 @@ def train_run(overrides, out_dir, bad_seed_rank=None):
         overrides = [*overrides, "train.seed=99"]
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
     summary, model = run_with_model(cfg, out_dir)
-    return summary, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    from distid.parallel.fsdp import full_state
+
+    state = full_state(model)  # trainable parameters, FSDP shards gathered
+    return summary, torch.cat([state[k].reshape(-1) for k in sorted(state)])

@@ -1,0 +1,134 @@
+"""Full vs subspace vs LoRA, under DDP and FSDP, measured side by side in one run.
+
+    torchrun --nproc_per_node=4 -m distid.compare --config configs/mnist_compare.toml [--set train.steps=50]
+
+Every cell of {full, subspace (dense, sparse, fastfood), LoRA} × {DDP, FSDP} trains the config's
+model on the same data, seed and steps; LoRA's rank is the one whose trainable count is closest
+to train.d. Each cell is `distid.train.run` with the config changed in three keys; a cell the
+machine or the method refuses (a dense P too large, a dense P under FSDP) is listed with the
+reason. Writes compare.json, compare.md and compare.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distid import runtime
+from distid.config import ConfigError, add_config_args, load_config, timestamped_dir
+from distid.train import run
+
+METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
+STRATEGIES = ("ddp", "fsdp")
+LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}  # Adam; see docs/compare.md
+
+
+def cell_name(method: str, projection: str | None, strategy: str) -> str:
+    return f"{method}{'/' + projection if projection else ''} · {strategy}"
+
+
+def run_cell(args, method: str, projection: str | None, strategy: str, out: Path) -> dict:
+    over = [*args.overrides, f"train.method={method}", f"dist.strategy={strategy}",
+            f"train.lr={getattr(args, 'lr_' + method)}"] + ([f"train.projection={projection}"] if projection else [])
+    name = cell_name(method, projection, strategy)
+    try:
+        s = run(load_config(args.config, over), str(out / name.replace(" · ", "-").replace("/", "-")))
+    except (ConfigError, MemoryError) as e:
+        runtime.print0(f"{name}: refused — {e}")
+        return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
+    keep = ("trainable_params", "total_params", "lora_rank", "comm_bytes_per_step", "comm_bytes_formula",
+            "comm_textbook_bytes_per_step", "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
+            "flops_per_step", "projection_flops_per_step", "test_accuracy", "train_loss", "steps")
+    return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: s[k] for k in keep})
+
+
+def to_markdown(cells: list[dict], meta: dict) -> str:
+    base = next((c for c in cells if c["cell"] == "full · ddp" and "refused" not in c), None)
+    full_bytes = base["comm_bytes_per_step"]["total"] if base else None
+    lines = [f"# distid compare — {meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({meta['backend']})\n",
+             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch {meta['machine']['torch']}. "
+             f"Same data, seed and {meta['steps']} steps of global batch {meta['global_batch']} in every cell; "
+             f"subspace d = {meta['d']}, LoRA at the rank closest to d. Bytes are per rank per step, handed to "
+             f"collectives (measured at the dispatcher), beside the formula's value. MFLOP/step: what torch.utils.flop_counter counts per rank "
+             f"(matmul-class ops; it misses sparse products); P MFLOP: the projection's own products, analytic.\n",
+             "| cell | trainable | bytes/step by op (measured) | formula | ÷ full·DDP | state MB/rank | peak RSS MB/rank "
+             "| step ms | MFLOP/step | P MFLOP | test acc |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        if "refused" in c:
+            lines.append(f"| {c['cell']} | — | refused: {c['refused']} | | | | | | | | |")
+            continue
+        meas = c["comm_bytes_per_step"] or {}
+        ops = ", ".join(f"{op} {b:,.0f}" for op, b in meas.items() if op != "total") or "0"
+        form = ", ".join(f"{op} {b:,}" for op, b in c["comm_bytes_formula"].items() if op != "total") or "0"
+        ratio = f"{meas['total'] / full_bytes:.4f}" if full_bytes and meas.get("total") is not None else "—"
+        rank = f" (r={c['lora_rank']})" if c["lora_rank"] else ""
+        lines.append(
+            f"| {c['cell']} | {c['trainable_params']:,}{rank} | {ops} | {form} | {ratio} | "
+            f"{max(c['state_bytes_per_rank']) / 2**20:.1f} | {max(c['peak_rss_mb_per_rank']):.0f} | "
+            f"{1e3 * (c['step_time_s'] or float('nan')):.2f} | {c['flops_per_step'] / 1e6:.1f} | "
+            f"{c['projection_flops_per_step'] / 1e6:.1f} | {c['test_accuracy']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cells: list[dict], path: Path) -> bool:
+    """compare.png: bytes/step (log), accuracy, step time, state per rank; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [c for c in cells if "refused" not in c]
+    names = [c["cell"] for c in ok]
+    panels = [("bytes per step per rank (log)", [max(c["comm_bytes_per_step"]["total"], 1) for c in ok], True),
+              ("test accuracy", [c["test_accuracy"] for c in ok], False),
+              ("step time (ms)", [1e3 * (c["step_time_s"] or 0) for c in ok], False),
+              ("model state per rank (MB)", [max(c["state_bytes_per_rank"]) / 2**20 for c in ok], False)]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 0.45 * len(ok) + 2), sharey=True)
+    colors = ["tab:blue" if c["strategy"] == "ddp" else "tab:orange" for c in ok]
+    for ax, (title, values, log) in zip(axes, panels):
+        ax.barh(names, values, color=colors)
+        ax.set_title(title)
+        if log:
+            ax.set_xscale("log")
+        ax.invert_yaxis() if ax is axes[0] else None
+    fig.suptitle("distid compare — blue: DDP, orange: FSDP")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distid.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    for method, lr in LR.items():
+        p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rank, n = runtime.init(cfg.dist.timeout_s)
+    out = Path(args.out or timestamped_dir("compare"))
+    cells = [run_cell(args, m, p_, s, out) for m, p_ in METHODS for s in STRATEGIES]
+    if rank == 0:
+        meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, backend=runtime.machine()["backend"],
+                    steps=cfg.train.steps, global_batch=cfg.train.global_batch, d=cfg.train.d,
+                    machine=runtime.machine())
+        (out / "compare.json").write_text(json.dumps(dict(meta=meta, cells=cells), indent=2))
+        md = to_markdown(cells, meta)
+        (out / "compare.md").write_text(md)
+        drew = plot(cells, out / "compare.png")
+        print(md + (f"\nwrote {out}/compare.png" if drew else "\n(matplotlib missing: no compare.png)"))
+    runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
