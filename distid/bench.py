@@ -35,7 +35,7 @@ def make_stepper(method: str, projection: str | None, d: int, local_batch: int, 
     cfg = load_config(None, over)
     device = runtime.device()
     model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-    net, _ = parallelize(model, cfg, n, device)
+    net, _, _ = parallelize(model, cfg, n, device)
     opt = make_optimizer(cfg, model.parameters())
     g = torch.Generator().manual_seed(0)
     x = torch.randn(local_batch, 1, 28, 28, generator=g).to(device)

@@ -15,6 +15,10 @@ import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("DISTID_TIMEOUT_S", "120"))
 
+# torch ≥ 2.13 renames the tensor-in/tensor-out collectives; older releases have only the old names.
+all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def pick_backend() -> str:
     """'nccl' when every local rank can have its own GPU, 'gloo' otherwise (override: DISTID_BACKEND)."""

@@ -110,9 +110,8 @@ def parallelize(model, cfg: Config, n: int, device: torch.device):
             sharded = ShardedSubspaceModel(model)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        a, b = sharded.bounds
         net, counter = _ddp(sharded, device, sharded.regenerated_buffers())
-        return net, counter, expected.sharded_subspace_bytes(b - a, model.projection.d)
+        return net, counter, expected.sharded_subspace_bytes(sharded.slot, model.projection.d)
     if cfg.dist.strategy == "fsdp":
         bytes_ = expected.fsdp_bytes(list(model.parameters()), n)
         return wrap_fsdp(model, device.type), None, bytes_

@@ -5,7 +5,8 @@ DDP:  all_reduce 4·T (T = trainable parameters, float32).
 FSDP2 (reshard after forward): every unit is all-gathered twice (forward, backward); a rank hands
 in its padded shard, Σ_p ⌈p₀/N⌉·(|p|/p₀)·4 bytes; the gradients of the trainable parameters
 are reduce-scattered with the padded full size, Σ_p ⌈p₀/N⌉·N·(|p|/p₀)·4 (p₀ = a parameter's dim 0).
-Sharded subspace: one all_gather of this rank's θ₀ slice (4·|slice|) and the all_reduce of 4·d.
+Sharded subspace: one all_gather of this rank's θ₀ slice, padded to ⌈D/N⌉ (4·⌈D/N⌉), and the
+all_reduce of 4·d.
 """
 
 from __future__ import annotations

@@ -18,10 +18,6 @@ from distid.primitives.naive import naive_all_reduce
 from distid.primitives.ring import chunk_bounds, ring_all_gather, ring_all_reduce, ring_reduce_scatter
 from distid.primitives.tree import tree_broadcast
 
-# torch ≥ 2.13 renames the tensor-in/tensor-out collectives; older releases have only the old names.
-_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -97,14 +93,14 @@ def run_torch(op: str, x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if op == "reduce_scatter":
         if even:
             out = torch.empty(b - a, dtype=x.dtype, device=x.device)
-            _reduce_scatter_tensor(out, t)
+            runtime.reduce_scatter_tensor(out, t)
             return out
         dist.all_reduce(t)  # uneven chunks: torch's API needs equal ones
         return t[a:b].clone()
     if op == "all_gather":
         if even:
             out = torch.empty_like(t)
-            _all_gather_tensor(out, t[a:b].contiguous())
+            runtime.all_gather_tensor(out, t[a:b].contiguous())
             return out
         padded = torch.zeros_like(t)
         padded[a:b] = t[a:b]

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distid import runtime
 from distid.primitives.ring import chunk_bounds
 from distid.subspace.wrapper import SubspaceModel
 
@@ -26,10 +27,12 @@ class _GatherTheta(torch.autograd.Function):
     def forward(ctx, d: torch.Tensor, owner: "ShardedSubspaceModel") -> torch.Tensor:
         ctx.owner = owner
         a, b = owner.bounds
-        local = owner.theta0_shard + owner.inner.projection.matvec(d)[a:b]
-        parts = [torch.empty(hi - lo, dtype=local.dtype, device=local.device) for lo, hi in owner.all_bounds]
-        dist.all_gather(parts, local.contiguous())
-        return torch.cat(parts)
+        L = owner.slot  # slices differ by one element at most; collectives want equal sizes: pad
+        local = torch.zeros(L, dtype=d.dtype, device=d.device)
+        local[: b - a] = owner.theta0_shard + owner.inner.projection.matvec(d)[a:b]
+        out = torch.empty(L * len(owner.all_bounds), dtype=d.dtype, device=d.device)
+        runtime.all_gather_tensor(out, local)
+        return torch.cat([out[i * L:i * L + hi - lo] for i, (lo, hi) in enumerate(owner.all_bounds)])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -47,6 +50,7 @@ class ShardedSubspaceModel(nn.Module):
         n, r = dist.get_world_size(), dist.get_rank()
         self.all_bounds = chunk_bounds(inner.D, n)
         self.bounds = self.all_bounds[r]
+        self.slot = max(hi - lo for lo, hi in self.all_bounds)  # padded slice length
         a, b = self.bounds
         self.inner = inner
         self.register_buffer("theta0_shard", inner.theta0[a:b].clone(), persistent=False)
