@@ -86,7 +86,7 @@ def plot(cells: list[dict], path: Path) -> bool:
     panels = [("bytes per step per rank (log)", [max(c["comm_bytes_per_step"]["total"], 1) for c in ok], True),
               ("test accuracy", [c["test_accuracy"] for c in ok], False),
               ("step time (ms)", [1e3 * (c["step_time_s"] or 0) for c in ok], False),
-              ("model state per rank (MB)", [max(c["state_bytes_per_rank"]) / 2**20 for c in ok], False)]
+              ("model state per rank (MB, log)", [max(c["state_bytes_per_rank"]) / 2**20 for c in ok], True)]
     fig, axes = plt.subplots(1, 4, figsize=(18, 0.45 * len(ok) + 2), sharey=True)
     colors = ["tab:blue" if c["strategy"] == "ddp" else "tab:orange" for c in ok]
     for ax, (title, values, log) in zip(axes, panels):
