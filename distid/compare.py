@@ -114,7 +114,11 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rank, n = runtime.init(cfg.dist.timeout_s)
+    try:
+        rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
+    except runtime.BackendError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or timestamped_dir("compare"))
     cells = [run_cell(args, m, p_, s, out) for m, p_ in METHODS for s in STRATEGIES]
     if rank == 0:

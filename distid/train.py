@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -39,7 +40,7 @@ from distid.parallel import expected
 from distid.parallel.ddp import BucketCounter, wrap_ddp
 from distid.parallel.fsdp import full_state, wrap_fsdp
 from distid.subspace import SubspaceModel
-from distid.subspace.sharded import ShardedSubspaceModel
+from distid.subspace.sharded import DENSE_UNDER_FSDP, ShardedSubspaceModel
 from distid.train_report import Progress, final_table
 
 WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (DDP rebuilds its buckets)
@@ -70,6 +71,9 @@ def build(cfg: Config, local_world: int) -> torch.nn.Module:
     if not 1 <= cfg.train.d <= D:
         raise ConfigError(f"train.d = {cfg.train.d} must be between 1 and D = {D:,} (the model's parameter count)")
     kwargs = {}
+    if cfg.train.projection == "dense" and cfg.dist.strategy == "fsdp" and dist.is_initialized() \
+            and dist.get_world_size() > 1:  # refuse before allocating 4·D·d bytes
+        raise ConfigError(DENSE_UNDER_FSDP)
     if cfg.train.projection == "dense":
         kwargs = dict(max_bytes=dense_limit(cfg), copies=local_world)
     return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, **kwargs)
@@ -174,9 +178,46 @@ def run_with_model(cfg: Config, out_dir: str | None = None) -> tuple[dict, torch
     return result
 
 
+@dataclass
+class _Run:
+    """What the three phases of one run share."""
+
+    cfg: Config
+    rank: int
+    n: int
+    device: torch.device
+    ledger: CommLedger
+    out: Path
+    loader: ShardedLoader
+    test_split: object
+    model: torch.nn.Module
+    net: torch.nn.Module
+    counter: BucketCounter | None
+    formula: dict
+    fingerprint: dict | None
+    shape: dict
+    t_start: float
+
+
 def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, torch.nn.Module]:
-    device, ledger = runtime.device(), CommLedger(n)
-    t_start = time.perf_counter()
+    r = _setup(cfg, out_dir, rank, n)
+    opt = make_optimizer(cfg, [p for p in r.model.parameters() if p.requires_grad])
+    steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(r.loader)))
+    progress = Progress(r.out, rank, n, steps, cfg.train.log_every)
+    losses, times, flops = _loop(r, opt, steps, progress)
+    summary = _summarize(r, opt, steps, progress, losses, times, flops)
+    trained = full_state(r.model)  # on every rank: under FSDP it gathers the shards
+    if rank == 0:
+        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        torch.save(trained, r.out / "trainable.pt")
+        print(final_table(summary, r.ledger.table("step")), flush=True)
+    progress.close()
+    return summary, r.model
+
+
+def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
+    """Data, model, start-up checks and the strategy's wrapper, all booked as "setup"."""
+    device, ledger, t_start = runtime.device(), CommLedger(n), time.perf_counter()
     with ledger.phase("setup"):
         out = Path(_agree_on_out_dir(out_dir or timestamped_dir(cfg.name)))
         train_split, test_split = load_splits(cfg.data.dataset, cfg.data.root)
@@ -185,80 +226,81 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, tor
         fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else None
         if fingerprint:
             assert_same_across_ranks(fingerprint)
-        shape = dict(total=model.D if isinstance(model, SubspaceModel) else count_params(model),
-                     trainable=count_params(model, trainable_only=True))
+        trainable = count_params(model, trainable_only=True)
+        total = model.D if isinstance(model, SubspaceModel) else count_params(model)
+        shape = dict(total=total - trainable if cfg.train.method == "lora" else total,  # D of the base
+                     trainable=trainable)
         net, counter, formula = parallelize(model, cfg, n, device)
-    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(loader)))
-    progress = Progress(out, rank, n, steps, cfg.train.log_every)
-    stream, times, losses = batches(loader, device), [], []
+    return _Run(cfg, rank, n, device, ledger, out, loader, test_split, model, net, counter, formula,
+                fingerprint, shape, t_start)
+
+
+def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int]:
+    """The training steps: step 0 FLOP-counted, steps 0–11 booked by the ledger, the rest timed."""
+    stream, times, losses = batches(r.loader, r.device), [], []
     fc = FlopCounterMode(display=False)
     for step in range(steps):
         x, y = next(stream)
         booked = step < WARMUP_STEPS + LEDGER_STEPS
         phase = "warmup" if step < WARMUP_STEPS else "step"
-        with ledger.phase(phase, steps=1) if booked else nullcontext(), fc if step == 0 else nullcontext():
+        with r.ledger.phase(phase, steps=1) if booked else nullcontext(), fc if step == 0 else nullcontext():
             t0 = time.perf_counter()
-            loss, acc = train_step(net, opt, x, y)
-            if device.type == "cuda":
+            loss, acc = train_step(r.net, opt, x, y)
+            if r.device.type == "cuda":
                 torch.cuda.synchronize()
             if not booked:
                 times.append(time.perf_counter() - t0)
         losses.append(loss)
         if progress.due(step):
-            with ledger.phase("metrics"):
-                sent = ledger.per_step()["total"] if ledger.steps["step"] else (
-                    counter.payload / (step + 1) if counter else 0.0)  # before the booked steps: DDP's hook
+            with r.ledger.phase("metrics"):
+                sent = r.ledger.per_step()["total"] if r.ledger.steps["step"] else (
+                    r.counter.payload / (step + 1) if r.counter else 0.0)  # before the booked steps: DDP's hook
                 progress.log(step, loss.item(), acc.item(), sent)
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < steps:
-            with ledger.phase("eval"):
-                progress.scalar("test/accuracy", accuracy(net, test_split, device=device), step)
+        if r.cfg.train.eval_every and (step + 1) % r.cfg.train.eval_every == 0 and step + 1 < steps:
+            with r.ledger.phase("eval"):
+                progress.scalar("test/accuracy", accuracy(r.net, r.test_split, device=r.device), step)
+    return losses, times, fc.get_total_flops()
+
+
+def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times: list, flops: int) -> dict:
+    """Final evaluation and every figure of summary.json (per-rank figures gathered to all ranks)."""
+    cfg, n, model, ledger, counter, device = r.cfg, r.n, r.model, r.ledger, r.counter, r.device
+    subspace = isinstance(model, SubspaceModel)
     with ledger.phase("eval"):
-        test_acc = accuracy(net, test_split, device=device)
+        test_acc = accuracy(r.net, r.test_split, device=device)
         progress.scalar("test/accuracy", test_acc, steps - 1)
         train_loss = _reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
-        peak_rss = _reduce_scalar(progress.peak_rss_mb(), dist.ReduceOp.MAX)
         peak_gpu = _reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
             if device.type == "cuda" else None
-        step_times = _gather_floats(statistics.median(times) if times else float("nan"))
-        held = state_bytes(getattr(net, "module", net), opt)
-        held_per_rank = _gather_floats(float(held["total"]))
-        rss_per_rank = _gather_floats(progress.peak_rss_mb())
+        held = state_bytes(getattr(r.net, "module", r.net), opt)
+        per_rank = dict(step_time_s_per_rank=_gather_floats(statistics.median(times) if times else float("nan")),
+                        peak_rss_mb_per_rank=_gather_floats(progress.peak_rss_mb()),
+                        state_bytes_per_rank=_gather_floats(float(held["total"])))
         nnodes = runtime.node_count()
-    summary = dict(
+    return dict(
         method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
         world_size=n, nnodes=nnodes,
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)), backend=dist.get_backend(), device=str(device),
-        projection=cfg.train.projection if cfg.train.method == "subspace" else None,
-        total_params=shape["total"], trainable_params=shape["trainable"],
+        projection=cfg.train.projection if subspace else None,
+        total_params=r.shape["total"], trainable_params=r.shape["trainable"],
         lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
-        steps=steps, global_batch=cfg.train.global_batch, epochs=steps / len(loader),
+        steps=steps, global_batch=cfg.train.global_batch, epochs=steps / len(r.loader),
         comm_bytes_per_step=ledger.per_step("step") if ledger.steps["step"] else None,
-        comm_bytes_formula=formula,
+        comm_bytes_formula=r.formula,
         comm_calls_per_step=ledger.calls_per_step("step"),
         comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
         comm_steps_booked=ledger.steps["step"],
         ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
         test_accuracy=test_acc, train_loss=train_loss,
-        step_time_s=statistics.median(times) if times else None, step_time_s_per_rank=step_times,
-        peak_rss_mb=peak_rss, peak_rss_mb_per_rank=rss_per_rank, peak_gpu_mb=peak_gpu,
-        state_bytes=held, state_bytes_per_rank=held_per_rank,
-        flops_per_step=fc.get_total_flops(),
-        projection_flops_per_step=model.projection.flops() if isinstance(model, SubspaceModel) else 0,
-        wall_time_s=time.perf_counter() - t_start,
-        projection_bytes=model.projection.nbytes() if isinstance(model, SubspaceModel) else 0,
-        fingerprint=fingerprint,
-        machine=runtime.machine(),
-        config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(out),
+        step_time_s=statistics.median(times) if times else None,
+        peak_rss_mb=max(per_rank["peak_rss_mb_per_rank"]), peak_gpu_mb=peak_gpu, state_bytes=held, **per_rank,
+        flops_per_step=flops, projection_flops_per_step=model.projection.flops() if subspace else 0,
+        wall_time_s=time.perf_counter() - r.t_start,
+        projection_bytes=model.projection.nbytes() if subspace else 0,
+        fingerprint=r.fingerprint, machine=runtime.machine(),
+        config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(r.out),
     )
-    trained = full_state(model)  # on every rank: under FSDP it gathers the shards
-    if rank == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        torch.save(trained, out / "trainable.pt")
-        print(final_table(summary, ledger.table("step")), flush=True)
-    progress.close()
-    return summary, model
 
 
 def _agree_on_out_dir(proposal: str) -> str:

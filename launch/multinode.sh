@@ -6,7 +6,8 @@
 #   HEAD_ADDR       address of the rendezvous node, reachable from every node   [$MASTER_ADDR or 127.0.0.1]
 #   HEAD_PORT       a free TCP port on HEAD_ADDR                                [$MASTER_PORT or 29500]
 #   NNODES          number of nodes, or MIN:MAX for an elastic job               [2]
-#   NODE_RANK       this node's rank (0..NNODES-1); unset: assigned at rendezvous [unset]
+#   NODE_RANK       passed as --node-rank; the c10d rendezvous ignores it and   [unset]
+#                   assigns node ranks itself
 #   NPROC_PER_NODE  processes on this node (one per GPU on GPU nodes)            [GPUs visible, else 1]
 #   JOB_ID          rendezvous id shared by the nodes of one job                 [$SLURM_JOB_ID or distid]
 #   JOIN_TIMEOUT    seconds to wait for all nodes before giving up               [600]

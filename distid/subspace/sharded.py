@@ -20,6 +20,10 @@ from distid.primitives.ring import chunk_bounds
 from distid.subspace.wrapper import SubspaceModel
 
 
+DENSE_UNDER_FSDP = ("a dense projection cannot be sharded without sending ∂L/∂θ (D floats) each step: "
+                    "use projection = 'fastfood' or 'sparse' with strategy = 'fsdp', or strategy = 'ddp'")
+
+
 class _GatherTheta(torch.autograd.Function):
     """θ = all_gather(θ₀[a:b] + (P·d)[a:b]) forward; ∂L/∂d = Pᵀ·∂L/∂θ backward (no collective)."""
 
@@ -45,8 +49,7 @@ class ShardedSubspaceModel(nn.Module):
     def __init__(self, inner: SubspaceModel):
         super().__init__()
         if inner.kind == "dense":
-            raise ValueError("a dense projection cannot be sharded without sending ∂L/∂θ (D floats) each step: "
-                             "use projection = 'fastfood' or 'sparse' with strategy = 'fsdp', or strategy = 'ddp'")
+            raise ValueError(DENSE_UNDER_FSDP)
         n, r = dist.get_world_size(), dist.get_rank()
         self.all_bounds = chunk_bounds(inner.D, n)
         self.bounds = self.all_bounds[r]
