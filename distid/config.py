@@ -231,7 +231,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", default=None, help="TOML config file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
                         default=[], help="override a config value, e.g. train.d=1000")
-    parser.add_argument("--out", metavar="DIR", default=None, help="output directory")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output directory (default runs/<config name>-<YYYYmmdd-HHMMSS>)")
 
 
 def timestamped_dir(name: str) -> str:

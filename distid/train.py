@@ -1,10 +1,12 @@
-"""Train a model fully or in a random subspace, single-process or under DDP, and account for it.
+"""Train a model fully, with LoRA, or in a random subspace, on one process or under DDP or FSDP,
+and account for what it costs.
 
     python -m distid.train --config configs/mnist_fc_subspace.toml [--set train.d=1000] [--out DIR]
     torchrun --nproc_per_node=4 -m distid.train --config configs/mnist_fc_subspace.toml
 
 One step: this rank's slice of the global batch → forward (subspace: θ = θ₀ + P·d) → backward
-→ DDP all-reduce of the trainable gradients (d floats, or D for full training) → optimizer.
+→ synchronise the trainable gradients (DDP: all-reduce of d floats, LoRA's factors, or all D;
+FSDP: reduce-scatter, after all-gathering the sharded weights) → optimizer.
 `run(cfg)` is the whole job, config in, summary out; compare/sweep/bench call it.
 """
 
