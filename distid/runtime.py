@@ -89,6 +89,21 @@ def shutdown(clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def reduce_scalar(x: float, op: dist.ReduceOp = dist.ReduceOp.SUM) -> float:
+    """op (SUM, MAX, …) of a per-rank number over ranks, on this rank's device."""
+    t = torch.tensor([x], dtype=torch.float64, device=device())
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
+def gather_floats(x: float) -> list[float]:
+    """[x of rank 0, x of rank 1, …] on every rank."""
+    t = torch.tensor([x], dtype=torch.float64, device=device())
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.item() for o in out]
+
+
 def node_count() -> int:
     """Number of torchrun nodes (agents) in the job: distinct GROUP_RANKs over all ranks."""
     mine = int(os.environ.get("GROUP_RANK", "0"))

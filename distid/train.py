@@ -271,13 +271,14 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
     with ledger.phase("eval"):
         test_acc = accuracy(r.net, r.test_split, device=device)
         progress.scalar("test/accuracy", test_acc, steps - 1)
-        train_loss = _reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
-        peak_gpu = _reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
+        train_loss = runtime.reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
+        peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
             if device.type == "cuda" else None
         held = state_bytes(getattr(r.net, "module", r.net), opt)
-        per_rank = dict(step_time_s_per_rank=_gather_floats(statistics.median(times) if times else float("nan")),
-                        peak_rss_mb_per_rank=_gather_floats(progress.peak_rss_mb()),
-                        state_bytes_per_rank=_gather_floats(float(held["total"])))
+        median = statistics.median(times) if times else float("nan")
+        per_rank = dict(step_time_s_per_rank=runtime.gather_floats(median),
+                        peak_rss_mb_per_rank=runtime.gather_floats(progress.peak_rss_mb()),
+                        state_bytes_per_rank=runtime.gather_floats(float(held["total"])))
         nnodes = runtime.node_count()
     return dict(
         method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
@@ -312,21 +313,6 @@ def _agree_on_out_dir(proposal: str) -> str:
         dist.broadcast_object_list(box, src=0)
     Path(box[0]).mkdir(parents=True, exist_ok=True)
     return box[0]
-
-
-def _gather_floats(x: float) -> list[float]:
-    """[x of rank 0, x of rank 1, …] on every rank."""
-    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
-    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return [o.item() for o in out]
-
-
-def _reduce_scalar(x: float, op: dist.ReduceOp) -> float:
-    """op (SUM, MAX, …) of a per-rank number over ranks."""
-    t = torch.tensor([x], dtype=torch.float64, device=runtime.device())
-    dist.all_reduce(t, op=op)
-    return t.item()
 
 
 def main(argv=None) -> int:

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import psutil
-import torch
-import torch.distributed as dist
 
 from distid import runtime
 
@@ -41,10 +39,7 @@ class Progress:
 
     def log(self, step: int, loss: float, acc: float, bytes_per_step: float) -> None:
         """One progress line; gathers every rank's RSS (one tiny all-gather, booked as 'metrics')."""
-        rss = torch.tensor([self.rss_mb()], device=runtime.device())
-        all_rss = [torch.zeros_like(rss) for _ in range(self.world)] if self.world > 1 else [rss]
-        if self.world > 1:
-            dist.all_gather(all_rss, rss)
+        all_rss = runtime.gather_floats(self.rss_mb()) if self.world > 1 else [self.rss_mb()]
         now = time.perf_counter()
         rate = (step + 1 - self.step_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.step_last = now, step + 1
@@ -57,7 +52,7 @@ class Progress:
                             ("comm/bytes_per_step", bytes_per_step)):
             self.scalar(name, value, step)
         for r, mb in enumerate(all_rss):
-            self.scalar(f"memory/rss_mb_rank{r}", mb.item(), step)
+            self.scalar(f"memory/rss_mb_rank{r}", mb, step)
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.writer is not None:

@@ -20,6 +20,7 @@ from distid.data import ShardedLoader, Split
 from distid.models import build_model
 from distid.parallel.ddp import wrap_ddp
 from distid.parallel.hand_dp import HandDataParallel
+from distid.runtime import reduce_scalar
 
 
 @dataclass
@@ -76,21 +77,14 @@ def run(train: Split, mode: str, steps: int, global_batch: int, lr: float, seed:
     if mode == "hand":
         dp = HandDataParallel(model)
         loss, step_s = sgd_steps(dp, loader, steps, lr, sync=dp.sync_gradients, device=device)
-        return RunResult(flat_params(model), _mean(loss), step_s, dp.meter.sent / steps), model
+        loss = reduce_scalar(loss) / dist.get_world_size()  # the global-batch loss from the shards'
+        return RunResult(flat_params(model), loss, step_s, dp.meter.sent / steps), model
     if mode == "ddp":
         ddp = wrap_ddp(model, device_ids=[model_device(model).index] if model_device(model).type == "cuda" else None)
         loss, step_s = sgd_steps(ddp, loader, steps, lr, device=device)
-        return RunResult(flat_params(model), _mean(loss), step_s, float("nan")), model
+        loss = reduce_scalar(loss) / dist.get_world_size()
+        return RunResult(flat_params(model), loss, step_s, float("nan")), model
     if single:
         loss, step_s = sgd_steps(model, loader, steps, lr, device=device)
         return RunResult(flat_params(model), loss, step_s, 0.0), model
     raise ValueError(f"unknown mode {mode!r}: use 'hand', 'ddp' or 'single'")
-
-
-def _mean(x: float) -> float:
-    """Mean of a per-rank scalar over ranks (the global-batch loss from the shards' losses)."""
-    from distid.runtime import device
-
-    t = torch.tensor([x], dtype=torch.float64, device=device())
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
