@@ -11,12 +11,13 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _bytes(t) -> int:
+def tensor_bytes(t) -> int:
+    """Bytes of a tensor's storage on this rank (local shard; CSR: indices and values)."""
     if not isinstance(t, torch.Tensor):
         return 0
     t = _local(t)
     if t.layout == torch.sparse_csr:
-        return sum(_bytes(x) for x in (t.crow_indices(), t.col_indices(), t.values()))
+        return sum(tensor_bytes(x) for x in (t.crow_indices(), t.col_indices(), t.values()))
     return t.numel() * t.element_size()
 
 
@@ -31,7 +32,7 @@ def state_bytes(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> d
         if key in seen:
             return 0
         seen.add(key)
-        return _bytes(t)
+        return tensor_bytes(t)
 
     out = dict(params=sum(once(p) for p in model.parameters()),
                grads=sum(once(p.grad) for p in model.parameters() if p.grad is not None),

@@ -96,22 +96,15 @@ def train_run(overrides, out_dir, bad_seed_rank=None):
 def peft_steps(strategy):
     """A LoRA model from HF PEFT through distid's DDP/FSDP wrappers: a few steps, the losses."""
     import peft
-    import torch.nn.functional as F
 
     from distid.models import build_model
     from distid.parallel.ddp import wrap_ddp
     from distid.parallel.fsdp import wrap_fsdp
+    from distid.train import train_step
 
     model = peft.get_peft_model(build_model("mlp", seed=0), peft.LoraConfig(r=2, target_modules=["1", "3", "5"]))
     net = wrap_ddp(model) if strategy == "ddp" else wrap_fsdp(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     g = torch.Generator().manual_seed(dist.get_rank())
     x, y = torch.randn(16, 784, generator=g), torch.randint(0, 10, (16,), generator=g)
-    losses = []
-    for _ in range(5):
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return [train_step(net, opt, x, y)[0].item() for _ in range(5)]

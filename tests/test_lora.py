@@ -20,6 +20,7 @@ from distid.lora import (
     merge,
 )
 from distid.models import build_model, count_params
+from distid.train import train_step
 
 
 class Custom(nn.Module):
@@ -231,11 +232,5 @@ def test_peft_get_peft_model_trains():
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == lora_param_count(build_model("mlp"), 1)
     x, y = mlp_input(16), torch.randint(0, 10, (16,))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [train_step(model, opt, x, y)[0].item() for _ in range(20)]
     assert losses[-1] < losses[0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distid.memory import tensor_bytes
+
 
 class _Apply(torch.autograd.Function):
     @staticmethod
@@ -49,14 +51,7 @@ class Projection(nn.Module):
 
     def nbytes(self) -> int:
         """Memory held by the projection's buffers."""
-        total = 0
-        for b in self.buffers():
-            if b.layout == torch.sparse_csr:
-                b = torch.cat([b.crow_indices(), b.col_indices()]), b.values()
-                total += sum(t.numel() * t.element_size() for t in b)
-            else:
-                total += b.numel() * b.element_size()
-        return total
+        return sum(tensor_bytes(b) for b in self.buffers())
 
     def materialize(self) -> torch.Tensor:
         """P as a dense [D, d] matrix, column by column (tests and small D only)."""
