@@ -180,13 +180,19 @@ def test_fetch_local_plain_and_gz(tmp_path, fake_mnist):
     assert not list(raw.glob(".*.tmp"))
 
 
-def test_corrupt_local_file_quarantined_and_refetched(tmp_path, fake_mnist):
+def _raw_with_one_corrupt(tmp_path, fake_mnist, bad: str):
+    """ROOT/MNIST/raw holding the four fake files, `bad` corrupted; returns the raw dir."""
     raw = tmp_path / "root" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in FILES:
         (raw / name).write_bytes((fake_mnist / name).read_bytes())
-    bad = "train-labels-idx1-ubyte"
     _corrupt(raw / bad)
+    return raw
+
+
+def test_corrupt_local_file_quarantined_and_refetched(tmp_path, fake_mnist):
+    bad = "train-labels-idx1-ubyte"
+    raw = _raw_with_one_corrupt(tmp_path, fake_mnist, bad)
     corrupted = (raw / bad).read_bytes()
     # "http" here is the fixture's file:// mirror holding the good .gz
     fetch("mnist", tmp_path / "root", sources=["local", "http"])
@@ -195,12 +201,8 @@ def test_corrupt_local_file_quarantined_and_refetched(tmp_path, fake_mnist):
 
 
 def test_corrupt_file_only_source_gives_clear_error(tmp_path, fake_mnist):
-    raw = tmp_path / "root" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in FILES:
-        (raw / name).write_bytes((fake_mnist / name).read_bytes())
     bad = "t10k-images-idx3-ubyte"
-    _corrupt(raw / bad)
+    raw = _raw_with_one_corrupt(tmp_path, fake_mnist, bad)
     with pytest.raises(FetchError) as e:
         fetch("mnist", tmp_path / "root", sources=["local"])
     msg = str(e.value)
