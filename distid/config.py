@@ -1,6 +1,6 @@
 """Configuration: TOML files in ``configs/`` read into typed dataclasses.
 
-A config file has the sections ``[model] [data] [train] [dist]`` (all
+A config file has the sections ``[model] [data] [train] [dist] [sweep]`` (all
 optional) and an optional top-level ``name``. Any value can be overridden
 from the command line with ``--set section.key=value``; the value is parsed
 as TOML, falling back to the raw string (so ``--set train.projection=dense``
@@ -71,15 +71,33 @@ class DistConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The grid of ``python -m distid.sweep``; each point is [train] with method/d/seed changed."""
+
+    d: list = field(default_factory=list)  # explicit grid of d; [] = `points` log-spaced values in [d_min, d_max]
+    d_min: int = 100
+    d_max: int = 2000
+    points: int = 9
+    seeds: int = 3  # seeds train.seed, train.seed + 1, ... for every point (baseline included)
+    mode: str = "split"  # "split": ranks share out the points, each trains alone; "ddp": every point on all ranks
+    threshold: float = 0.9  # d_int is the smallest d reaching threshold × the full-training baseline
+    full_lr: float = 1e-3  # Adam lr of the baseline (full training); train.lr is the subspace's
+    lora_ranks: list = field(default_factory=list)  # also train LoRA at these ranks ([] = none)
+    lora_lr: float = 1e-2
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     name: str = "default"  # set from the TOML file's stem by load_config
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig,
+            "sweep": SweepConfig}
 CHOICES = {
     "model.name": ("mlp", "mlp_wide", "lenet"),
     "data.dataset": ("mnist", "fashion-mnist"),
@@ -88,6 +106,7 @@ CHOICES = {
     "train.optimizer": ("adam", "sgd"),
     "dist.strategy": ("ddp", "fsdp", "none"),
     "dist.backend": ("auto", "gloo", "nccl"),
+    "sweep.mode": ("split", "ddp"),
 }
 
 
@@ -125,7 +144,12 @@ def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
         target, attr = getattr(cfg, parts[0]), parts[1]
     else:
         raise _unknown(key, origin)
-    expected = type(getattr(target, attr))  # every default is a str, int or float
+    expected = type(getattr(target, attr))  # every default is a str, int, float or a list of ints
+    if expected is list:
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{key}{origin}: expected a list of integers such as [100, 200], got {value!r}")
+        setattr(target, attr, value)
+        return
     if expected is str and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # a layer name such as --set train.lora_targets=3
     ok = isinstance(value, expected) and not isinstance(value, bool)
@@ -188,6 +212,18 @@ def validate(cfg: Config) -> None:
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
+    ]
+    w = cfg.sweep
+    checks += [
+        ("sweep.d", all(v >= 1 for v in w.d), "a list of d >= 1", w.d),
+        ("sweep.d_min", w.d_min >= 1, ">= 1", w.d_min),
+        ("sweep.d_max", w.d_max >= w.d_min, ">= sweep.d_min", w.d_max),
+        ("sweep.points", w.points >= 1, ">= 1", w.points),
+        ("sweep.seeds", w.seeds >= 1, ">= 1", w.seeds),
+        ("sweep.threshold", 0 < w.threshold <= 1, "in (0, 1]", w.threshold),
+        ("sweep.full_lr", w.full_lr > 0, "> 0", w.full_lr),
+        ("sweep.lora_ranks", all(r >= 1 for r in w.lora_ranks), "a list of ranks >= 1", w.lora_ranks),
+        ("sweep.lora_lr", w.lora_lr > 0, "> 0", w.lora_lr),
     ]
     for key, ok, rule, value in checks:
         if not ok:

@@ -1,0 +1,201 @@
+"""Measure a task's intrinsic dimension: train fully (the baseline), then in random subspaces over
+a grid of d, several seeds each, and report d_int90 (distid.intrinsic).
+
+    python -m distid.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
+    torchrun --nproc_per_node=2 -m distid.sweep --config configs/mnist_fc_id.toml
+
+Every point is `distid.train.run` with [train] changed in method, d (or lora_rank), seed and lr.
+sweep.mode = "split" (the fast path on CPUs): the ranks share out the points and each trains its
+own alone, as a one-process run; results meet on rank 0 at the end. "ddp": every point trains on
+all ranks under DDP, one after another. A finished point is recorded in OUT/sweep.json at once;
+running the sweep again skips it (if its config is unchanged), so an interrupted sweep resumes.
+OUT defaults to runs/sweep-<config name> (not timestamped, so that re-running resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from distid import intrinsic, runtime, sweep_store
+from distid.config import Config, ConfigError, add_config_args, load_config, to_dict
+from distid.train import run
+
+COST = {"full": 0.6, "subspace": 1.0, "lora": 0.7}  # rough relative run time, to balance the ranks' shares
+
+
+def grid(cfg: Config) -> list[int]:
+    """sweep.d if given, else sweep.points values log-spaced over [d_min, d_max], rounded."""
+    s = cfg.sweep
+    if s.d:
+        return sorted(set(s.d))
+    if s.points == 1:
+        return [s.d_min]
+    ratio = math.log(s.d_max / s.d_min) / (s.points - 1)
+    return sorted({round(s.d_min * math.exp(i * ratio)) for i in range(s.points)})
+
+
+def plan(cfg: Config) -> list[dict]:
+    """Every point of the sweep: {kind, x, seed}; x is d (subspace), the rank (lora) or 0 (full)."""
+    seeds = [cfg.train.seed + i for i in range(cfg.sweep.seeds)]
+    kinds = [("full", 0)] + [("subspace", d) for d in grid(cfg)] + [("lora", r) for r in cfg.sweep.lora_ranks]
+    return [dict(kind=k, x=x, seed=s) for k, x in kinds for s in seeds]
+
+
+def key(point: dict) -> str:
+    return f"{point['kind']}-{point['x']}-seed{point['seed']}" if point["x"] else f"{point['kind']}-seed{point['seed']}"
+
+
+def overrides(cfg: Config, point: dict) -> list[str]:
+    """--set lines that turn the sweep's config into this point's training run."""
+    k, s = point["kind"], cfg.sweep
+    lr = {"full": s.full_lr, "subspace": cfg.train.lr, "lora": s.lora_lr}[k]
+    over = [f"train.method={k}", f"train.seed={point['seed']}", f"train.lr={lr}"]
+    return over + ([f"train.d={point['x']}"] if k == "subspace" else []) + \
+        ([f"train.lora_rank={point['x']}"] if k == "lora" else [])
+
+
+def fingerprint(cfg: Config, ranks: int) -> str:
+    """Hash of what decides a point's result: model, data, train, strategy, world size."""
+    d = to_dict(cfg)
+    train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_every")}
+    what = dict(model=d["model"], dataset=d["data"]["dataset"], train=train, strategy=d["dist"]["strategy"], ranks=ranks)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def solo():
+    """Make this process look like a plain one-process run to distid.train, whatever torchrun set,
+    so that run() creates (and then destroys) its own one-rank group on a free port."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+             "TORCHELASTIC_USE_AGENT_STORE")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(runtime.free_port()))
+    try:
+        yield
+    finally:
+        for k in names:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def share(todo: list[dict], rank: int, n: int) -> list[dict]:
+    """This rank's points: longest first, each to the least-loaded rank (same answer on every rank)."""
+    load, mine = [0.0] * n, []
+    for p in sorted(todo, key=lambda p: (-COST[p["kind"]], key(p))):
+        r = load.index(min(load))
+        load[r] += COST[p["kind"]]
+        if r == rank:
+            mine.append(p)
+    return mine
+
+
+def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int) -> dict:
+    """Train one point (train's own output goes to OUT/points/KEY/train.log) and return its record."""
+    pcfg = _point_cfg(args, cfg, point)
+    folder = out / "points" / key(point)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(folder / "train.log", "w") as log, contextlib.redirect_stdout(log):
+        s = run(pcfg, str(folder))
+    keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "epochs", "step_time_s",
+            "lora_rank", "world_size")
+    rec = dict(point, key=key(point), hash=fingerprint(pcfg, ranks), wall_time_s=time.perf_counter() - t0,
+               rank=rank, **{k: s[k] for k in keep})
+    print(f"[rank {rank}] {key(point):>22}: test acc {rec['test_accuracy']:.4f}  "
+          f"({rec['trainable_params']:,} trained, {rec['wall_time_s']:.1f} s)", flush=True)
+    return rec
+
+
+def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int) -> list[dict]:
+    """Each rank trains its share alone; then one group meets to gather the records on rank 0."""
+    t0, mine = time.perf_counter(), share(todo, rank, n)
+    print(f"[rank {rank}] {len(mine)} of {len(todo)} points to train", flush=True)
+    records = []
+    for p in mine:
+        with solo():
+            records.append(train_point(args, cfg, p, out, 1, rank))
+        sweep_store.record(out, records[-1])  # resumable at once; rank 0 records them all again below
+    if n == 1:
+        return records
+    # Shares are balanced, so the others finish within about this rank's own time; a rank that
+    # dies makes torchrun stop the group, and one that hangs is given up on after this timeout.
+    runtime.init(cfg.dist.timeout_s + 2 * (time.perf_counter() - t0), _backend(cfg))
+    gathered = [None] * n if rank == 0 else None
+    import torch.distributed as dist
+
+    dist.gather_object(records, gathered, dst=0)
+    if rank != 0:
+        return []
+    records = [r for part in gathered for r in part]
+    sweep_store.record(out, *records)  # again, for a folder that is not shared between nodes
+    return records
+
+
+def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int) -> list[dict]:
+    """Every point on all ranks, under the config's strategy (DDP or FSDP)."""
+    runtime.init(cfg.dist.timeout_s, _backend(cfg))
+    records = []
+    for p in todo:
+        rec = train_point(args, cfg, p, out, n, rank)
+        if rank == 0:
+            sweep_store.record(out, rec)
+            records.append(rec)
+    return records
+
+
+def _backend(cfg: Config):
+    return None if cfg.dist.backend == "auto" else cfg.dist.backend
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distid.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
+    args = p.parse_args(argv)
+    rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        cfg = load_config(args.config, args.overrides)
+        runtime.check_backend(_backend(cfg) or runtime.pick_backend())
+        out = Path(args.out or f"runs/sweep-{cfg.name}")
+        split = cfg.sweep.mode == "split"
+        points = plan(cfg)
+        done = {} if args.redo else sweep_store.finished(out, points, key,
+                                                         lambda pt: fingerprint(_point_cfg(args, cfg, pt), 1 if split else n))
+        todo = [pt for pt in points if key(pt) not in done]
+        if rank == 0:
+            print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
+                  f"mode {cfg.sweep.mode}, {n} rank(s)", flush=True)
+        t0 = time.perf_counter()
+        new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n)
+        if rank == 0:
+            from distid import sweep_report
+
+            records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
+            result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
+                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0,
+                          analysis=intrinsic.analyse(records, cfg.sweep.threshold))
+            print(sweep_report.write(out, result, cfg), flush=True)
+    except (ConfigError, runtime.BackendError, MemoryError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        runtime.shutdown(clean=False)
+        return 2
+    runtime.shutdown()
+    return 0
+
+
+def _point_cfg(args, cfg: Config, point: dict) -> Config:
+    return load_config(args.config, [*args.overrides, *overrides(cfg, point)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What a sweep writes beside its points: sweep.md (tables) and id_curve.png (accuracy vs d)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from distid import sweep_store
+from distid.config import Config
+
+BUDGET_RANKS = (1, 2, 4, 8)  # LoRA ranks whose trainable counts are marked on the d axis
+
+
+def lora_budgets(cfg: Config) -> dict[int, int]:
+    """{r: trainable parameters of LoRA at rank r} on the config's model and targets."""
+    from distid import lora
+    from distid.models import build_model
+
+    model = build_model(cfg.model.name)
+    targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()] or None
+    out = {}
+    for r in BUDGET_RANKS:
+        try:
+            out[r] = lora.lora_param_count(model, r, targets)
+        except ValueError:  # a layer too narrow for rank r
+            break
+    return out
+
+
+def _by(points: list[dict], kind: str) -> dict[int, dict[int, float]]:
+    """{x: {seed: accuracy}} of one kind of point."""
+    table: dict[int, dict[int, float]] = {}
+    for p in points:
+        if p["kind"] == kind:
+            table.setdefault(p["x"], {})[p["seed"]] = p["test_accuracy"]
+    return dict(sorted(table.items()))
+
+
+def markdown(result: dict, cfg: Config) -> str:
+    a, pts, m, t = result["analysis"], result["points"], result["machine"], cfg.train
+    seeds = sorted({p["seed"] for p in pts})
+    full = next(p for p in pts if p["kind"] == "full")
+    thr = cfg.sweep.threshold
+    point_time = sum(p["wall_time_s"] for p in pts)
+    lines = [
+        f"# Intrinsic dimension — {cfg.model.name} on {cfg.data.dataset}\n",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {result['ranks']} rank(s), mode "
+        f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall; the points' own run times add up "
+        f"to {point_time:.0f} s.\n",
+        f"Budget of every point: {full['epochs']:.2f} epochs = {full['steps']} steps of global batch {t.global_batch}, "
+        f"{t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({t.projection} projection)"
+        + (f", LoRA {cfg.sweep.lora_lr:g}" if cfg.sweep.lora_ranks else "") + f"; seeds {', '.join(map(str, seeds))}.\n",
+        f"Baseline (full training, D = {full['total_params']:,}): test accuracy "
+        f"{a['baseline_accuracy']:.4f} (per seed {', '.join(f'{b:.4f}' for b in a['baseline_per_seed'])}).\n",
+        "| threshold | target accuracy | d_int (mean curve) | per seed | seeds reaching it |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for name, label in (("measured", f"{thr:.0%} of the measured baseline"),
+                        ("fixed_1.0", f"{thr:.0%} of 1.0 (the convention of Li et al.'s plots)")):
+        r = a[name]
+        per = ", ".join("—" if d is None else f"{d:,.0f}" for d in r["per_seed"])
+        lines.append(f"| {label} | {r['target_accuracy']:.4f} | {r['d_int_label']} | {per} | "
+                     f"{r['seeds_reached']}/{r['seeds']} |")
+    lines += ["", "d_int is interpolated linearly in log d between the grid points around the crossing.", "",
+              "| method | d / rank | trainable | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+              "|---|---:|---:|" + "---:|" * (len(seeds) + 1)]
+    trainable = {(p["kind"], p["x"]): p["trainable_params"] for p in pts}
+    for kind in ("full", "subspace", "lora"):
+        for x, accs in _by(pts, kind).items():
+            cells = " | ".join(f"{accs[s]:.4f}" if s in accs else "—" for s in seeds)
+            lines.append(f"| {kind} | {x or '—'} | {trainable[(kind, x)]:,} | {cells} | "
+                         f"{statistics.fmean(accs.values()):.4f} |")
+    return "\n".join(lines) + "\n\n![accuracy against d](id_curve.png)\n"
+
+
+def plot(result: dict, cfg: Config, path: Path) -> bool:
+    """id_curve.png: test accuracy against trainable parameters (log x); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    a, pts = result["analysis"], result["points"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sub = [p for p in pts if p["kind"] == "subspace"]
+    ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=14, color="tab:blue", alpha=0.35,
+               label="subspace, one seed")
+    ax.plot(a["grid"], a["mean_accuracy"], "o-", color="tab:blue", label="subspace, mean over seeds")
+    lora = {}
+    for p in pts:
+        if p["kind"] == "lora":
+            lora.setdefault(p["trainable_params"], []).append(p["test_accuracy"])
+    if lora:
+        xs = sorted(lora)
+        ax.plot(xs, [statistics.fmean(lora[x]) for x in xs], "s--", color="tab:orange", label="LoRA, mean over seeds")
+    ax.axhline(a["baseline_accuracy"], color="black", ls="--", lw=1, label=f"full training {a['baseline_accuracy']:.3f}")
+    for name, color, ls in (("measured", "tab:red", "-"), ("fixed_1.0", "tab:gray", ":")):
+        r = a[name]
+        tag = "measured baseline" if name == "measured" else "baseline 1.0"
+        ax.axhline(r["target_accuracy"], color=color, ls=ls, lw=1,
+                   label=f"{cfg.sweep.threshold:.0%} of {tag}: d_int = {r['d_int_label']}")
+        if r["d_int"] is not None:
+            ax.axvline(r["d_int"], color=color, ls=ls, lw=1)
+    for r, count in lora_budgets(cfg).items():
+        ax.axvline(count, color="tab:orange", lw=0.6, alpha=0.5)
+        ax.text(count, 0.02, f" LoRA r={r}", transform=ax.get_xaxis_transform(), rotation=90, fontsize=7,
+                color="tab:orange", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (subspace: d)")
+    ax.set_ylabel("test accuracy")
+    lo = min([p["test_accuracy"] for p in pts] + [a["fixed_1.0"]["target_accuracy"]])
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Intrinsic dimension: {cfg.model.name} on {cfg.data.dataset} "
+                 f"({next(p for p in pts if p['kind'] == 'full')['epochs']:.1f} epochs per point)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(out: Path, result: dict, cfg: Config) -> str:
+    """sweep.json (report fields beside the points), sweep.md, id_curve.png; returns what to print."""
+    sweep_store.report(out, result)
+    md = markdown(result, cfg)
+    (out / "sweep.md").write_text(md)
+    drew = plot(result, cfg, out / "id_curve.png")
+    return md + (f"\nwrote {out}/sweep.json, sweep.md, id_curve.png" if drew else
+                 f"\nwrote {out}/sweep.json, sweep.md (matplotlib missing: no id_curve.png)")
