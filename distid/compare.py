@@ -22,7 +22,7 @@ from distid.train import run
 
 METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
 STRATEGIES = ("ddp", "fsdp")
-LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}  # Adam; see docs/compare.md
+LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}  # Adam; see docs/lesson6_lora.md
 
 
 def cell_name(method: str, projection: str | None, strategy: str) -> str:
