@@ -35,13 +35,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # "mlp" | "lenet"
+    name: str = "mlp"  # "mlp" | "lenet" | ...
+    init_from: str = ""  # a state_dict file (torch.save) whose weights become θ₀; "" = the seed's init
 
 
 @dataclass
 class DataConfig:
     dataset: str = "mnist"  # "mnist" | "fashion-mnist"
     root: str = "data"
+    classes: list = field(default_factory=list)  # train and test on these labels only ([] = all)
 
 
 @dataclass
@@ -215,6 +217,7 @@ def validate(cfg: Config) -> None:
     ]
     w = cfg.sweep
     checks += [
+        ("data.classes", all(0 <= c <= 9 for c in cfg.data.classes), "a list of labels 0..9", cfg.data.classes),
         ("sweep.d", all(v >= 1 for v in w.d), "a list of d >= 1", w.d),
         ("sweep.d_min", w.d_min >= 1, ">= 1", w.d_min),
         ("sweep.d_max", w.d_max >= w.d_min, ">= sweep.d_min", w.d_max),

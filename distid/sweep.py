@@ -62,12 +62,21 @@ def overrides(cfg: Config, point: dict) -> list[str]:
         ([f"train.lora_rank={point['x']}"] if k == "lora" else [])
 
 
+RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy")  # what decides a point's result
+NOT_RESULT = ("train.log_every", "train.eval_every")
+
+
 def fingerprint(cfg: Config, ranks: int) -> str:
-    """Hash of what decides a point's result: model, data, train, strategy, world size."""
-    d = to_dict(cfg)
-    train = {k: v for k, v in d["train"].items() if k not in ("log_every", "eval_every")}
-    what = dict(model=d["model"], dataset=d["data"]["dataset"], train=train, strategy=d["dist"]["strategy"], ranks=ranks)
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings that decide a point's result (those that differ from the defaults, so
+    that a setting added to distid later leaves finished points valid) and the world size."""
+    flat = _flat(to_dict(cfg))
+    default = _flat(to_dict(Config()))
+    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in NOT_RESULT and v != default.get(k)}
+    return hashlib.sha256(json.dumps(dict(what, ranks=ranks), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: dict) -> dict:
+    return {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     a, pts = result["analysis"], result["points"]
@@ -103,11 +105,14 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
                    label=f"{cfg.sweep.threshold:.0%} of {tag}: d_int = {r['d_int_label']}")
         if r["d_int"] is not None:
             ax.axvline(r["d_int"], color=color, ls=ls, lw=1)
-    for r, count in lora_budgets(cfg).items():
-        ax.axvline(count, color="tab:orange", lw=0.6, alpha=0.5)
-        ax.text(count, 0.02, f" LoRA r={r}", transform=ax.get_xaxis_transform(), rotation=90, fontsize=7,
-                color="tab:orange", va="bottom")
+    for i, (r, count) in enumerate(lora_budgets(cfg).items()):
+        ax.axvline(count, color="tab:orange", lw=0.8, alpha=0.6, label="LoRA on every layer: trainable at rank r"
+                   if i == 0 else None)
+        ax.text(count, 0.98, f" r={r}", transform=ax.get_xaxis_transform(), fontsize=8, color="tab:orange", va="top")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:,.0f}" if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
     ax.set_xlabel("trainable parameters (subspace: d)")
     ax.set_ylabel("test accuracy")
     lo = min([p["test_accuracy"] for p in pts] + [a["fixed_1.0"]["target_accuracy"]])

@@ -134,3 +134,17 @@ def test_bad_sweep_config_is_one_line_and_exit_2(tmp_path):
     out = torchrun(2, "-m", "distid.sweep", "--out", str(tmp_path), "--set", "sweep.seeds=0", timeout=120)
     assert out.returncode != 0 and out.stderr.count("error: sweep.seeds must be >= 1") == 1
     assert not (tmp_path / "sweep.json").exists()
+
+
+def test_fingerprint_follows_what_decides_a_result():
+    from distid.sweep import fingerprint
+
+    def fp(*over):
+        return fingerprint(load_config("configs/mnist_fc_id.toml", list(over)), 1)
+
+    base = fp()
+    assert fp("train.log_every=7", "sweep.seeds=9", "data.root=/elsewhere", "dist.timeout_s=5") == base
+    for change in ("train.lr=0.1", "train.d=7", "data.dataset=fashion-mnist", "data.classes=[1]",
+                   "model.init_from=x.pt", "train.projection=sparse"):
+        assert fp(change) != base, change
+    assert fingerprint(load_config("configs/mnist_fc_id.toml"), 2) != base

@@ -40,6 +40,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def only(self, classes: list[int]) -> "Split":
+        """The samples whose label is in `classes` (a copy; [] = all), labels unchanged."""
+        if not classes:
+            return self
+        keep = np.isin(self.labels, classes)
+        if not keep.any():
+            raise ValueError(f"no {self.name} {self.split} sample has a label in {classes}")
+        return Split(np.ascontiguousarray(self.images[keep]), np.ascontiguousarray(self.labels[keep]),
+                     self.name, self.split, self.normalize)
+
 
 def _locate(name: str, root: Path, files: tuple[str, ...]) -> list[Path] | None:
     """Paths of `files` in ROOT/<Folder>/raw/ or directly in ROOT, whichever has them all."""
