@@ -37,7 +37,7 @@ from distid.ledger import CommLedger
 from distid.memory import state_bytes
 from distid.models import build_model, count_params
 from distid.parallel.consistency import assert_same_across_ranks
-from distid import lora
+from distid import lora, pretrained
 from distid.parallel import expected
 from distid.parallel.ddp import BucketCounter, wrap_ddp
 from distid.parallel.fsdp import full_state, wrap_fsdp
@@ -65,6 +65,11 @@ def load_splits(name: str, root: str):
 def build(cfg: Config, local_world: int) -> torch.nn.Module:
     """The model of the config: plain (full training), with LoRA adapters, or in a random subspace."""
     model = build_model(cfg.model.name, seed=cfg.train.seed)
+    if cfg.model.init_from:
+        try:
+            pretrained.load_into(model, cfg.model.init_from)
+        except pretrained.PretrainedError as e:
+            raise ConfigError(str(e)) from e
     if cfg.train.method == "full":
         return model
     if cfg.train.method == "lora":
@@ -196,7 +201,7 @@ class _Run:
     net: torch.nn.Module
     counter: BucketCounter | None
     formula: dict
-    fingerprint: dict | None
+    fingerprint: dict
     shape: dict
     t_start: float
 
@@ -222,12 +227,12 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
     device, ledger, t_start = runtime.device(), CommLedger(n), time.perf_counter()
     with ledger.phase("setup"):
         out = Path(_agree_on_out_dir(out_dir or timestamped_dir(cfg.name)))
-        train_split, test_split = load_splits(cfg.data.dataset, cfg.data.root)
+        train_split, test_split = (s.only(cfg.data.classes) for s in load_splits(cfg.data.dataset, cfg.data.root))
         loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
         model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-        fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else None
-        if fingerprint:
-            assert_same_across_ranks(fingerprint)
+        fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else {}
+        fingerprint["theta0_source"] = pretrained.theta0_source(cfg.model.init_from, cfg.train.seed)
+        assert_same_across_ranks(fingerprint)
         trainable = count_params(model, trainable_only=True)
         total = model.D if isinstance(model, SubspaceModel) else count_params(model)
         shape = dict(total=total - trainable if cfg.train.method == "lora" else total,  # D of the base
@@ -301,7 +306,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
         flops_per_step=flops, projection_flops_per_step=model.projection.flops() if subspace else 0,
         wall_time_s=time.perf_counter() - r.t_start,
         projection_bytes=model.projection.nbytes() if subspace else 0,
-        fingerprint=r.fingerprint, machine=runtime.machine(),
+        fingerprint=r.fingerprint, theta0=r.fingerprint["theta0_source"], machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(r.out),
     )
 

@@ -77,14 +77,16 @@ def dp_runs(data_root, steps, global_batch, lr):
     return hand.params, ddp.params, hand.bytes_per_step
 
 
-def train_run(overrides, out_dir, bad_seed_rank=None):
-    """distid.train on this rank; returns (summary, trained parameters flattened)."""
+def train_run(overrides, out_dir, bad_seed_rank=None, rank_overrides=None):
+    """distid.train on this rank; returns (summary, trained parameters flattened).
+    rank_overrides: {rank: [more overrides]} for ranks that should build something else."""
     from distid.config import load_config
     from distid.train import run_with_model
     from datasets_for_tests import REPO
 
     if dist.get_rank() == bad_seed_rank:
         overrides = [*overrides, "train.seed=99"]
+    overrides = [*overrides, *(rank_overrides or {}).get(dist.get_rank(), [])]
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
     summary, model = run_with_model(cfg, out_dir)
     from distid.parallel.fsdp import full_state
