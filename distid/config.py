@@ -63,6 +63,7 @@ class TrainConfig:
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
     lora_targets: str = ""  # comma-separated layer names or patterns; "" = every Linear/Conv2d
+    said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
 
 
 @dataclass
@@ -146,7 +147,12 @@ def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
         target, attr = getattr(cfg, parts[0]), parts[1]
     else:
         raise _unknown(key, origin)
-    expected = type(getattr(target, attr))  # every default is a str, int, float or a list of ints
+    expected = type(getattr(target, attr))  # every default is a str, int, float, bool or a list of ints
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}{origin}: expected true or false, got {value!r}")
+        setattr(target, attr, value)
+        return
     if expected is list:
         if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise ConfigError(f"{key}{origin}: expected a list of integers such as [100, 200], got {value!r}")

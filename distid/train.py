@@ -83,7 +83,11 @@ def build(cfg: Config, local_world: int) -> torch.nn.Module:
         raise ConfigError(DENSE_UNDER_FSDP)
     if cfg.train.projection == "dense":
         kwargs = dict(max_bytes=dense_limit(cfg), copies=local_world)
-    return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, **kwargs)
+    try:
+        return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, said=cfg.train.said,
+                             **kwargs)
+    except ValueError as e:  # SAID with d too small
+        raise ConfigError(f"train.d: {e}") from e
 
 
 def with_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:

@@ -50,6 +50,9 @@ class ShardedSubspaceModel(nn.Module):
         super().__init__()
         if inner.kind == "dense":
             raise ValueError(DENSE_UNDER_FSDP)
+        if inner.said is not None:
+            raise ValueError("train.said = true is not supported with strategy = 'fsdp' (the sharded forward "
+                             "applies P·d slice by slice); use strategy = 'ddp'")
         n, r = dist.get_world_size(), dist.get_rank()
         self.all_bounds = chunk_bounds(inner.D, n)
         self.bounds = self.all_bounds[r]

@@ -58,15 +58,25 @@ class SubspaceModel(nn.Module):
     """Wrap `module` so that only d (zeros, [d]) is trained; θ₀ and P are regenerated, never sent.
 
     `module` is modified in place (its parameters become buffers); its forward is untouched.
+
+    said=True (Aghajanyan et al. 2020, "structure-aware intrinsic dimension"): one trainable scale
+    per parameter tensor, θᵢ = θ₀ᵢ + λᵢ·(P·d)ᵢ with λ ∈ R^m initialised to 1; the budget stays d,
+    so the subspace vector has d − m entries and λ the other m.
     """
 
-    def __init__(self, module: nn.Module, d: int, projection: str = "fastfood", seed: int = 0, **proj_kwargs):
+    def __init__(self, module: nn.Module, d: int, projection: str = "fastfood", seed: int = 0, said: bool = False,
+                 **proj_kwargs):
         super().__init__()
         self.names, self.shapes, theta0, self._frozen = _freeze_into_buffers(module)
         self.module = module
         self.register_buffer("theta0", theta0, persistent=False)
-        self.projection = make_projection(projection, theta0.numel(), d, seed, **proj_kwargs).to(theta0.dtype)
-        self.d = nn.Parameter(torch.zeros(d, dtype=theta0.dtype))
+        m = len(self.names) if said else 0
+        if d - m < 1:
+            raise ValueError(f"SAID needs d > {m} (one scale per parameter tensor, the rest for the subspace); "
+                             f"got d = {d}")
+        self.projection = make_projection(projection, theta0.numel(), d - m, seed, **proj_kwargs).to(theta0.dtype)
+        self.d = nn.Parameter(torch.zeros(d - m, dtype=theta0.dtype))
+        self.said = nn.Parameter(torch.ones(m, dtype=theta0.dtype)) if said else None
         self.kind = projection
 
     @property
@@ -74,8 +84,16 @@ class SubspaceModel(nn.Module):
         return self.projection.D
 
     def theta(self) -> torch.Tensor:
-        """θ = θ₀ + P·d, flat [D]; differentiable in d."""
-        return self.theta0 + self.projection(self.d)
+        """θ = θ₀ + P·d (SAID: + λ per tensor, repeated over its entries), flat [D]; differentiable in d (and λ)."""
+        return self.theta0 + self.offset()
+
+    def offset(self) -> torch.Tensor:
+        """P·d, each parameter tensor's slice scaled by its λ under SAID; flat [D]."""
+        pd = self.projection(self.d)
+        if self.said is None:
+            return pd
+        sizes = torch.tensor([s.numel() for s in self.shapes], device=pd.device)
+        return pd * self.said.repeat_interleave(sizes, output_size=pd.numel())
 
     def params_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """θ (default θ₀ + P·d) split into the module's named parameter shapes (views)."""
