@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -208,6 +208,9 @@ class _Run:
     fingerprint: dict
     shape: dict
     t_start: float
+    t_loop: float = 0.0  # when the first step started
+    eval_s: float = 0.0  # seconds spent in evaluations since
+    curve: list = field(default_factory=list)  # [(steps done, training seconds, test accuracy)]
 
 
 def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, torch.nn.Module]:
@@ -249,6 +252,7 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
 def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int]:
     """The training steps: step 0 FLOP-counted, steps 0–11 booked by the ledger, the rest timed."""
     stream, times, losses = batches(r.loader, r.device), [], []
+    r.t_loop = time.perf_counter()
     fc = FlopCounterMode(display=False)
     for step in range(steps):
         x, y = next(stream)
@@ -269,8 +273,19 @@ def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int
                 progress.log(step, loss.item(), acc.item(), sent)
         if r.cfg.train.eval_every and (step + 1) % r.cfg.train.eval_every == 0 and step + 1 < steps:
             with r.ledger.phase("eval"):
-                progress.scalar("test/accuracy", accuracy(r.net, r.test_split, device=r.device), step)
+                evaluate_now(r, step, progress)
     return losses, times, fc.get_total_flops()
+
+
+def evaluate_now(r: _Run, step: int, progress: Progress) -> float:
+    """Test accuracy after `step`, logged and appended to r.curve as (steps done, training seconds,
+    accuracy); training seconds exclude the time spent evaluating."""
+    t0 = time.perf_counter()
+    acc = accuracy(r.net, r.test_split, device=r.device)
+    progress.scalar("test/accuracy", acc, step)
+    r.curve.append((step + 1, t0 - r.t_loop - r.eval_s, acc))
+    r.eval_s += time.perf_counter() - t0
+    return acc
 
 
 def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times: list, flops: int) -> dict:
@@ -278,8 +293,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
     cfg, n, model, ledger, counter, device = r.cfg, r.n, r.model, r.ledger, r.counter, r.device
     subspace = isinstance(model, SubspaceModel)
     with ledger.phase("eval"):
-        test_acc = accuracy(r.net, r.test_split, device=device)
-        progress.scalar("test/accuracy", test_acc, steps - 1)
+        test_acc = evaluate_now(r, steps - 1, progress)
         train_loss = runtime.reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
         peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
             if device.type == "cuda" else None
@@ -304,7 +318,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
         comm_steps_booked=ledger.steps["step"],
         ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
-        test_accuracy=test_acc, train_loss=train_loss,
+        test_accuracy=test_acc, train_loss=train_loss, eval_curve=r.curve,
         step_time_s=statistics.median(times) if times else None,
         peak_rss_mb=max(per_rank["peak_rss_mb_per_rank"]), peak_gpu_mb=peak_gpu, state_bytes=held, **per_rank,
         flops_per_step=flops, projection_flops_per_step=model.projection.flops() if subspace else 0,

@@ -9,5 +9,8 @@ export OMP_NUM_THREADS=1
 echo "+ python -m distid.data fetch mnist --root ${DISTID_DATA:-data}"
 python -m distid.data fetch mnist --root "${DISTID_DATA:-data}" \
   || echo "MNIST not fetched: the data-dependent tests use synthetic data or skip"
+echo "+ python -m distid.data fetch fashion-mnist --root ${DISTID_DATA:-data}"
+python -m distid.data fetch fashion-mnist --root "${DISTID_DATA:-data}" \
+  || echo "Fashion-MNIST not fetched: the docs test skips the commands that need it"
 echo "+ python -m pytest -q $*"
 exec python -m pytest -q "$@"

@@ -11,9 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = os.environ.get("DISTID_DATA", str(REPO / "data"))
 
 
-def have_mnist(root: str = DATA_ROOT) -> bool:
-    return all((Path(root) / "MNIST" / "raw" / f).exists()
+def have_mnist(root: str = DATA_ROOT, folder: str = "MNIST") -> bool:
+    return all((Path(root) / folder / "raw" / f).exists()
                for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"))
+
+
+def have_dataset(name: str, root: str = DATA_ROOT) -> bool:
+    """The training files of 'mnist' or 'fashion-mnist' are in ROOT (torchvision layout)."""
+    return have_mnist(root, {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name])
 
 
 def synthetic_split(n: int = 600, seed: int = 0) -> Split:

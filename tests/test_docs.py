@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets_for_tests import DATA_ROOT, have_mnist
+from datasets_for_tests import DATA_ROOT, have_dataset, have_mnist
 from procs import REPO, run
 
 DOCS = Path(REPO) / "docs"
@@ -71,5 +71,12 @@ def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
 @pytest.mark.parametrize("page,i,command", CASES, ids=[f"{p}:{i}" for p, i, _ in CASES])
 def test_docs_command_runs_at_a_tiny_size(page, i, command, tmp_path):
+    words = shlex.split(command)
+    if "--config" in words:
+        from distid.config import load_config
+
+        dataset = load_config(str(Path(REPO) / words[words.index("--config") + 1])).data.dataset
+        if not have_dataset(dataset):
+            pytest.skip(f"{dataset} not fetched (python -m distid.data fetch {dataset})")
     out = run(argv(command, tmp_path / "out"), timeout=300)
     assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"

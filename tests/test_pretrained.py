@@ -68,8 +68,10 @@ BASE = [f"data.root={DATA_ROOT}", "train.steps=14", "train.log_every=7", "train.
 
 @needs_mnist
 def test_file_theta0_under_ddp_is_named_and_never_sent(dist_pool, tmp_path, weights):
-    s, _ = dist_pool(2).run("rank_targets:train_run", [*BASE, f"model.init_from={weights}"], str(tmp_path),
-                            timeout=180)[0]
+    s, _ = dist_pool(2).run("rank_targets:train_run", [*BASE, f"model.init_from={weights}", "train.eval_every=7"],
+                            str(tmp_path), timeout=180)[0]
+    (s1, t1, a1), (s2, t2, a2) = s["eval_curve"]  # evaluated after step 7 and at the end (step 14)
+    assert (s1, s2) == (7, 14) and 0 < t1 < t2 and a2 == s["test_accuracy"] and 0 < a1 <= 1
     assert s["theta0"] == pretrained.theta0_source(str(weights), 0)
     assert s["comm_bytes_per_step"]["total"] == 4 * 40
     assert s["comm_bytes_setup"]["total"] < 4 * 40 + 2_000  # D = 199,210 floats would be 796,840 B
