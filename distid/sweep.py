@@ -190,7 +190,7 @@ def main(argv=None) -> int:
 
             records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
             result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
-                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0,
+                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(todo),
                           analysis=intrinsic.analyse(records, cfg.sweep.threshold))
             print(sweep_report.write(out, result, cfg), flush=True)
     except (ConfigError, runtime.BackendError, MemoryError) as e:

@@ -43,11 +43,16 @@ def markdown(result: dict, cfg: Config) -> str:
     full = next(p for p in pts if p["kind"] == "full")
     thr = cfg.sweep.threshold
     point_time = sum(p["wall_time_s"] for p in pts)
+    runs = result.get("invocations", [])
+    history = "" if len(runs) < 2 else (
+        f" It is invocation {len(runs)}; wall times of all: "
+        + ", ".join(f"{r['wall_time_s']:.0f} s on {r['ranks']} rank(s), {r.get('trained', '?')} points trained"
+                   for r in runs) + ".")
     lines = [
         f"# Intrinsic dimension — {cfg.model.name} on {cfg.data.dataset}\n",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {result['ranks']} rank(s), mode "
-        f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall; the points' own run times add up "
-        f"to {point_time:.0f} s.\n",
+        f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall, {result['trained']} points trained; "
+        f"the points' own run times add up to {point_time:.0f} s.{history}\n",
         f"Budget of every point: {full['epochs']:.2f} epochs = {full['steps']} steps of global batch {t.global_batch}, "
         f"{t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({t.projection} projection)"
         + (f", LoRA {cfg.sweep.lora_lr:g}" if cfg.sweep.lora_ranks else "") + f"; seeds {', '.join(map(str, seeds))}.\n",
@@ -129,7 +134,7 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
 
 def write(out: Path, result: dict, cfg: Config) -> str:
     """sweep.json (report fields beside the points), sweep.md, id_curve.png; returns what to print."""
-    sweep_store.report(out, result)
+    result = dict(result, invocations=sweep_store.report(out, result))
     md = markdown(result, cfg)
     (out / "sweep.md").write_text(md)
     drew = plot(result, cfg, out / "id_curve.png")

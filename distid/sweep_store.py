@@ -60,9 +60,13 @@ def finished(out: Path, points: list[dict], key: Callable[[dict], str], fingerpr
             if key(p) in stored and stored[key(p)].get("hash") == fingerprint(p)}
 
 
-def report(out: Path, fields: dict) -> None:
-    """Store the report's fields (analysis, machine, ...) beside the points."""
+def report(out: Path, fields: dict) -> list[dict]:
+    """Store the report's fields (analysis, machine, ...) beside the points, and append this
+    invocation (wall time, ranks, points trained) to the list of them; returns that list."""
     with _locked(out):
         data = _read(out)
-        data.update({k: v for k, v in fields.items() if k != "points"})
+        runs = data.get("invocations", [])
+        runs.append({k: fields[k] for k in ("wall_time_s", "ranks", "mode", "trained") if k in fields})
+        data.update({k: v for k, v in fields.items() if k != "points"}, invocations=runs)
         _write(out, data)
+    return runs
