@@ -68,6 +68,10 @@ class DistConfig:
     strategy: str = "ddp"  # "ddp" | "fsdp" | "none"
     backend: str = "auto"  # "auto" | "gloo" | "nccl"
     timeout_s: float = 120.0
+    comm_hook: str = "none"  # DDP gradient compression: "none" | "fp16" | "bf16" | "powersgd" (PyTorch's hooks)
+    powersgd_rank: int = 1  # PowerSGD's matrix_approximation_rank
+    powersgd_start_iter: int = 10  # plain all-reduce for the steps before this one (PyTorch: >= 2)
+    powersgd_error_feedback: bool = True
 
 
 @dataclass
@@ -88,6 +92,7 @@ CHOICES = {
     "train.optimizer": ("adam", "sgd"),
     "dist.strategy": ("ddp", "fsdp", "none"),
     "dist.backend": ("auto", "gloo", "nccl"),
+    "dist.comm_hook": ("none", "fp16", "bf16", "powersgd"),
 }
 
 
@@ -125,10 +130,10 @@ def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
         target, attr = getattr(cfg, parts[0]), parts[1]
     else:
         raise _unknown(key, origin)
-    expected = type(getattr(target, attr))  # every default is a str, int or float
+    expected = type(getattr(target, attr))  # every default is a str, int, float or bool
     if expected is str and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # a layer name such as --set train.lora_targets=3
-    ok = isinstance(value, expected) and not isinstance(value, bool)
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
     if not ok:
@@ -188,6 +193,12 @@ def validate(cfg: Config) -> None:
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
+        ("dist.comm_hook", cfg.dist.comm_hook == "none" or cfg.dist.strategy == "ddp",
+         "'none' unless dist.strategy = 'ddp' (it is a DDP comm hook)", cfg.dist.comm_hook),
+        ("dist.powersgd_rank", cfg.dist.powersgd_rank >= 1, ">= 1", cfg.dist.powersgd_rank),
+        ("dist.powersgd_start_iter", cfg.dist.powersgd_start_iter >= 2,
+         ">= 2 (PowerSGD's error feedback and warm start need DDP's first two steps plain)",
+         cfg.dist.powersgd_start_iter),
     ]
     for key, ok, rule, value in checks:
         if not ok:

@@ -19,7 +19,7 @@ class Progress:
         self.rank, self.world, self.steps, self.every = rank, world, steps, max(1, every)
         self.proc, self.peak = psutil.Process(), 0.0
         self.t_last, self.step_last = time.perf_counter(), 0
-        self.writer = None
+        self.writer, self.history = None, {}  # history: {name: [(step, value)]} of scalar(), on every rank
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -55,6 +55,7 @@ class Progress:
             self.scalar(f"memory/rss_mb_rank{r}", mb, step)
 
     def scalar(self, name: str, value: float, step: int) -> None:
+        self.history.setdefault(name, []).append((step + 1, value))
         if self.writer is not None:
             self.writer.add_scalar(name, value, step + 1)
 
