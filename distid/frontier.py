@@ -136,7 +136,8 @@ def parse_args(argv):
     p.add_argument("--seeds", type=lambda t: _floats(t, int), default=None,
                    help="comma-separated seeds, every cell trained once per seed (default: train.seed)")
     p.add_argument("--powersgd-ranks", type=lambda t: _floats(t, int), default=[1, 2, 4])
-    p.add_argument("--lora-ranks", type=lambda t: _floats(t, int), default=[1, 4, 16])
+    p.add_argument("--lora-ranks", type=lambda t: _floats(t, int), default=[1, 4, 8],
+                   help="LoRA ranks (the MLP's 200→10 layer allows r <= 10)")
     p.add_argument("--dims", type=lambda t: _floats(t, int), default=[250, 1000, 4000], help="subspace d values")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 MARKERS = "osD^v"
 COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red")
+# label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
+LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12))
 
 
 def pareto(rows: list[dict], key: str) -> list[dict]:
@@ -33,19 +35,21 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
     m = meta["machine"]
     base = next(r for r in rows if r["cell"] == "DDP")["bytes_per_step"]
     heads = " | ".join(f"to {t['fraction']:.0%} of DDP ({t['accuracy']:.4f})" for t in targets)
-    lines = [f"# distid frontier — {meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({m['backend']})\n",
+    title = f"{meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({m['backend']})"
+    lines = [f"# distid frontier — {title}\n",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Every cell: the same data, global batch "
              f"{meta['global_batch']}, {meta['steps']} steps, seeds {', '.join(map(str, meta['seeds']))}; Adam at lr "
              f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
-             f"{meta['lr']['subspace']} (subspace, Fastfood). PowerSGD: PyTorch's `powerSGD_hook`, plain all-reduce for "
-             f"the first {meta['powersgd_start_iter']} steps, error feedback "
+             f"{meta['lr']['subspace']} (subspace, Fastfood). PowerSGD: PyTorch's `powerSGD_hook`, plain "
+             f"all-reduce for the first {meta['powersgd_start_iter']} steps, error feedback "
              f"{'on' if meta['powersgd_error_feedback'] else 'off'}, warm start.\n",
              "bytes/step: handed to collectives per rank per step, measured by the ledger once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula. Accuracy: the test set, "
              "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps. "
              f"Bytes to a target: set-up + warm-up + steps × bytes/step at the first evaluation (every "
              f"{meta['eval_every']} steps) whose seed-mean accuracy reaches it.\n",
-             f"| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | {heads} |",
+             "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
+             f"{heads} |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
     for r in rows:
         if "refused" in r:
@@ -82,15 +86,17 @@ def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()
             err = [[y - r["test_accuracy_min"] for y, r in zip(ys, pts)],
                    [r["test_accuracy_max"] - y for y, r in zip(ys, pts)]]
             ax.errorbar([r[key] for r in pts], ys, yerr=err, fmt=marker, color=color, label=fam, ms=8, capsize=3)
-            for i, (r, y) in enumerate(zip(pts, ys)):  # alternate above/below: fp16 and bf16 coincide
+            dx, dy, ha, alt = LABELS[families.index(fam)]
+            for i, (r, y) in enumerate(zip(pts, ys)):
                 ax.annotate(r["cell"].replace("DDP + ", ""), (r[key], y), textcoords="offset points",
-                            xytext=(6, 4 if i % 2 == 0 else -12), fontsize=8)
+                            xytext=(dx, dy + alt * (i % 2)), ha=ha, fontsize=8)
         front = pareto(ok, key)
         ax.step([r[key] for r in front], [r["test_accuracy"] for r in front], where="post", color="grey",
                 ls="--", lw=1, zorder=0, label="Pareto front")
         for t in targets:
             ax.axhline(t["accuracy"], color="grey", ls=":", lw=0.8)
         ax.set_xscale("log" if log else "linear")
+        ax.margins(x=0.08, y=0.1)  # room for the labels
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (seed mean, bars: min–max)")
