@@ -170,6 +170,11 @@ def main(argv=None) -> int:
     except (ConfigError, runtime.BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if n < 2:
+        runtime.shutdown()
+        print("error: one rank sends nothing; run the frontier under torchrun with 2 or more processes",
+              file=sys.stderr)
+        return 2
     out = Path(args.out or timestamped_dir("frontier"))
     rows, targets = frontier(args, cfg, out)
     if rank == 0:
