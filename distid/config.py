@@ -71,6 +71,10 @@ class DistConfig:
     strategy: str = "ddp"  # "ddp" | "fsdp" | "none"
     backend: str = "auto"  # "auto" | "gloo" | "nccl"
     timeout_s: float = 120.0
+    comm_hook: str = "none"  # DDP gradient compression: "none" | "fp16" | "bf16" | "powersgd" (PyTorch's hooks)
+    powersgd_rank: int = 1  # PowerSGD's matrix_approximation_rank
+    powersgd_start_iter: int = 10  # plain all-reduce for the steps before this one (PyTorch: >= 2)
+    powersgd_error_feedback: bool = True
 
 
 @dataclass
@@ -109,6 +113,7 @@ CHOICES = {
     "train.optimizer": ("adam", "sgd"),
     "dist.strategy": ("ddp", "fsdp", "none"),
     "dist.backend": ("auto", "gloo", "nccl"),
+    "dist.comm_hook": ("none", "fp16", "bf16", "powersgd"),
     "sweep.mode": ("split", "ddp"),
 }
 
@@ -129,7 +134,7 @@ def _unknown(key: str, origin: str) -> ConfigError:
         msg += f" (no section '{section}'; sections are {', '.join(SECTIONS)})"
     close = difflib.get_close_matches(key, valid_keys(), n=1)
     if not close:  # a bare leaf such as 'lr' or 'd': match it against every section's fields
-        leaves = {k.split(".")[-1]: k for k in valid_keys()}
+        leaves = {k.split(".")[-1]: k for k in reversed(valid_keys())}  # the first section wins a shared leaf
         close = [leaves[m] for m in difflib.get_close_matches(key.split(".")[-1], list(leaves), n=1)]
     if close:
         return ConfigError(f"{msg}; did you mean '{close[0]}'?")
@@ -220,6 +225,12 @@ def validate(cfg: Config) -> None:
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
+        ("dist.comm_hook", cfg.dist.comm_hook == "none" or cfg.dist.strategy == "ddp",
+         "'none' unless dist.strategy = 'ddp' (it is a DDP comm hook)", cfg.dist.comm_hook),
+        ("dist.powersgd_rank", cfg.dist.powersgd_rank >= 1, ">= 1", cfg.dist.powersgd_rank),
+        ("dist.powersgd_start_iter", cfg.dist.powersgd_start_iter >= 2,
+         ">= 2 (PowerSGD's error feedback and warm start need DDP's first two steps plain)",
+         cfg.dist.powersgd_start_iter),
     ]
     w = cfg.sweep
     checks += [

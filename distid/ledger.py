@@ -6,6 +6,11 @@ Three figures are kept apart: `payload` (bytes of the tensors handed to the op o
 `textbook` (bytes a bandwidth-optimal algorithm sends per rank: all-reduce 2(N−1)/N·S,
 reduce-scatter and all-gather (N−1)/N·S with S the full array, broadcast S), and the backend's
 real traffic, which is not measured here. nccl-tests' busbw = algbw × the same factor.
+
+While booking, each collective is waited on before it returns. A dispatch mode is thread-local,
+and a callback chained on a collective's future (`.then`: PowerSGD issues its P and Q all-reduces
+so) would otherwise run on the backend's thread, unbooked; on a finished future it runs here,
+inside the mode. Booked steps lose their communication/computation overlap: they are not timed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ C10D_OPS = {
     "send": ("send", 0), "recv_": ("recv", 0), "recv_any_source_": ("recv", 0),
     "barrier": ("barrier", None), "monitored_barrier_": ("barrier", None),
 }
+POINT_TO_POINT = ("send", "recv")  # never waited on: a ring posts both halves before it waits
 
 
 def textbook_bytes(op: str, payload: float, n: int) -> float:
@@ -63,9 +69,12 @@ class _Recorder(TorchDispatchMode):
         self.ledger, self.phase = ledger, phase
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "c10d":
-            self.ledger.book(self.phase, func.__name__.split(".")[0], args)
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.namespace == "c10d" and self.ledger.book(self.phase, func.__name__.split(".")[0], args) \
+                not in POINT_TO_POINT:
+            for work in (o for o in (out if isinstance(out, tuple) else (out,)) if hasattr(o, "wait")):
+                work.wait()  # completed here, so callbacks chained on it run on this thread (see above)
+        return out
 
 
 class CommLedger:
@@ -81,11 +90,13 @@ class CommLedger:
         self.stats: dict[str, dict[str, OpStat]] = defaultdict(lambda: defaultdict(OpStat))
         self.steps: dict[str, int] = defaultdict(int)
 
-    def book(self, phase: str, c10d_name: str, args) -> None:
+    def book(self, phase: str, c10d_name: str, args) -> str:
+        """Book one c10d op under `phase`; returns the collective's name."""
         op, arg = C10D_OPS.get(c10d_name, (c10d_name, 0))
         stat = self.stats[phase][op]
         stat.calls += 1
         stat.payload += 0 if arg is None else _tensor_bytes(args[arg])
+        return op
 
     @contextmanager
     def phase(self, name: str, steps: int = 0):

@@ -38,14 +38,15 @@ from distid.memory import state_bytes
 from distid.models import build_model, count_params
 from distid.parallel.consistency import assert_same_across_ranks
 from distid import lora, pretrained
-from distid.parallel import expected
+from distid.parallel import compression, expected
 from distid.parallel.ddp import BucketCounter, wrap_ddp
 from distid.parallel.fsdp import full_state, wrap_fsdp
 from distid.subspace import SubspaceModel
 from distid.subspace.sharded import DENSE_UNDER_FSDP, ShardedSubspaceModel
 from distid.train_report import Progress, final_table
 
-WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (DDP rebuilds its buckets)
+WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (DDP rebuilds its buckets),
+# and any further steps a compression hook sends uncompressed (PowerSGD's dist.powersgd_start_iter)
 LEDGER_STEPS = 10  # then booked as "step" by the dispatch-level ledger (it slows a step: not timed)
 
 
@@ -131,14 +132,21 @@ def parallelize(model, cfg: Config, n: int, device: torch.device):
         bytes_ = expected.fsdp_bytes(list(model.parameters()), n)
         return wrap_fsdp(model, device.type), None, bytes_
     ignore = model.regenerated_buffers() if isinstance(model, SubspaceModel) else []
-    net, counter = _ddp(model, device, ignore)
-    return net, counter, expected.ddp_bytes(model)
+    d = cfg.dist
+    hook = compression.comm_hook(d.comm_hook, d.powersgd_rank, d.powersgd_start_iter, d.powersgd_error_feedback,
+                                 cfg.train.seed)
+    net, counter = _ddp(model, device, ignore, hook)
+    if d.comm_hook == "powersgd":
+        return net, counter, expected.powersgd_bytes(model, d.powersgd_rank)
+    return net, counter, expected.ddp_bytes(model, itemsize=2 if d.comm_hook in ("fp16", "bf16") else 4)
 
 
-def _ddp(model, device: torch.device, ignore: list[str]):
+def _ddp(model, device: torch.device, ignore: list[str], hook: tuple | None = None):
+    """DDP with `hook` = (state, PyTorch comm hook; default: plain all-reduce) behind the bucket counter."""
     ddp = wrap_ddp(model, device_ids=[device.index] if device.type == "cuda" else None, ignore=ignore)
     counter = BucketCounter()
-    ddp.register_comm_hook(None, counter.hook())
+    state, inner = hook or compression.comm_hook("none")
+    ddp.register_comm_hook(state, counter.hook(inner))
     return ddp, counter
 
 
@@ -250,14 +258,16 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
 
 
 def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int]:
-    """The training steps: step 0 FLOP-counted, steps 0–11 booked by the ledger, the rest timed."""
+    """The training steps: step 0 FLOP-counted, the warm-up steps (2, or a hook's plain ones) and 10 more
+    booked by the ledger, the rest timed."""
     stream, times, losses = batches(r.loader, r.device), [], []
     r.t_loop = time.perf_counter()
     fc = FlopCounterMode(display=False)
+    warm = max(WARMUP_STEPS, compression.plain_steps(r.cfg.dist.comm_hook, r.cfg.dist.powersgd_start_iter))
     for step in range(steps):
         x, y = next(stream)
-        booked = step < WARMUP_STEPS + LEDGER_STEPS
-        phase = "warmup" if step < WARMUP_STEPS else "step"
+        booked = step < warm + LEDGER_STEPS
+        phase = "warmup" if step < warm else "step"
         with r.ledger.phase(phase, steps=1) if booked else nullcontext(), fc if step == 0 else nullcontext():
             t0 = time.perf_counter()
             loss, acc = train_step(r.net, opt, x, y)
@@ -316,7 +326,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
         comm_calls_per_step=ledger.calls_per_step("step"),
         comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
-        comm_steps_booked=ledger.steps["step"],
+        comm_steps_booked=ledger.steps["step"], comm_steps_warmup=ledger.steps["warmup"],
         ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
         test_accuracy=test_acc, train_loss=train_loss, eval_curve=r.curve,
         step_time_s=statistics.median(times) if times else None,

@@ -110,3 +110,16 @@ def peft_steps(strategy):
     g = torch.Generator().manual_seed(dist.get_rank())
     x, y = torch.randn(16, 784, generator=g), torch.randint(0, 10, (16,), generator=g)
     return [train_step(net, opt, x, y)[0].item() for _ in range(5)]
+
+
+def callback_collectives(numel):
+    """An all-reduce issued inside a future callback (as PowerSGD issues its P and Q), under the
+    ledger: returns the ledger's {op: (calls, payload)} and the two results."""
+    from distid.ledger import CommLedger
+
+    ledger, a, b = CommLedger(dist.get_world_size()), torch.ones(numel), torch.ones(3)
+    with ledger.phase("step", steps=1):
+        fut = dist.all_reduce(a, async_op=True).get_future()
+        fut = fut.then(lambda f: dist.all_reduce(b, async_op=True).get_future().wait()[0])
+        fut.wait()
+    return {op: (s.calls, s.payload) for op, s in ledger.stats["step"].items()}, a[0].item(), b[0].item()

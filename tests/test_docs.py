@@ -22,12 +22,13 @@ TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
     "distid.train": ["--set", "train.steps=4", "--set", "train.log_every=2"],
-    "distid.compare": ["--set", "train.steps=3", "--set", "train.log_every=3"],
+    "distid.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
     "distid.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]"],
     "distid.bench": ["--rounds", "1", "--steps", "2"],
 }
 TAKES_CONFIG = {"distid.train", "distid.compare", "distid.sweep"}  # --set data.root=..., --out
+SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
 def commands(page: Path) -> list[str]:
@@ -53,7 +54,8 @@ def argv(command: str, out: Path) -> list[str]:
     extra = ["--set", f"data.root={DATA_ROOT}", "--out", str(out)] if module in TAKES_CONFIG else []
     if module == "distid.bench":
         extra = ["--out", str(out)]
-    return head + words[1:] + TINY[module] + extra
+    config = words[words.index("--config") + 1] if "--config" in words else ""
+    return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra
 
 
 CASES = [(page.name, i, cmd) for page in LESSONS for i, cmd in enumerate(commands(page))]

@@ -5,6 +5,9 @@ DDP:  all_reduce 4·T (T = trainable parameters, float32).
 FSDP2 (reshard after forward): every unit is all-gathered twice (forward, backward); a rank hands
 in its padded shard, Σ_p ⌈p₀/N⌉·(|p|/p₀)·4 bytes; the gradients of the trainable parameters
 are reduce-scattered with the padded full size, Σ_p ⌈p₀/N⌉·N·(|p|/p₀)·4 (p₀ = a parameter's dim 0).
+DDP + PowerSGD (rank r, after its plain steps): a parameter viewed as [n, m] with
+(n + m)·r' · 2 < n·m (r' = min(n, m, r)) sends P [n, r'] and Q [m, r'], any other one itself:
+4·(Σ r'·(n + m) + Σ |uncompressed|). fp16/bf16 hooks: ddp_bytes(model, itemsize=2).
 Sharded subspace: one all_gather of this rank's θ₀ slice, padded to ⌈D/N⌉ (4·⌈D/N⌉), and the
 all_reduce of 4·d.
 """
@@ -21,6 +24,23 @@ def _padded_rows(p, n: int) -> int:
 
 def ddp_bytes(model: nn.Module, itemsize: int = 4) -> dict[str, int]:
     t = sum(p.numel() for p in model.parameters() if p.requires_grad) * itemsize
+    return {"all_reduce": t, "total": t}
+
+
+def powersgd_bytes(model: nn.Module, rank: int, min_compression_rate: float = 2, itemsize: int = 4) -> dict:
+    """PowerSGD's per-step payload once it compresses, by PyTorch's rule (`_should_compress`)."""
+    low_rank, plain = 0, 0
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        n = p.shape[0] if p.dim() else 1
+        m = p.numel() // n
+        r = min(n, m, rank)
+        if (n + m) * r * min_compression_rate < n * m:
+            low_rank += r * (n + m)
+        else:
+            plain += p.numel()
+    t = (low_rank + plain) * itemsize
     return {"all_reduce": t, "total": t}
 
 

@@ -1,0 +1,198 @@
+"""The communication frontier: test accuracy against bytes per step for every way distid knows to
+shrink DDP's all-reduce, measured side by side in one run.
+
+    torchrun --nproc_per_node=4 -m distid.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
+
+Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
+several ranks; LoRA at several ranks; the subspace (Fastfood) at several d. Each cell is
+`distid.train.run` with a few keys changed — same data, global batch, steps and seeds — and its
+bytes are the ledger's (measured at the dispatcher, PowerSGD's P and Q all-reduces included).
+Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
++ steps × bytes/step, at the first evaluation (train.eval_every) whose seed-mean accuracy reaches it.
+Writes frontier.json, frontier.md and frontier.png to --out; a cell already in --out with the same
+config (its summary.json) is reused, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed as dist
+
+from distid import runtime
+from distid.compare import LR
+from distid.config import ConfigError, add_config_args, config_hash, load_config, timestamped_dir
+from distid.frontier_report import plot, to_markdown
+from distid.train import run
+
+FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace")
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    name: str
+    overrides: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(" + ", "-").replace(" ", "-").replace("=", "")
+
+
+def cells(args) -> list[Cell]:
+    """Every cell of the frontier, in the order of FAMILIES."""
+    full = ("train.method=full", f"train.lr={args.lr_full}")
+    out = [Cell("DDP", "DDP", (*full, "dist.comm_hook=none"))]
+    out += [Cell("DDP + fp16/bf16", f"DDP + {h}", (*full, f"dist.comm_hook={h}")) for h in ("fp16", "bf16")]
+    out += [Cell("DDP + PowerSGD", f"DDP + PowerSGD r={r}",
+                 (*full, "dist.comm_hook=powersgd", f"dist.powersgd_rank={r}")) for r in args.powersgd_ranks]
+    out += [Cell("LoRA", f"LoRA r={r}", ("train.method=lora", f"train.lora_rank={r}", f"train.lr={args.lr_lora}",
+                                         "dist.comm_hook=none")) for r in args.lora_ranks]
+    out += [Cell("subspace", f"subspace d={d}", ("train.method=subspace", "train.projection=fastfood",
+                                                 f"train.d={d}", f"train.lr={args.lr_subspace}",
+                                                 "dist.comm_hook=none")) for d in args.dims]
+    return out
+
+
+KEEP = ("trainable_params", "lora_rank", "comm_bytes_formula", "comm_calls_per_step", "comm_steps_warmup",
+        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s")
+
+
+def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
+    """One training run of `cell` (reused from out/ when its summary.json has the same config)."""
+    cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
+    where = out / cell.slug / f"seed{seed}"
+    s = _cached(where / "summary.json", config_hash(cfg)) or run(cfg, str(where))
+    return dict(seed=seed, bytes_per_step=s["comm_bytes_per_step"]["total"],
+                setup_bytes=s["comm_bytes_setup"]["total"], warmup_bytes=s["comm_bytes_warmup"]["total"],
+                **{k: s[k] for k in KEEP})
+
+
+def _cached(path: Path, hash_: str) -> dict | None:
+    """Rank 0's summary.json at `path` if it was written for this config, for every rank."""
+    box = [None]
+    if dist.get_rank() == 0 and path.exists():
+        s = json.loads(path.read_text())
+        box = [s if s.get("config_hash") == hash_ and "eval_curve" in s else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cumulative_bytes(seed_run: dict, step: int) -> float:
+    """Bytes this rank handed to collectives by the end of `step` (1-based): set-up, the warm-up
+    steps (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step."""
+    warm = seed_run["comm_steps_warmup"]
+    done_warm = min(step, warm)
+    warm_part = seed_run["warmup_bytes"] * done_warm / warm if warm else 0.0
+    return seed_run["setup_bytes"] + warm_part + max(step - warm, 0) * seed_run["bytes_per_step"]
+
+
+def summarize(cell: Cell, seeds: list[dict]) -> dict:
+    """Seed means of a cell; its accuracy curve averaged over seeds at each evaluation."""
+    curve = [(step, statistics.mean(s["eval_curve"][i][2] for s in seeds))
+             for i, (step, _, _) in enumerate(seeds[0]["eval_curve"])]
+    accs = [s["test_accuracy"] for s in seeds]
+    return dict(cell=cell.name, family=cell.family, trainable_params=seeds[0]["trainable_params"],
+                bytes_per_step=statistics.mean(s["bytes_per_step"] for s in seeds),
+                formula_bytes_per_step=seeds[0]["comm_bytes_formula"]["total"],
+                calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
+                test_accuracy=statistics.mean(accs), test_accuracy_min=min(accs), test_accuracy_max=max(accs),
+                step_time_s=statistics.mean(s["step_time_s"] or float("nan") for s in seeds),
+                train_time_s=statistics.mean((s["step_time_s"] or float("nan")) * s["steps"] for s in seeds),
+                curve=curve, seeds=seeds)
+
+
+def reach(cell: dict, target: float) -> dict | None:
+    """First evaluation whose seed-mean accuracy ≥ target: its step and the bytes sent by then."""
+    for step, acc in cell["curve"]:
+        if acc >= target:
+            return dict(step=step, bytes=statistics.mean(cumulative_bytes(s, step) for s in cell["seeds"]))
+    return None
+
+
+def add_targets(rows: list[dict], fractions: list[float]) -> list[dict]:
+    """Targets = fractions of full DDP's seed-mean accuracy; each cell gets its bytes to each."""
+    base = next(r for r in rows if r["cell"] == "DDP" and "refused" not in r)
+    targets = [dict(fraction=f, accuracy=f * base["test_accuracy"]) for f in fractions]
+    for r in rows:
+        if "refused" not in r:
+            r["to_target"] = [reach(r, t["accuracy"]) for t in targets]
+    return targets
+
+
+def _floats(text: str, kind=float) -> list:
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m distid.frontier", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--seeds", type=lambda t: _floats(t, int), default=None,
+                   help="comma-separated seeds, every cell trained once per seed (default: train.seed)")
+    p.add_argument("--powersgd-ranks", type=lambda t: _floats(t, int), default=[1, 2, 4])
+    p.add_argument("--lora-ranks", type=lambda t: _floats(t, int), default=[1, 4, 8],
+                   help="LoRA ranks (the MLP's 200→10 layer allows r <= 10)")
+    p.add_argument("--dims", type=lambda t: _floats(t, int), default=[250, 1000, 4000], help="subspace d values")
+    p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
+                   help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
+    for method, lr in LR.items():
+        p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
+    return p.parse_args(argv)
+
+
+def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
+    """Train every cell for every seed; returns (rows, targets)."""
+    rows = []
+    for cell in cells(args):
+        try:
+            seeds = [run_seed(args, cell, seed, out) for seed in args.seeds or [cfg.train.seed]]
+        except (ConfigError, MemoryError) as e:
+            runtime.print0(f"{cell.name}: refused — {e}")
+            rows.append(dict(cell=cell.name, family=cell.family, refused=str(e)))
+            continue
+        rows.append(summarize(cell, seeds))
+    return rows, add_targets(rows, args.targets)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.train.eval_every < 1:
+            raise ConfigError("the frontier needs accuracy curves: set train.eval_every >= 1")
+        rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
+    except (ConfigError, runtime.BackendError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if n < 2:
+        runtime.shutdown()
+        print("error: one rank sends nothing; run the frontier under torchrun with 2 or more processes",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out or timestamped_dir("frontier"))
+    rows, targets = frontier(args, cfg, out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        steps = next((r["seeds"][0]["steps"] for r in rows if "seeds" in r), cfg.train.steps)
+        meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, steps=steps,
+                    global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
+                    seeds=args.seeds or [cfg.train.seed], powersgd_start_iter=cfg.dist.powersgd_start_iter,
+                    powersgd_error_feedback=cfg.dist.powersgd_error_feedback, machine=runtime.machine(),
+                    lr=dict(full=args.lr_full, lora=args.lr_lora, subspace=args.lr_subspace))
+        (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
+        md = to_markdown(rows, targets, meta)
+        (out / "frontier.md").write_text(md)
+        drew = plot(rows, out / "frontier.png", FAMILIES, targets)
+        print(md + (f"\nwrote {out}/frontier.png" if drew else "\n(matplotlib missing: no frontier.png)"))
+    runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

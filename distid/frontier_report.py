@@ -1,0 +1,108 @@
+"""frontier.md and frontier.png from the frontier's rows: the table, and accuracy against bytes per
+step (log) and against training wall-clock, one marker per family, the Pareto front drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MARKERS = "osD^v"
+COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red")
+# label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
+LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12))
+
+
+def pareto(rows: list[dict], key: str) -> list[dict]:
+    """Rows no other row beats on both `key` (lower is better) and accuracy (higher), by `key`."""
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (r[key], -r["test_accuracy"])):
+        if r["test_accuracy"] > best:
+            front.append(r)
+            best = r["test_accuracy"]
+    return front
+
+
+def _acc(r: dict) -> str:
+    if len(r["seeds"]) == 1:
+        return f"{r['test_accuracy']:.4f}"
+    return f"{r['test_accuracy']:.4f} [{r['test_accuracy_min']:.4f}–{r['test_accuracy_max']:.4f}]"
+
+
+def _reached(hit: dict | None) -> str:
+    return f"{hit['bytes'] / 1e6:,.1f} MB (step {hit['step']})" if hit else "not reached"
+
+
+def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
+    m = meta["machine"]
+    base = next(r for r in rows if r["cell"] == "DDP")["bytes_per_step"]
+    heads = " | ".join(f"to {t['fraction']:.0%} of DDP ({t['accuracy']:.4f})" for t in targets)
+    title = f"{meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({m['backend']})"
+    lines = [f"# distid frontier — {title}\n",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Every cell: the same data, global batch "
+             f"{meta['global_batch']}, {meta['steps']} steps, seeds {', '.join(map(str, meta['seeds']))}; Adam at lr "
+             f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
+             f"{meta['lr']['subspace']} (subspace, Fastfood). PowerSGD: PyTorch's `powerSGD_hook`, plain "
+             f"all-reduce for the first {meta['powersgd_start_iter']} steps, error feedback "
+             f"{'on' if meta['powersgd_error_feedback'] else 'off'}, warm start.\n",
+             "bytes/step: handed to collectives per rank per step, measured by the ledger once the hook "
+             "compresses (PowerSGD's P and Q all-reduces included), beside the formula. Accuracy: the test set, "
+             "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps. "
+             f"Bytes to a target: set-up + warm-up + steps × bytes/step at the first evaluation (every "
+             f"{meta['eval_every']} steps) whose seed-mean accuracy reaches it.\n",
+             "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
+             f"{heads} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (8 + len(targets)))
+            continue
+        calls = r["calls_per_step"].get("all_reduce", 0)
+        lines.append(f"| {r['cell']} | {r['trainable_params']:,} | {r['bytes_per_step']:,.0f} | "
+                     f"{r['formula_bytes_per_step']:,} | {r['bytes_per_step'] / base:.4f} | {calls:g} | {_acc(r)} | "
+                     f"{1e3 * r['step_time_s']:.2f} | {r['train_time_s']:.1f} | "
+                     + " | ".join(_reached(h) for h in r["to_target"]) + " |")
+    front = " → ".join(r["cell"] for r in pareto([r for r in rows if "refused" not in r], "bytes_per_step"))
+    return "\n".join(lines) + f"\n\nPareto front (fewest bytes/step → highest accuracy): {front}\n"
+
+
+def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()) -> bool:
+    """frontier.png; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in rows if "refused" not in r]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
+    panels = (("bytes_per_step", "bytes handed to collectives per step per rank (log)", True),
+              ("train_time_s", "training wall-clock, s (median step × steps)", False))
+    for ax, (key, label, log) in zip(axes, panels):
+        for fam, marker, color in zip(families, MARKERS, COLORS):
+            pts = [r for r in ok if r["family"] == fam]
+            if not pts:
+                continue
+            ys = [r["test_accuracy"] for r in pts]
+            err = [[y - r["test_accuracy_min"] for y, r in zip(ys, pts)],
+                   [r["test_accuracy_max"] - y for y, r in zip(ys, pts)]]
+            ax.errorbar([r[key] for r in pts], ys, yerr=err, fmt=marker, color=color, label=fam, ms=8, capsize=3)
+            dx, dy, ha, alt = LABELS[families.index(fam)]
+            for i, (r, y) in enumerate(zip(pts, ys)):
+                ax.annotate(r["cell"].replace("DDP + ", ""), (r[key], y), textcoords="offset points",
+                            xytext=(dx, dy + alt * (i % 2)), ha=ha, fontsize=8)
+        front = pareto(ok, key)
+        ax.step([r[key] for r in front], [r["test_accuracy"] for r in front], where="post", color="grey",
+                ls="--", lw=1, zorder=0, label="Pareto front")
+        for t in targets:
+            ax.axhline(t["accuracy"], color="grey", ls=":", lw=0.8)
+        ax.set_xscale("log" if log else "linear")
+        ax.margins(x=0.08, y=0.1)  # room for the labels
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (seed mean, bars: min–max)")
+    axes[0].legend(loc="lower right", fontsize=9)
+    fig.suptitle("distid frontier — accuracy per byte and per second (dotted: target accuracies)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,60 @@
+"""distid.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
+(cumulative bytes, targets, Pareto front) on hand-made rows."""
+
+import json
+
+import pytest
+
+from datasets_for_tests import DATA_ROOT, have_mnist
+from distid.frontier import FAMILIES, cumulative_bytes, reach
+from distid.frontier_report import pareto
+from procs import torchrun
+
+
+@pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
+def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
+    args = ["-m", "distid.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
+            "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "dist.powersgd_start_iter=2",
+            "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--out", str(tmp_path)]
+    res = torchrun(2, *args, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "frontier.json").read_text())
+    cells = {c["cell"]: c for c in out["cells"]}
+    assert set(cells) == {"DDP", "DDP + fp16", "DDP + bf16", "DDP + PowerSGD r=1", "LoRA r=1", "subspace d=100"}
+    assert {c["family"] for c in cells.values()} == set(FAMILIES)
+    full = cells["DDP"]["bytes_per_step"]
+    assert cells["DDP + fp16"]["bytes_per_step"] == full / 2
+    assert cells["DDP + PowerSGD r=1"]["bytes_per_step"] == 4 * (1 * (410 + 1184) + 410)
+    assert cells["subspace d=100"]["bytes_per_step"] == 400
+    for c in cells.values():
+        assert c["bytes_per_step"] == c["formula_bytes_per_step"]
+        assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2
+    md = (tmp_path / "frontier.md").read_text()
+    assert all(f"| {name} |" in md for name in cells) and "Pareto front" in md
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    # a second run with the same --out reuses every cell's summary.json instead of training again
+    stamp = (tmp_path / "DDP" / "seed0" / "summary.json").stat().st_mtime_ns
+    again = torchrun(2, *args, timeout=300)
+    assert again.returncode == 0 and "step     14/14" not in again.stdout
+    assert (tmp_path / "DDP" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "frontier.json").read_text())["cells"] == out["cells"]
+
+
+def run_(warmup_steps=3, setup=100.0, warmup=300.0, per_step=10.0, curve=((2, 0.5), (6, 0.9))):
+    return dict(comm_steps_warmup=warmup_steps, setup_bytes=setup, warmup_bytes=warmup, bytes_per_step=per_step,
+                eval_curve=[(step, 0.1 * step, acc) for step, acc in curve])
+
+
+def test_cumulative_bytes_counts_setup_warmup_then_steps():
+    r = run_()
+    assert cumulative_bytes(r, 2) == 100 + 200  # two of three warm-up steps
+    assert cumulative_bytes(r, 5) == 100 + 300 + 2 * 10
+    cell = dict(curve=[(2, 0.5), (6, 0.9)], seeds=[r])
+    assert reach(cell, 0.8) == dict(step=6, bytes=100 + 300 + 3 * 10)
+    assert reach(cell, 0.95) is None
+
+
+def test_pareto_keeps_only_undominated_cells():
+    rows = [dict(cell=c, b=b, test_accuracy=a) for c, b, a in
+            [("a", 10, 0.5), ("b", 20, 0.4), ("c", 30, 0.9), ("d", 30, 0.8), ("e", 5, 0.1)]]
+    assert [r["cell"] for r in pareto(rows, "b")] == ["e", "a", "c"]
