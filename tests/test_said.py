@@ -63,3 +63,13 @@ def test_said_under_ddp_all_reduces_d_floats_and_fsdp_says_no(dist_pool, tmp_pat
     assert torch.equal(a, b)
     with pytest.raises(RankFailed, match="said = true is not supported with strategy = 'fsdp'"):
         dist_pool(2).run("rank_targets:train_run", [*BASE, "dist.strategy=fsdp"], str(tmp_path / "fsdp"), timeout=120)
+
+
+def test_moving_the_model_keeps_the_layers_views_of_theta0():
+    model = SubspaceModel(build_model("mlp"), 10, "fastfood", seed=0).to(torch.float64)
+    base = model.theta0.untyped_storage().data_ptr()
+    bufs = dict(model.module.named_buffers())
+    assert model.theta0.dtype == torch.float64 and len(bufs) == 6
+    assert all(b.dtype == torch.float64 and b.untyped_storage().data_ptr() == base for b in bufs.values())
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.module(x))  # d = 0: θ = θ₀, the module's own buffers

@@ -32,26 +32,36 @@ def make_projection(kind: str, D: int, d: int, seed: int, **kwargs) -> Projectio
     raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
 
 
-def _freeze_into_buffers(module: nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor, list[str]]:
+def _freeze_into_buffers(module: nn.Module) -> tuple[list[str], list[torch.Size], torch.Tensor, dict]:
     """Turn every parameter of `module` into a non-persistent buffer viewing one flat θ₀.
 
     Tied parameters (one tensor under several names) get one slice of θ₀ and stay tied.
-    Returns (names, shapes, θ₀, every buffer name created, aliases included).
+    Returns (names, shapes, θ₀, {every buffer name created, aliases included: (offset, shape)}).
     """
     named = list(module.named_parameters())  # one entry per distinct tensor
     theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
-    views, offset = {}, 0
+    where, offset = {}, 0
     for _, p in named:
-        views[id(p)] = theta0[offset:offset + p.numel()].view(p.shape)
+        where[id(p)] = (offset, p.shape)
         offset += p.numel()
-    created = []
-    for name, p in list(module.named_parameters(remove_duplicate=False)):
+    created = {name: where[id(p)] for name, p in module.named_parameters(remove_duplicate=False)}
+    for name in created:
         owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        del owner._parameters[leaf]
-        owner.register_buffer(leaf, views[id(p)], persistent=False)
-        created.append(name)
+        del module.get_submodule(owner_name)._parameters[leaf]
+    _point_into(module, theta0, created)
     return [n for n, _ in named], [p.shape for _, p in named], theta0, created
+
+
+def _point_into(module: nn.Module, theta0: torch.Tensor, slices: dict) -> None:
+    """Make each named buffer a view of θ₀ at its (offset, shape); names sharing a slice share one
+    view object, so functional_call still sees them as tied."""
+    views: dict[tuple, torch.Tensor] = {}
+    for name, (offset, shape) in slices.items():
+        key = (offset, tuple(shape))  # a zero-size tensor shares its offset with the next one
+        if key not in views:
+            views[key] = theta0[offset:offset + shape.numel()].view(shape)
+        owner_name, _, leaf = name.rpartition(".")
+        module.get_submodule(owner_name).register_buffer(leaf, views[key], persistent=False)
 
 
 class SubspaceModel(nn.Module):
@@ -107,6 +117,14 @@ class SubspaceModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.run(self.theta(), *args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to()/.cuda()/.double() convert every buffer on its own, which would turn the module's
+        views of θ₀ into copies (twice θ₀'s memory): point them back into the converted θ₀."""
+        super()._apply(fn, *args, **kwargs)
+        if self.theta0.numel() == self.D:  # ShardedSubspaceModel frees the full θ₀ and the views
+            _point_into(self.module, self.theta0, self._frozen)
+        return self
 
     def frozen_names(self) -> list[str]:
         """Qualified names (inside `module`) of the buffers that replaced its parameters."""
