@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # "mlp" | "lenet"
+    name: str = "mlp"  # "mlp" | "mlp_wide" | "lenet" | "vit" | "hf_vit"
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Config:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig,
             "sweep": SweepConfig}
 CHOICES = {
-    "model.name": ("mlp", "mlp_wide", "lenet"),
+    "model.name": ("mlp", "mlp_wide", "lenet", "vit", "hf_vit"),
     "data.dataset": ("mnist", "fashion-mnist"),
     "train.method": ("full", "subspace", "lora"),
     "train.projection": ("dense", "sparse", "fastfood"),
