@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # "mlp" | "lenet" | ...
+    name: str = "mlp"  # "mlp" | "mlp_wide" | "lenet" | "vit" | "hf_vit"
     init_from: str = ""  # a state_dict file (torch.save) whose weights become θ₀; "" = the seed's init
 
 
@@ -106,7 +106,7 @@ class Config:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig,
             "sweep": SweepConfig}
 CHOICES = {
-    "model.name": ("mlp", "mlp_wide", "lenet"),
+    "model.name": ("mlp", "mlp_wide", "lenet", "vit", "hf_vit"),
     "data.dataset": ("mnist", "fashion-mnist"),
     "train.method": ("full", "subspace", "lora"),
     "train.projection": ("dense", "sparse", "fastfood"),

@@ -1,4 +1,5 @@
-"""LoRA (Hu et al. 2021) on nn.Linear / nn.Conv2d: W = W₀ + (α/r)·B·A, W₀ frozen, A [r, in], B [out, r].
+"""LoRA (Hu et al. 2021) on nn.Linear / nn.Conv2d / transformers' Conv1D: W = W₀ + (α/r)·B·A, W₀ frozen,
+A [r, in], B [out, r]. Conv1D (GPT-2's projections) is a Linear storing Wᵀ [in, out]: its ΔW is ((α/r)·B·A)ᵀ.
 
 Conv2d: A is a conv in→r with the base's kernel/stride/padding/dilation ([r, in, kh, kw]), B a 1×1 conv
 r→out ([out, r, 1, 1]); ΔW = (α/r)·(B·A) reshaped to [out, in, kh, kw]. A ~ Kaiming-uniform(a=√5), B = 0.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -90,11 +92,39 @@ class LoRAConv2d(_LoRA):
         return b(x) + self.scale * F.conv2d(h, self.lora_B)
 
 
+class LoRAConv1D(_LoRA):
+    """transformers' Conv1D, y = x·W + b with W [in, out]: y = base(x) + (α/r)·(x·Aᵀ)·Bᵀ; x [..., in] → [..., out]."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, generator: torch.Generator | None = None):
+        super().__init__(base, r, alpha)
+        d_in, d_out = base.weight.shape
+        self.lora_A, self.lora_B = _init_factors((d_out, r), (r, d_in), base.weight, generator)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = ((α/r)·B·A)ᵀ, [in, out] like the base weight."""
+        return (self.scale * (self.lora_B @ self.lora_A)).t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * ((x @ self.lora_A.t()) @ self.lora_B.t())
+
+
 WRAPPERS: dict[type, type[_LoRA]] = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
 
 
+def _hf_conv1d() -> type | None:
+    """transformers' Conv1D class if transformers is loaded (a model cannot hold one otherwise)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _wrapper(m: nn.Module) -> type[_LoRA] | None:
+    """The LoRA class for layer `m`, or None if `m` is not adaptable."""
+    if type(m) in WRAPPERS:
+        return WRAPPERS[type(m)]
+    return LoRAConv1D if type(m) is _hf_conv1d() else None
+
+
 def _supported(m: nn.Module) -> bool:
-    return type(m) in WRAPPERS and (not isinstance(m, nn.Conv2d) or (m.groups == 1 and m.padding_mode == "zeros"))
+    return _wrapper(m) is not None and (not isinstance(m, nn.Conv2d) or (m.groups == 1 and m.padding_mode == "zeros"))
 
 
 def layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -115,11 +145,14 @@ def _dims(m: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of ΔW seen as a matrix: a conv's d_in is in·kh·kw."""
     if isinstance(m, nn.Conv2d):
         return m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels
-    return m.in_features, m.out_features
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    return tuple(m.weight.shape)  # Conv1D: [in, out]
 
 
 def _resolve(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Module]:
-    """The layers named by `targets` (exact names or fnmatch patterns; None = all); errors if any is empty."""
+    """The layers named by `targets`: exact names, fnmatch patterns, or name suffixes as PEFT's
+    target_modules ("v" picks "blocks.0.attn.v", "attn.v" too); None = all. Errors if any is empty."""
     avail = layers(model)
     names = ", ".join(repr(n) for n in avail) or "none"
     if targets is None:
@@ -129,9 +162,9 @@ def _resolve(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Mo
             targets = [targets]
         chosen = {}
         for t in targets:
-            hit = [n for n in avail if n == t or fnmatch.fnmatchcase(n, t)]
+            hit = [n for n in avail if n == t or n.endswith("." + t) or fnmatch.fnmatchcase(n, t)]
             if not hit:
-                raise ValueError(f"target {t!r} matches no Linear/Conv2d layer; available layers: {names}")
+                raise ValueError(f"target {t!r} matches no Linear/Conv2d/Conv1D layer; available layers: {names}")
             chosen.update((n, avail[n]) for n in hit)
         chosen = {n: avail[n] for n in avail if n in chosen}  # module order
     if not chosen:
@@ -163,7 +196,7 @@ def inject(model: nn.Module, r: int, alpha: float, targets: Sequence[str] | None
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     for name, m in chosen.items():
-        wrapper = WRAPPERS[type(m)](m, r, alpha, generator=gen)
+        wrapper = _wrapper(m)(m, r, alpha, generator=gen)
         if name == "":
             return wrapper
         parent, _, leaf = name.rpartition(".")
@@ -234,7 +267,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in keys}
 
 
-__all__ = ["LoRAConv2d", "LoRALinear", "contiguous_runs", "inject", "layers", "lora_param_count",
+__all__ = ["LoRAConv1D", "LoRAConv2d", "LoRALinear", "contiguous_runs", "inject", "layers", "lora_param_count",
            "lora_state_dict", "match_budget", "match_budget_targets", "merge"]
 
 

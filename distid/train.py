@@ -35,7 +35,7 @@ from distid.data import ShardedLoader, fetch, load_split
 from distid.evaluate import accuracy
 from distid.ledger import CommLedger
 from distid.memory import state_bytes
-from distid.models import build_model, count_params
+from distid.models import MissingDependency, build_model, count_params
 from distid.parallel.consistency import assert_same_across_ranks
 from distid import lora, pretrained
 from distid.parallel import compression, expected
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         run(load_config(args.config, args.overrides), args.out)
-    except (ConfigError, runtime.BackendError, MemoryError) as e:
+    except (ConfigError, runtime.BackendError, MemoryError, MissingDependency) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
             print(f"error: {e}", file=sys.stderr)
         return 2

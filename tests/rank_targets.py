@@ -123,3 +123,50 @@ def callback_collectives(numel):
         fut = fut.then(lambda f: dist.all_reduce(b, async_op=True).get_future().wait()[0])
         fut.wait()
     return {op: (s.calls, s.payload) for op, s in ledger.stats["step"].items()}, a[0].item(), b[0].item()
+
+
+def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
+    """The byte-level GPT-2 of distid.models.hf (tied embedding/head) wrapped as distid.train wraps
+    any model (train.parallelize): `method` full, subspace (Fastfood, d=64) or LoRA (r=2 on c_attn),
+    `steps` SGD steps on this rank's rows of a global byte batch; steps ≥ 2 booked by the ledger.
+    Returns (losses, trainable parameters gathered and flattened, ledger bytes/step, formula, tie intact)."""
+    from distid.config import load_config
+    from distid.ledger import CommLedger
+    from distid.models import hf_gpt2, seeded
+    from distid.models.hf import byte_batch
+    from distid.parallel.fsdp import full_state
+    from distid.subspace import SubspaceModel
+    from distid.train import make_optimizer, parallelize, train_step, with_lora
+
+    lr = {"full": 0.05, "subspace": 0.5, "lora": 0.05}[method]
+    cfg = load_config(None, [f"dist.strategy={strategy}", "train.optimizer=sgd", f"train.lr={lr}",
+                             "train.lora_rank=2", "train.lora_targets=c_attn"])
+    model = seeded(hf_gpt2, 0)
+    hf = model.hf
+    if method == "subspace":
+        model = SubspaceModel(model, 64, "fastfood", seed=0)
+    elif method == "lora":
+        model = with_lora(model, cfg)
+    rank, n = dist.get_rank(), dist.get_world_size()
+    net, _, formula = parallelize(model, cfg, n, torch.device("cpu"))
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    ledger, losses, b = CommLedger(n), [], global_batch // n
+    for step in range(steps):
+        x, y = byte_batch(global_batch, seed=step)
+        x, y = x[rank * b:(rank + 1) * b], y.view(global_batch, -1)[rank * b:(rank + 1) * b].reshape(-1)
+        with ledger.phase("step", steps=1) if step >= 2 else ledger.phase("warmup"):
+            losses.append(train_step(net, opt, x, y)[0].item())
+    state = full_state(model)
+    tied = hf.lm_head.weight is hf.transformer.wte.weight
+    return losses, torch.cat([state[k].reshape(-1) for k in sorted(state)]), ledger.per_step("step"), formula, tied
+
+
+def model_train_run(overrides, out_dir):
+    """distid.train.run on this rank with only `overrides` (defaults otherwise): (summary, trainable flat)."""
+    from distid.config import load_config
+    from distid.parallel.fsdp import full_state
+    from distid.train import run_with_model
+
+    summary, model = run_with_model(load_config(None, overrides), out_dir)
+    state = full_state(model)
+    return summary, torch.cat([state[k].reshape(-1) for k in sorted(state)])

@@ -14,12 +14,19 @@ from torch.distributed.fsdp import fully_shard
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The outermost modules that own parameters directly (a Linear, a Conv2d, a LoRA-wrapped
-    layer with its frozen base): one FSDP unit each, gathered and freed as a whole."""
+    layer with its frozen base): one FSDP unit each, gathered and freed as a whole. A module owning
+    a tied parameter (GPT-2's embedding = its output layer) is left to the root unit: FSDP2 cannot
+    shard one tensor in two units."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
     units, taken = [], set()
     for name, module in model.named_modules():
         if name and any(name.startswith(t + ".") for t in taken):
             continue
-        if name and any(True for _ in module.parameters(recurse=False)):
+        own = list(module.parameters(recurse=False))
+        if name and own and all(owners[id(p)] == 1 for p in module.parameters()):
             units.append(module)
             taken.add(name)
     return units

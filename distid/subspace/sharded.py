@@ -79,7 +79,10 @@ class ShardedSubspaceModel(nn.Module):
 def _drop_full_theta0(inner: SubspaceModel) -> None:
     """Free the replicated θ₀ (and the module's views of it): only the shard stays at rest."""
     like = dict(dtype=inner.theta0.dtype, device=inner.theta0.device)
-    for name in inner.frozen_names():  # one empty tensor each: shared ones would read as tied weights
-        owner_name, _, leaf = name.rpartition(".")
-        setattr(inner.module.get_submodule(owner_name), leaf, torch.empty(0, **like))
+    slots = [(inner.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+             for name in inner.frozen_names()]
+    views = [getattr(owner, leaf) for owner, leaf in slots]  # held: their ids stay distinct
+    empties: dict[int, torch.Tensor] = {}  # one empty tensor per view: one shared by all would read as
+    for (owner, leaf), view in zip(slots, views):  # tied weights; truly tied ones (GPT-2) stay tied
+        setattr(owner, leaf, empties.setdefault(id(view), torch.empty(0, **like)))
     inner.theta0 = torch.empty(0, **like)
