@@ -11,6 +11,7 @@ While booking, each collective is waited on before it returns. A dispatch mode i
 and a callback chained on a collective's future (`.then`: PowerSGD issues its P and Q all-reduces
 so) would otherwise run on the backend's thread, unbooked; on a finished future it runs here,
 inside the mode. Booked steps lose their communication/computation overlap: they are not timed.
+Under NCCL (CUDA tensors) nothing is waited on: see `_on_cuda`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # c10d op name → (collective, index of the argument holding this rank's input tensors)
@@ -71,10 +73,16 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func.namespace == "c10d" and self.ledger.book(self.phase, func.__name__.split(".")[0], args) \
-                not in POINT_TO_POINT:
+                not in POINT_TO_POINT and not _on_cuda(args):
             for work in (o for o in (out if isinstance(out, tuple) else (out,)) if hasattr(o, "wait")):
                 work.wait()  # completed here, so callbacks chained on it run on this thread (see above)
         return out
+
+
+def _on_cuda(args) -> bool:
+    """NCCL's work objects are not waited on here: doing so inside the mode crashed (SIGSEGV,
+    torch 2.11, H100); callbacks chained on NCCL futures are therefore not guaranteed to be booked."""
+    return any(isinstance(t, torch.Tensor) and t.is_cuda for t in pytree.tree_leaves(args))
 
 
 class CommLedger:
