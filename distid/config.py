@@ -62,7 +62,7 @@ class TrainConfig:
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
-    lora_targets: str = ""  # comma-separated layer names or patterns; "" = every Linear/Conv2d
+    lora_targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
 
 

@@ -92,7 +92,7 @@ def build(cfg: Config, local_world: int) -> torch.nn.Module:
 
 
 def with_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
-    """LoRA on train.lora_targets (all Linear/Conv2d by default) at train.lora_rank, or at the rank
+    """LoRA on train.lora_targets (all Linear/Conv2d/Conv1D by default) at train.lora_rank, or at the rank
     whose trainable count is closest to train.d; α = train.lora_alpha, or the rank."""
     targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()] or None
     try:

@@ -4,7 +4,7 @@
 # changes the pin. Installing torch before distid matters: left to resolve `torch>=2.5` by itself,
 # pip takes the newest torch, on Linux a CUDA build of several GB. Where a CPU wheel of 2.13.0 is
 # at hand (pip's find-links, or PyTorch's CPU index in PIP_EXTRA_INDEX_URL) the pin picks it.
-# Extras: DISTID_EXTRAS (default "test"; e.g. "test,peft").
+# Extras: DISTID_EXTRAS (default "test,hf": transformers, for the Hugging Face model tests; e.g. "test,peft").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,5 +16,5 @@ if ! python -c "$have_torch" 2>/dev/null; then
   echo "+ pip install ${DISTID_TORCH:-torch==2.13.0}"
   pip install -q "${DISTID_TORCH:-torch==2.13.0}" 2> >(grep -v "is ignored: it is neither" >&2)
 fi
-echo "+ pip install -e .[${DISTID_EXTRAS:-test}]"
-pip install -q -e ".[${DISTID_EXTRAS:-test}]" 2> >(grep -v "is ignored: it is neither" >&2)
+echo "+ pip install -e .[${DISTID_EXTRAS:-test,hf}]"
+pip install -q -e ".[${DISTID_EXTRAS:-test,hf}]" 2> >(grep -v "is ignored: it is neither" >&2)
