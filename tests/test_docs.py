@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from datasets_for_tests import DATA_ROOT, have_dataset, have_mnist
+from distid.config import load_config
+from distid.models import build_model
 from procs import REPO, run
 
 DOCS = Path(REPO) / "docs"
@@ -26,8 +29,11 @@ TINY = {
     "distid.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]"],
     "distid.bench": ["--rounds", "1", "--steps", "2"],
+    "distid.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
+    "distid.bench_gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
-TAKES_CONFIG = {"distid.train", "distid.compare", "distid.sweep"}  # --set data.root=..., --out
+NEEDS_GPU = {"distid.bench_gpt2"}
+TAKES_CONFIG = {"distid.train", "distid.compare", "distid.sweep", "distid.convergence"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
@@ -52,7 +58,7 @@ def argv(command: str, out: Path) -> list[str]:
         pytest.fail(f"docs show `{command}`, but tests/test_docs.py has no TINY arguments for {module}")
     head = [sys.executable, "-m", "torch.distributed.run"] if words[0] == "torchrun" else [sys.executable]
     extra = ["--set", f"data.root={DATA_ROOT}", "--out", str(out)] if module in TAKES_CONFIG else []
-    if module == "distid.bench":
+    if module in ("distid.bench", "distid.bench_gpt2"):
         extra = ["--out", str(out)]
     config = words[words.index("--config") + 1] if "--config" in words else ""
     return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra
@@ -62,7 +68,7 @@ CASES = [(page.name, i, cmd) for page in LESSONS for i, cmd in enumerate(command
 
 
 def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
-    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 7)]
+    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 8)]
     for page in LESSONS:
         text = page.read_text()
         assert commands(page), f"{page.name} shows no command"
@@ -73,12 +79,15 @@ def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
 @pytest.mark.parametrize("page,i,command", CASES, ids=[f"{p}:{i}" for p, i, _ in CASES])
 def test_docs_command_runs_at_a_tiny_size(page, i, command, tmp_path):
-    words = shlex.split(command)
+    words, extra = shlex.split(command), []
+    if words[words.index("-m") + 1] in NEEDS_GPU and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     if "--config" in words:
-        from distid.config import load_config
-
-        dataset = load_config(str(Path(REPO) / words[words.index("--config") + 1])).data.dataset
-        if not have_dataset(dataset):
-            pytest.skip(f"{dataset} not fetched (python -m distid.data fetch {dataset})")
-    out = run(argv(command, tmp_path / "out"), timeout=300)
+        cfg = load_config(str(Path(REPO) / words[words.index("--config") + 1]))
+        if not have_dataset(cfg.data.dataset):
+            pytest.skip(f"{cfg.data.dataset} not fetched (python -m distid.data fetch {cfg.data.dataset})")
+        if cfg.model.init_from:  # a pretraining run the page shows first: stand in with fresh weights
+            torch.save(build_model(cfg.model.name).state_dict(), tmp_path / "init.pt")
+            extra = ["--set", f"model.init_from={tmp_path / 'init.pt'}"]
+    out = run(argv(command, tmp_path / "out") + extra, timeout=300)
     assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
