@@ -63,6 +63,7 @@ class TrainConfig:
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
     lora_targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
+    lora_modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
 
 

@@ -172,6 +172,24 @@ def _resolve(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Mo
     return chosen
 
 
+def train_fully(model: nn.Module, modules: Sequence[str]) -> int:
+    """Make every parameter of the named modules trainable (exact names or name suffixes, as
+    `targets`): PEFT's `modules_to_save`, e.g. a new task's classifier head next to LoRA.
+    Returns how many parameters that adds."""
+    named = dict(model.named_modules())
+    added = 0
+    for t in modules:
+        hit = [n for n in named if n and (n == t or n.endswith("." + t))]
+        if not hit:
+            raise ValueError(f"train.lora_modules_to_save: {t!r} names no module of the model")
+        for n in hit:
+            for p in named[n].parameters():
+                if not p.requires_grad:
+                    p.requires_grad_(True)
+                    added += p.numel()
+    return added
+
+
 def _max_rank(chosen: dict[str, nn.Module]) -> int:
     return min(min(_dims(m)) for m in chosen.values())
 

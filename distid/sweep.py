@@ -64,6 +64,7 @@ def overrides(cfg: Config, point: dict) -> list[str]:
 
 RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy")  # what decides a point's result
 NOT_RESULT = ("train.log_every", "train.eval_every")
+ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("train.d", "train.projection", "train.said", "train.max_dense_gb")}
 
 
 def fingerprint(cfg: Config, ranks: int) -> str:
@@ -71,7 +72,9 @@ def fingerprint(cfg: Config, ranks: int) -> str:
     that a setting added to distid later leaves finished points valid) and the world size."""
     flat = _flat(to_dict(cfg))
     default = _flat(to_dict(Config()))
-    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in NOT_RESULT and v != default.get(k)}
+    other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != cfg.train.method for p in prefixes)
+    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in NOT_RESULT
+            and not k.startswith(other) and v != default.get(k)}
     return hashlib.sha256(json.dumps(dict(what, ranks=ranks), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -177,6 +180,7 @@ def main(argv=None) -> int:
         out = Path(args.out or f"runs/sweep-{cfg.name}")
         split = cfg.sweep.mode == "split"
         points = plan(cfg)
+        check_lora_ranks(args, cfg)
         done = {} if args.redo else sweep_store.finished(out, points, key,
                                                          lambda pt: fingerprint(_point_cfg(args, cfg, pt), 1 if split else n))
         todo = [pt for pt in points if key(pt) not in done]
@@ -200,6 +204,19 @@ def main(argv=None) -> int:
         return 2
     runtime.shutdown()
     return 0
+
+
+def check_lora_ranks(args, cfg: Config) -> None:
+    """Refuse, before training anything, a LoRA rank some targeted layer cannot take."""
+    from distid.models import build_model
+    from distid.train import with_lora
+
+    for r in cfg.sweep.lora_ranks:
+        pcfg = _point_cfg(args, cfg, dict(kind="lora", x=r, seed=cfg.train.seed))
+        try:
+            with_lora(build_model(pcfg.model.name), pcfg)
+        except ConfigError as e:
+            raise ConfigError(f"sweep.lora_ranks = {cfg.sweep.lora_ranks}: {e}") from e
 
 
 def _point_cfg(args, cfg: Config, point: dict) -> Config:

@@ -95,9 +95,12 @@ def with_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     """LoRA on train.lora_targets (all Linear/Conv2d/Conv1D by default) at train.lora_rank, or at the rank
     whose trainable count is closest to train.d; α = train.lora_alpha, or the rank."""
     targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()] or None
+    save = [t.strip() for t in cfg.train.lora_modules_to_save.split(",") if t.strip()]
     try:
         r = cfg.train.lora_rank or lora.match_budget(model, cfg.train.d, targets)[0]
-        return lora.inject(model, r, cfg.train.lora_alpha or float(r), targets, seed=cfg.train.seed)
+        model = lora.inject(model, r, cfg.train.lora_alpha or float(r), targets, seed=cfg.train.seed)
+        lora.train_fully(model, save)
+        return model
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
@@ -250,8 +253,8 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
         assert_same_across_ranks(fingerprint)
         trainable = count_params(model, trainable_only=True)
         total = model.D if isinstance(model, SubspaceModel) else count_params(model)
-        shape = dict(total=total - trainable if cfg.train.method == "lora" else total,  # D of the base
-                     trainable=trainable)
+        adapters = sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[2] in ("lora_A", "lora_B"))
+        shape = dict(total=total - adapters, trainable=trainable)  # D of the base model
         net, counter, formula = parallelize(model, cfg, n, device)
     return _Run(cfg, rank, n, device, ledger, out, loader, test_split, model, net, counter, formula,
                 fingerprint, shape, t_start)

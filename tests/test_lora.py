@@ -19,6 +19,7 @@ from distid.lora import (
     match_budget_targets,
     merge,
 )
+from distid.config import ConfigError
 from distid.models import build_model, count_params
 from distid.train import train_step
 
@@ -234,3 +235,18 @@ def test_peft_get_peft_model_trains():
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     losses = [train_step(model, opt, x, y)[0].item() for _ in range(20)]
     assert losses[-1] < losses[0]
+
+
+def test_modules_to_save_train_the_head_fully_beside_lora():
+    from distid.config import load_config
+    from distid.train import build
+
+    cfg = load_config(None, ["model.name=vit", "train.method=lora", "train.lora_targets=q,v", "train.lora_rank=16",
+                             "train.lora_modules_to_save=head"])
+    model = build(cfg, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"head.weight", "head.bias"} <= trainable
+    assert all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert count_params(model, trainable_only=True) == 16 * 2 * 4 * (96 + 96) + 96 * 10 + 10
+    with pytest.raises(ConfigError, match="names no module"):
+        build(load_config(None, ["train.method=lora", "train.lora_modules_to_save=nohead"]), 1)

@@ -11,7 +11,9 @@ from distid import sweep_store
 from distid.config import ConfigError, load_config
 from distid.intrinsic import analyse, crossing
 from distid.sweep import grid, key, plan, share
-from procs import torchrun
+import sys
+
+from procs import run, torchrun
 
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
 
@@ -148,3 +150,13 @@ def test_fingerprint_follows_what_decides_a_result():
                    "model.init_from=x.pt", "train.projection=sparse"):
         assert fp(change) != base, change
     assert fingerprint(load_config("configs/mnist_fc_id.toml"), 2) != base
+    assert fp("train.lora_targets=3") == base  # a subspace point does not depend on LoRA's settings
+    full = ["train.method=full"]
+    assert fp(*full, "train.d=7", "train.projection=sparse") == fp(*full)
+
+
+def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
+    out = run([sys.executable, "-m", "distid.sweep", "--out", str(tmp_path), "--set", "sweep.lora_ranks=[1,16]"],
+              timeout=60)
+    assert out.returncode == 2 and "sweep.lora_ranks = [1, 16]: rank r=16 exceeds" in out.stderr
+    assert ": test acc" not in out.stdout
