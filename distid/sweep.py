@@ -118,9 +118,9 @@ def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int
     with open(folder / "train.log", "w") as log, contextlib.redirect_stdout(log):
         s = run(pcfg, str(folder))
     keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "epochs", "step_time_s",
-            "lora_rank", "world_size")
+            "lora_rank", "world_size", "theta0")
     rec = dict(point, key=key(point), hash=fingerprint(pcfg, ranks), wall_time_s=time.perf_counter() - t0,
-               rank=rank, **{k: s[k] for k in keep})
+               rank=rank, **{k: s.get(k) for k in keep})
     print(f"[rank {rank}] {key(point):>22}: test acc {rec['test_accuracy']:.4f}  "
           f"({rec['trainable_params']:,} trained, {rec['wall_time_s']:.1f} s)", flush=True)
     return rec

@@ -49,7 +49,9 @@ def markdown(result: dict, cfg: Config) -> str:
         + ", ".join(f"{r['wall_time_s']:.0f} s on {r['ranks']} rank(s), {r.get('trained', '?')} points trained"
                    for r in runs) + ".")
     lines = [
-        f"# Intrinsic dimension — {cfg.model.name} on {cfg.data.dataset}\n",
+        f"# Intrinsic dimension — {cfg.model.name} on {cfg.data.dataset}"
+        + (f", classes {cfg.data.classes}" if cfg.data.classes else "")
+        + (f", from θ₀ = {cfg.model.init_from}" if cfg.model.init_from else "") + "\n",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {result['ranks']} rank(s), mode "
         f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall, {result['trained']} points trained; "
         f"the points' own run times add up to {point_time:.0f} s.{history}\n",
@@ -124,7 +126,9 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"Intrinsic dimension: {cfg.model.name} on {cfg.data.dataset} "
+    ax.set_title(f"Intrinsic dimension: {cfg.model.name} on {cfg.data.dataset}"
+                 f"{' ' + ','.join(map(str, cfg.data.classes)) if cfg.data.classes else ''}"
+                 f"{' (pretrained θ₀)' if cfg.model.init_from else ''} "
                  f"({next(p for p in pts if p['kind'] == 'full')['epochs']:.1f} epochs per point)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
