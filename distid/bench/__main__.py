@@ -44,7 +44,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="(old flag) steps per variant per round: budget from it")
     p.add_argument("--ranks", type=int, default=None, help="'all': world size of the N-rank steps (default 4; quick 2)")
     p.add_argument("--collective-ranks", default=None, help="'all': world sizes for collectives (default 2,3,4)")
-    p.add_argument("--max-gb", type=float, default=None, help="memory limit per kernel case (default 3; quick 0.2)")
+    p.add_argument("--max-gb", type=float, default=None, help="memory limit per kernel case (default 5; quick 0.2)")
     a = p.parse_args(argv)
     q = a.quick
     a.models = (a.models or ("mlp" if q else "mlp,mlp_wide")).split(",")
@@ -52,7 +52,7 @@ def parse(argv) -> argparse.Namespace:
     a.budget = a.budget if a.budget is not None else (0.003 * a.steps if a.steps else (0.02 if q else 0.4))
     a.ranks = a.ranks or (2 if q else 4)
     a.collective_ranks = [int(x) for x in (a.collective_ranks or ("2" if q else "2,3,4")).split(",")]
-    a.max_gb = a.max_gb or (0.2 if q else 3.0)
+    a.max_gb = a.max_gb or (0.2 if q else 5.0)
     wanted = SECTIONS if a.what == "all" else a.what.split(",")
     bad = [w for w in wanted if w not in SECTIONS]
     if bad:

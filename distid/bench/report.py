@@ -72,7 +72,7 @@ def _scaling(s: dict) -> list[str]:
            f"for NVLink/InfiniBand), links: " + "; ".join(v["source"] for v in s["links"].values()) +
            f". {s['gpus_per_node']} GPUs per node, float32 payloads, subspace d = {s['d']:,}, LoRA r = "
            f"{s['lora_rank']}. Per-step communication time in ms (latency + bandwidth terms); formulas in "
-           f"docs/bench.md.\n",
+           f"docs/benchmarks.md.\n",
            "| model | strategy | method | trainable | bytes/step | " + " | ".join(f"{n} GPUs" for n in show) + " |",
            "|---|---|---|---:|---:|" + "---:|" * len(show)]
     key = {}

@@ -6,7 +6,7 @@ N ≤ g: one ring over NVLink. N = m·g: hierarchical (reduce-scatter in the nod
 across the m nodes on each rail, all-gather in the node); across nodes the cheaper of a ring and
 a (double binary) tree. Payloads in float32: DDP all-reduces the trainable gradients (4·T bytes);
 FSDP all-gathers the parameters twice and reduce-scatters the trainable gradients; distid's
-sharded subspace all-gathers θ once and all-reduces d. Formulas: docs/bench.md.
+sharded subspace all-gathers θ once and all-reduces d. Formulas: docs/benchmarks.md.
 """
 
 from __future__ import annotations
