@@ -222,3 +222,31 @@ def test_regenerated_buffers_leave_batch_norm_statistics_to_ddp():
     names = m.regenerated_buffers()
     assert "theta0" in names and "module.conv.weight" in names and "projection.G" in names
     assert not any("running_mean" in n or "num_batches" in n for n in names)
+
+
+def test_fastfood_holds_16_bytes_per_entry():
+    p = FastfoodProjection(199_210, 750, seed=0)
+    assert p.perm.dtype == torch.int32 and p.nbytes() == 16 * p.nb * p.L
+
+
+def test_sparse_products_match_torch_mv():
+    p = make_projection("sparse", 3000, 40, seed=5)
+    v, g = torch.randn(40), torch.randn(3000)
+    torch.testing.assert_close(p.matvec(v), torch.mv(p.P, v))
+    torch.testing.assert_close(p.rmatvec(g), torch.mv(p.Pt, g))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_projection_on_gpu_never_waits_for_the_host(kind):
+    """P·d and Pᵀ·g on the GPU: no device→host copy or synchronisation inside a step."""
+    p = make_projection(kind, 5000, 64, seed=0).cuda()
+    d = torch.randn(64, device="cuda", requires_grad=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        (p(d) ** 2).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    cpu = make_projection(kind, 5000, 64, seed=0)
+    want = cpu.rmatvec(2 * cpu.matvec(d.detach().cpu()))
+    torch.testing.assert_close(d.grad.cpu(), want, rtol=1e-4, atol=1e-4)

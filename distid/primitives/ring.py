@@ -5,7 +5,8 @@ reduce-scatter: N−1 steps; at step s rank r sends chunk (r−s−1) mod N to r
 (r−s−2) mod N it receives from r−1. Afterwards rank r holds the full reduction of c_r.
 all-gather: N−1 steps; rank r sends chunk (r−s) mod N right, stores chunk (r−s−1) mod N from the left.
 Bytes sent per rank: reduce-scatter S − |c_r|, all-gather S − |c_{r+1}|, all-reduce the sum:
-2(N−1)/N·S exactly when N divides S.
+2(N−1)/N·S exactly when N divides S. All of a phase's receives are posted before its first send
+(matched in order per source), so no step waits for a neighbour to become ready.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from distid.primitives.meter import ByteMeter, exchange
+from distid.primitives.meter import ByteMeter, post_recv, post_send, wait_all
 from distid.primitives.reduce import check_op, combine
 
 
@@ -35,23 +36,56 @@ def _ring(group: dist.ProcessGroup | None) -> tuple[int, int, int, int]:
 
 
 def _reduce_scatter_flat(flat: torch.Tensor, op, meter, group) -> None:
-    """In place on a flat contiguous buffer: afterwards this rank's chunk is fully reduced."""
+    """In place on a flat contiguous buffer: afterwards this rank's chunk is fully reduced.
+
+    Every step's receive is posted up front into its own slot of a reused scratch buffer, so the
+    left neighbour never waits for this rank to be ready; each step's send starts as soon as the
+    chunk it carries is reduced."""
     rank, n, right, left = _ring(group)
+    if n == 1:
+        return
     chunks = [flat[a:b] for a, b in chunk_bounds(flat.numel(), n)]
-    scratch = torch.empty_like(chunks[0])
+    into = [chunks[(rank - s - 2) % n] for s in range(n - 1)]
+    slots = _scratch(sum(c.numel() for c in into), flat).split([c.numel() for c in into])
+    recvs = [post_recv(slot, left, meter, group) for slot in slots]
+    sends = [post_send(chunks[(rank - 1) % n], right, meter, group)]
     for s in range(n - 1):
-        out, into = chunks[(rank - s - 1) % n], chunks[(rank - s - 2) % n]
-        incoming = scratch[: into.numel()]
-        exchange(out, right, incoming, left, meter, group)
-        combine(into, incoming, op)
+        if recvs[s] is not None:
+            recvs[s].wait()
+        combine(into[s], slots[s], op)
+        if s < n - 2:  # step s + 1 sends chunk (rank − s − 2): the one just reduced
+            sends.append(post_send(into[s], right, meter, group))
+    wait_all(sends)  # before anyone may overwrite a sent chunk
 
 
 def _all_gather_flat(flat: torch.Tensor, meter, group) -> None:
-    """In place on a flat buffer whose chunk `rank` is filled: afterwards every chunk is."""
+    """In place on a flat buffer whose chunk `rank` is filled: afterwards every chunk is.
+    All receives are posted first; each received chunk is forwarded right at once."""
     rank, n, right, left = _ring(group)
+    if n == 1:
+        return
     chunks = [flat[a:b] for a, b in chunk_bounds(flat.numel(), n)]
+    recvs = [post_recv(chunks[(rank - s - 1) % n], left, meter, group) for s in range(n - 1)]
+    sends = [post_send(chunks[rank], right, meter, group)]
     for s in range(n - 1):
-        exchange(chunks[(rank - s) % n], right, chunks[(rank - s - 1) % n], left, meter, group)
+        if recvs[s] is not None:
+            recvs[s].wait()
+        if s < n - 2:
+            sends.append(post_send(chunks[(rank - s - 1) % n], right, meter, group))
+    wait_all(sends)
+
+
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A reused receive buffer of at least numel elements (one per dtype and device): a fresh one
+    per call would page-fault its way through (N−1)/N of the message every time."""
+    key = (like.dtype, like.device)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
 
 
 def ring_all_reduce(

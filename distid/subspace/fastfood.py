@@ -4,7 +4,7 @@
 
 H the unnormalised L×L Walsh–Hadamard matrix, B_j random ±1, Π_j a random permutation, G_j
 Gaussian scaled so every column of P has unit norm in expectation. `block="auto"`: L = 2^⌈log₂d⌉,
-nb = ⌈D/L⌉ blocks — O(D log d) time, O(D) memory. `block="whole"`: one block L = 2^⌈log₂D⌉ over
+nb = ⌈D/L⌉ blocks — O(D log d) time, O(D) memory: B, G and Π, Π⁻¹ as int32, 16 bytes per entry. `block="whole"`: one block L = 2^⌈log₂D⌉ over
 the whole network, as Li et al. (2018) implement it — O(D log D).
 """
 
@@ -35,8 +35,10 @@ class FastfoodProjection(Projection):
         offsets = torch.arange(self.nb).unsqueeze(1) * L
         self.register_buffer("B", B, persistent=False)
         self.register_buffer("G", G, persistent=False)
-        self.register_buffer("perm", (perm + offsets).flatten(), persistent=False)
-        self.register_buffer("inv_perm", (torch.argsort(perm, dim=1) + offsets).flatten(), persistent=False)
+        index = torch.int32 if self.nb * L < 2**31 else torch.int64  # int32 halves the index memory
+        self.register_buffer("perm", (perm + offsets).flatten().to(index), persistent=False)
+        self.register_buffer("inv_perm", (torch.argsort(perm, dim=1) + offsets).flatten().to(index),
+                             persistent=False)
 
     def matvec(self, d: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(self.L, dtype=d.dtype, device=d.device)

@@ -1,8 +1,10 @@
 """Very sparse random projection (Li, Hastie & Church 2006; used by Li et al. 2018): each entry is
 nonzero with probability 1/√D, ±1 with equal odds; columns scaled to unit norm.
 
-About d·√D nonzeros (the MLP at d = 750: ≈ 335 k), stored as CSR for P and for Pᵀ so both
-products are one sparse matrix–vector product.
+About d·√D nonzeros (the MLP at d = 750: ≈ 335 k), stored as CSR for P and for Pᵀ. Each product
+runs as one embedding_bag over a CSR's rows — out[i] = Σ_k vals[k]·x[cols[k]], k in row i — which
+beats torch.mv on a CSR of D short rows (≈ 1.7 entries each) several-fold on this CPU, and runs
+unchanged on a GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from distid.subspace.projection import Projection
 
@@ -43,10 +46,10 @@ class SparseProjection(Projection):
             self.register_buffer("Pt", P.t().coalesce().to_sparse_csr(), persistent=False)
 
     def matvec(self, d: torch.Tensor) -> torch.Tensor:
-        return torch.mv(self.P, d)
+        return csr_mv(self.P, d)
 
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
-        return torch.mv(self.Pt, g)
+        return csr_mv(self.Pt, g)
 
     def flops(self) -> int:
         return 4 * self.nnz
@@ -54,3 +57,11 @@ class SparseProjection(Projection):
     @property
     def nnz(self) -> int:
         return self.P.values().numel()
+
+
+def csr_mv(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A·x for a CSR matrix A [m, n] and x [n], as one weighted embedding_bag (sum over each row)."""
+    crow = A.crow_indices()
+    out = F.embedding_bag(A.col_indices(), x.unsqueeze(1), crow[:-1], mode="sum",
+                          per_sample_weights=A.values(), include_last_offset=False)
+    return out.view(-1)
