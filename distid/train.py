@@ -136,8 +136,11 @@ def parallelize(model, cfg: Config, n: int, device: torch.device):
         return wrap_fsdp(model, device.type), None, bytes_
     ignore = model.regenerated_buffers() if isinstance(model, SubspaceModel) else []
     d = cfg.dist
-    hook = compression.comm_hook(d.comm_hook, d.powersgd_rank, d.powersgd_start_iter, d.powersgd_error_feedback,
-                                 cfg.train.seed)
+    try:
+        hook = compression.comm_hook(d.comm_hook, d.powersgd_rank, d.powersgd_start_iter, d.powersgd_error_feedback,
+                                     cfg.train.seed, device.type)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     net, counter = _ddp(model, device, ignore, hook)
     if d.comm_hook == "powersgd":
         return net, counter, expected.powersgd_bytes(model, d.powersgd_rank)

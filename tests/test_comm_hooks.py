@@ -2,11 +2,13 @@
 real payloads — PowerSGD's P and Q all-reduces, issued in future callbacks, included."""
 
 import pytest
+import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
 from distid.models import build_model
 from distid.parallel import expected
+from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE, comm_hook
 
 FULL = 4 * 199_210
 ROWS, COLS, VECTORS = 200 + 200 + 10, 784 + 200 + 200, 200 + 200 + 10  # the MLP's weight matrices [n, m], biases
@@ -39,6 +41,7 @@ def test_fp16_and_bf16_hooks_send_half_of_full_ddp(dist_pool, tmp_path):
 
 @needs_mnist
 @pytest.mark.parametrize("r", [1, 2])
+@pytest.mark.skipif(torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)
 def test_powersgd_sends_r_times_rows_plus_columns_and_the_vectors(dist_pool, tmp_path, r):
     """Once compressing, each step all-reduces the biases (not worth compressing), P [n, r] and
     Q [m, r] of every weight [n, m]: 3 all-reduces of 4·(r·(Σn + Σm) + Σ|b|) bytes in all."""
@@ -75,3 +78,10 @@ def test_a_hook_needs_ddp():
     with pytest.raises(ConfigError, match="dist.comm_hook must be 'none' unless dist.strategy = 'ddp'"):
         load_config(None, ["dist.comm_hook=fp16", "dist.strategy=fsdp"])
     assert load_config(None, ["dist.powersgd_error_feedback=false"]).dist.powersgd_error_feedback is False
+
+
+def test_powersgd_on_cpu_tensors_where_cuda_is_visible_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        comm_hook("powersgd", device_type="cpu")
+    assert comm_hook("powersgd", device_type="cuda")[1].__name__ == "powerSGD_hook"

@@ -13,11 +13,12 @@ import torch
 
 @functools.lru_cache(maxsize=None)
 def _sylvester(n: int, dtype: torch.dtype, device_str: str) -> torch.Tensor:
-    """Dense H_n (n a power of two) by Sylvester's construction."""
-    h = torch.ones(1, 1, dtype=dtype)
+    """Dense H_n (n a power of two) by Sylvester's construction, built on the device itself (a copy
+    from host memory would make the first projection on a GPU wait for the host)."""
+    h = torch.ones(1, 1, dtype=dtype, device=device_str)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h.to(device_str)
+    return h
 
 
 def factor_sizes(length: int, max_bits: int = 6) -> list[int]:
