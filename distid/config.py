@@ -61,6 +61,8 @@ class TrainConfig:
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
     lora_targets: str = ""  # comma-separated layer names or patterns; "" = every Linear/Conv2d
+    ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
+    ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
 
 
 @dataclass
@@ -187,6 +189,8 @@ def validate(cfg: Config) -> None:
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
+        ("train.ckpt_every", t.ckpt_every >= 0, ">= 0 (0: only at the end)", t.ckpt_every),
+        ("train.ckpt_keep", t.ckpt_keep >= 0, ">= 0 (0: no checkpoints)", t.ckpt_keep),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
     ]
     for key, ok, rule, value in checks:

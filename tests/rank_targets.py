@@ -77,7 +77,7 @@ def dp_runs(data_root, steps, global_batch, lr):
     return hand.params, ddp.params, hand.bytes_per_step
 
 
-def train_run(overrides, out_dir, bad_seed_rank=None):
+def train_run(overrides, out_dir, bad_seed_rank=None, resume=False):
     """distid.train on this rank; returns (summary, trained parameters flattened)."""
     from distid.config import load_config
     from distid.train import run_with_model
@@ -86,7 +86,7 @@ def train_run(overrides, out_dir, bad_seed_rank=None):
     if dist.get_rank() == bad_seed_rank:
         overrides = [*overrides, "train.seed=99"]
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
-    summary, model = run_with_model(cfg, out_dir)
+    summary, model = run_with_model(cfg, out_dir, resume=resume)
     from distid.parallel.fsdp import full_state
 
     state = full_state(model)  # trainable parameters, FSDP shards gathered
