@@ -5,7 +5,8 @@ Subspace and LoRA (trainable state replicated on every rank): one file written b
 θ₀ and P are regenerated from the seed, a LoRA base from build_model(seed). Full training and
 FSDP-sharded LoRA: a `torch.distributed.checkpoint` folder `step_000040/` (each rank writes its
 shards, any world size loads them) with the same meta in `meta.pt`. meta = steps done, loader
-position, the config and its resume hash, θ₀/P fingerprints, each rank's RNG state and recent losses.
+position, the config and its resume hash, θ₀/P fingerprints, the RNG state (once when all ranks'
+agree) and each rank's recent losses.
 Atomic: written as `.tmp-step_…`, fsync'd, renamed; a crash before the rename leaves the previous
 checkpoint the latest.
 """
@@ -181,9 +182,11 @@ class Checkpointer:
         dist.gather_object(local, everyone, dst=0)
         if self.rank != 0:
             return None
+        rngs = [state.pop("rng") for state in everyone]  # 5 kB each on CPU: once when all agree
+        rngs = rngs[:1] if all(torch.equal(rngs[0], g) for g in rngs) else rngs
         return dict(format=FORMAT, step=done, world_size=self.n, config=to_dict(self.cfg),
                     resume_hash=resume_hash(self.cfg), loader=loader.state_dict(),
-                    fingerprint=self.fingerprint, ranks=everyone, dcp=self.dcp)
+                    fingerprint=self.fingerprint, ranks=everyone, rng=rngs, dcp=self.dcp)
 
     def save(self, done: int, opt: torch.optim.Optimizer, loader, local: dict) -> Path:
         """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path."""
@@ -239,8 +242,8 @@ class Checkpointer:
         loader.load_state_dict(meta["loader"])
         same_world = meta["world_size"] == self.n
         local = meta["ranks"][self.rank] if same_world else {}
-        if "rng" in local:
-            torch.set_rng_state(local["rng"])
+        if len(meta["rng"]) == 1 or same_world:
+            torch.set_rng_state(meta["rng"][0 if len(meta["rng"]) == 1 else self.rank])
         note = f"resuming from {path} ({meta['step']} steps done)"
         if not same_world:
             note += (f"; it was written by {meta['world_size']} ranks, this run has {self.n}: d, the optimizer "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     with torch.no_grad():
         if path.is_dir():  # DCP: read just the model's trainable tensors, in place
             state = {"model": {k: p.detach() for k, p in trainable.items()}}
-            dcp.load(state, checkpoint_id=str(path), no_dist=True)
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(state, checkpoint_id=str(path), no_dist=True)
         else:
             for k, p in trainable.items():
                 p.copy_(payload["trainable"][k])

@@ -9,6 +9,7 @@ did not, with their recorded reasons. The bound on a surviving rank: dist.timeou
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -37,6 +38,18 @@ def check_finite(step: int, loss: torch.Tensor, params: list[torch.Tensor], last
     what = f"loss is {loss.item()}" if not torch.isfinite(loss) else \
         "the trainable parameters stopped being finite (another rank's loss was not)"
     raise Diverged(f"{what} at step {step}: training diverged and stopped; {keep}; lower train.lr or check the data")
+
+
+def restart_hazard() -> str | None:
+    """A warning when torchrun may restart workers over a rendezvous store shared across attempts:
+    a restarted rank can then read the dead group's addresses and fail to connect (pytorch#135712;
+    measured here: 2 restarts in 4 failed so)."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 \
+            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return ("warning: torchrun --max-restarts with its rendezvous store shared by the workers: a restarted "
+                "group may fail to connect; export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun "
+                "(launch/*.sh do)")
+    return None
 
 
 def is_collective_error(e: BaseException) -> bool:

@@ -34,7 +34,7 @@ from distid import fault, runtime
 from distid.checkpoint import Checkpointer, CheckpointError, default_out_dir, restart_count, size_bytes
 from distid.config import Config, ConfigError, add_config_args, config_hash, load_config, to_dict
 from distid.data import FetchError, ShardedLoader, fetch, load_split
-from distid.failure import Diverged, PeerFailure, Watch, check_finite, is_collective_error
+from distid.failure import Diverged, PeerFailure, Watch, check_finite, is_collective_error, restart_hazard
 from distid.evaluate import accuracy
 from distid.ledger import CommLedger
 from distid.memory import state_bytes
@@ -246,6 +246,8 @@ def _run(cfg: Config, out_dir: str | None, rank: int, n: int, resume: bool) -> t
     with r.ledger.phase("checkpoint"):
         resumed = ckpt.resume(opt, r.loader) if resume else None
     r.start, losses = (resumed[0], [torch.tensor(v) for v in resumed[1].get("losses", [])]) if resumed else (0, [])
+    if restart_hazard() and restart_count() == 0:
+        runtime.print0(restart_hazard())
     if resume:
         runtime.print0(resumed[2] if resumed else f"no checkpoint in {ckpt.folder}: starting from step 0")
     progress = Progress(r.out, rank, n, steps, cfg.train.log_every)
