@@ -256,9 +256,9 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} is not a distid checkpoint of this kind "
                                   f"({'full/sharded' if self.dcp else 'subspace/LoRA'}); use another --out")
         if meta["resume_hash"] != resume_hash(self.cfg):
-            raise CheckpointError(
-                f"checkpoint {path} was written by another config ({_diff(flat_config(meta['config']), flat_config(self.cfg))}); "
-                f"resume with the same config, or start afresh with another --out")
+            diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
+            raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
+                                  f"resume with the same config, or start afresh with another --out")
         if self.fingerprint and meta.get("fingerprint") and meta["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path}: θ₀/P regenerated here differ from the checkpoint's (fingerprint "

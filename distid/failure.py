@@ -76,7 +76,8 @@ class Watch:
 
     def explain(self, step: int, e: BaseException, answer_s: float = ANSWER_S) -> PeerFailure:
         """After a failed collective: which ranks did not answer, and what they recorded."""
-        first = (str(e).strip().splitlines() or [""])[-1][:200]
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        first = next((line for line in lines if any(m in line for m in COLLECTIVE_ERRORS[:5])), lines[0])[:200]
         try:
             store = self._store()
             store.set(f"{self.prefix}/alive/{self.rank}", str(step))
