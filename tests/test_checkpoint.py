@@ -60,8 +60,9 @@ def test_lora_checkpoint_holds_only_the_adapters(dist_pool, tmp_path):
     assert keys and all(k.endswith(("lora_A", "lora_B")) for k in keys)
 
 
-def test_another_world_size_resumes_and_says_so(dist_pool, tmp_path, capfd):
-    kv = {"train.global_batch": 600}
+@pytest.mark.parametrize("case", ["subspace-ddp", "full-fsdp"])
+def test_another_world_size_resumes(dist_pool, tmp_path, case):
+    kv = {"train.global_batch": 600, **CASES[case]}
     (_, whole), = dist_pool(1).run("rank_targets:train_run", over(**{"train.steps": 12, **kv}),
                                    str(tmp_path / "whole"), timeout=180)
     train(dist_pool(2), tmp_path / "cut", **{"train.steps": 6, **kv})
