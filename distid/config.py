@@ -65,6 +65,8 @@ class TrainConfig:
     lora_targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
     lora_modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
+    ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
+    ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
 
 
 @dataclass
@@ -225,6 +227,8 @@ def validate(cfg: Config) -> None:
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
+        ("train.ckpt_every", t.ckpt_every >= 0, ">= 0 (0: only at the end)", t.ckpt_every),
+        ("train.ckpt_keep", t.ckpt_keep >= 0, ">= 0 (0: no checkpoints)", t.ckpt_keep),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
         ("dist.comm_hook", cfg.dist.comm_hook == "none" or cfg.dist.strategy == "ddp",
          "'none' unless dist.strategy = 'ddp' (it is a DDP comm hook)", cfg.dist.comm_hook),

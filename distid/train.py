@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import statistics
@@ -29,14 +30,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from distid import runtime
-from distid.config import Config, ConfigError, add_config_args, config_hash, load_config, timestamped_dir, to_dict
-from distid.data import ShardedLoader, fetch, load_split
+from distid import fault, runtime
+from distid.checkpoint import Checkpointer, CheckpointError, default_out_dir, restart_count, size_bytes
+from distid.config import Config, ConfigError, add_config_args, config_hash, load_config, to_dict
+from distid.data import FetchError, ShardedLoader, fetch, load_split
+from distid.failure import Diverged, PeerFailure, Watch, check_finite, is_collective_error, restart_hazard
 from distid.evaluate import accuracy
 from distid.ledger import CommLedger
 from distid.memory import state_bytes
 from distid.models import MissingDependency, build_model, count_params
-from distid.parallel.consistency import assert_same_across_ranks
+from distid.parallel.consistency import RanksDisagree, assert_same_across_ranks
 from distid import lora, pretrained
 from distid.parallel import compression, expected
 from distid.parallel.ddp import BucketCounter, wrap_ddp
@@ -50,17 +53,45 @@ WARMUP_STEPS = 2  # booked as "warmup": step 0 (also FLOP-counted) and step 1 (D
 LEDGER_STEPS = 10  # then booked as "step" by the dispatch-level ledger (it slows a step: not timed)
 
 
+class DataError(ValueError):
+    """The data of the config is missing or corrupt; the message says how to fetch it."""
+
+
 def load_splits(name: str, root: str):
-    """Fetch once per node (local rank 0, under a file lock: two "nodes" may share a host and a
-    folder) while the other ranks wait at a barrier; then every rank memory-maps the files."""
+    """Verify the files once per node (local rank 0, under a file lock: two "nodes" may share a
+    host and a folder; files are used in place or unpacked from .gz, never downloaded here) while
+    the other ranks wait; every rank learns of a problem and raises it; then each memory-maps them."""
+    problem = None
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        Path(root).mkdir(parents=True, exist_ok=True)
-        with open(Path(root) / ".fetch.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            fetch(name, root)
-    if dist.is_initialized():
-        dist.barrier()
-    return load_split(name, root, "train"), load_split(name, root, "test")
+        try:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            with open(Path(root) / ".fetch.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                fetch(name, root, sources=("local",))
+        except (FetchError, ValueError, OSError) as e:
+            problem = _data_problem(name, root, e)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, problem)
+        problem = next((p for p in everyone if p), None)
+    try:
+        if problem is None:
+            return load_split(name, root, "train"), load_split(name, root, "test")
+    except (FileNotFoundError, ValueError) as e:
+        problem = _data_problem(name, root, e)
+    raise DataError(problem)
+
+
+def _data_problem(name: str, root: str, e: BaseException) -> str:
+    """One line: what is wrong with the data, and the command that fetches it."""
+    bad = [msg for source, msg in getattr(e, "failures", []) if source == "existing"]
+    if bad:
+        what = f"{bad[0]} (the file was renamed *.bad)"
+    elif isinstance(e, FetchError):
+        what = f"{name} data not found in {root} (looked for the four IDX files, plain or .gz)"
+    else:
+        what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{what}; get it with `python -m distid.data fetch {name} --root {root}`"
 
 
 def build(cfg: Config, local_world: int) -> torch.nn.Module:
@@ -179,12 +210,13 @@ def train_step(net, opt, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     return loss.detach(), (logits.argmax(1) == y).float().mean()
 
 
-def run(cfg: Config, out_dir: str | None = None) -> dict:
-    """Train as `cfg` says; rank 0 writes summary.json (+ TensorBoard) to out_dir. Returns the summary."""
-    return run_with_model(cfg, out_dir)[0]
+def run(cfg: Config, out_dir: str | None = None, resume: bool = False) -> dict:
+    """Train as `cfg` says; rank 0 writes summary.json (+ TensorBoard) to out_dir. Returns the summary.
+    resume (or a torchrun restart): continue from the latest checkpoint in out_dir/checkpoints."""
+    return run_with_model(cfg, out_dir, resume)[0]
 
 
-def run_with_model(cfg: Config, out_dir: str | None = None) -> tuple[dict, torch.nn.Module]:
+def run_with_model(cfg: Config, out_dir: str | None = None, resume: bool = False) -> tuple[dict, torch.nn.Module]:
     """run(), also returning the trained model (SubspaceModel or plain). Joins the process group
     if none exists and then leaves it; inside an existing group (tests, sweeps) it leaves it be."""
     owns_group = not dist.is_initialized()
@@ -193,7 +225,7 @@ def run_with_model(cfg: Config, out_dir: str | None = None) -> tuple[dict, torch
         if cfg.train.global_batch % n:
             raise ConfigError(f"train.global_batch = {cfg.train.global_batch} is not a multiple of the world size "
                               f"{n}; every rank must get the same number of samples")
-        result = _run(cfg, out_dir, rank, n)
+        result = _run(cfg, out_dir, rank, n, resume or restart_count() > 0)
     except BaseException:
         if owns_group:
             runtime.shutdown(clean=False)
@@ -225,29 +257,55 @@ class _Run:
     t_loop: float = 0.0  # when the first step started
     eval_s: float = 0.0  # seconds spent in evaluations since
     curve: list = field(default_factory=list)  # [(steps done, training seconds, test accuracy)]
+    step: int = 0  # the step running now, for error messages
+    start: int = 0  # steps done before this run (resumed from a checkpoint)
 
 
-def _run(cfg: Config, out_dir: str | None, rank: int, n: int) -> tuple[dict, torch.nn.Module]:
-    r = _setup(cfg, out_dir, rank, n)
+_RUNS = [0]  # runs started by this process: with the out dir, names this run's keys in the store
+
+
+def _run(cfg: Config, out_dir: str | None, rank: int, n: int, resume: bool) -> tuple[dict, torch.nn.Module]:
+    r = _setup(cfg, out_dir, rank, n, resume)
     opt = make_optimizer(cfg, [p for p in r.model.parameters() if p.requires_grad])
     steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(r.loader)))
+    ckpt = Checkpointer(r.out / "checkpoints", cfg, r.model, r.fingerprint)
+    with r.ledger.phase("checkpoint"):
+        resumed = ckpt.resume(opt, r.loader) if resume else None
+    r.start, losses = (resumed[0], [torch.tensor(v) for v in resumed[1].get("losses", [])]) if resumed else (0, [])
+    if restart_hazard() and restart_count() == 0:
+        runtime.print0(restart_hazard())
+    if resume:
+        runtime.print0(resumed[2] if resumed else f"no checkpoint in {ckpt.folder}: starting from step 0")
     progress = Progress(r.out, rank, n, steps, cfg.train.log_every)
-    losses, times, flops = _loop(r, opt, steps, progress)
+    _RUNS[0] += 1
+    watch = Watch(hashlib.sha256(f"{r.out}|{restart_count()}|{_RUNS[0]}".encode()).hexdigest()[:12])
+    try:
+        times, flops = _loop(r, opt, steps, progress, losses, ckpt)
+    except Exception as e:
+        if n > 1 and is_collective_error(e):
+            raise watch.explain(r.step, e) from e
+        watch.record_error(r.step, e)
+        raise
     summary = _summarize(r, opt, steps, progress, losses, times, flops)
+    summary.update(resumed_from_step=r.start if resumed else None, checkpoint=str(ckpt.last) if ckpt.last else None,
+                   checkpoint_bytes=size_bytes(ckpt.last) if ckpt.last and rank == 0 else None,
+                   full_state_dict_bytes=4 * r.shape["total"])
     trained = full_state(r.model)  # on every rank: under FSDP it gathers the shards
     if rank == 0:
-        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
         torch.save(trained, r.out / "trainable.pt")
+        tmp = r.out / ".summary.json.tmp"  # summary.json last, and whole: its presence means "finished"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, r.out / "summary.json")
         print(final_table(summary, r.ledger.table("step")), flush=True)
     progress.close()
     return summary, r.model
 
 
-def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
+def _setup(cfg: Config, out_dir: str | None, rank: int, n: int, resume: bool = False) -> _Run:
     """Data, model, start-up checks and the strategy's wrapper, all booked as "setup"."""
     device, ledger, t_start = runtime.device(), CommLedger(n), time.perf_counter()
     with ledger.phase("setup"):
-        out = Path(_agree_on_out_dir(out_dir or timestamped_dir(cfg.name)))
+        out = Path(_agree_on_out_dir(out_dir or default_out_dir(cfg.name, resume)))
         train_split, test_split = (s.only(cfg.data.classes) for s in load_splits(cfg.data.dataset, cfg.data.root))
         loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
         model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
@@ -263,24 +321,30 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int) -> _Run:
                 fingerprint, shape, t_start)
 
 
-def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int]:
-    """The training steps: step 0 FLOP-counted, the warm-up steps (2, or a hook's plain ones) and 10 more
-    booked by the ledger, the rest timed."""
-    stream, times, losses = batches(r.loader, r.device), [], []
+def _loop(r: _Run, opt, steps: int, progress: Progress, losses: list, ckpt: Checkpointer) -> tuple[list, int]:
+    """Steps r.start…steps−1 (appending each loss to `losses`): the first FLOP-counted, the warm-up steps
+    (2, or a hook's plain ones) and 10 more booked by the ledger, the rest timed; a checkpoint when due;
+    stop at the first non-finite loss."""
+    stream, times = batches(r.loader, r.device), []
     r.t_loop = time.perf_counter()
     fc = FlopCounterMode(display=False)
+    trainable = [p for p in r.model.parameters() if p.requires_grad]
     warm = max(WARMUP_STEPS, compression.plain_steps(r.cfg.dist.comm_hook, r.cfg.dist.powersgd_start_iter))
-    for step in range(steps):
+    for step in range(r.start, steps):
+        r.step = step + 1
+        fault.at_step(step, r.rank)
         x, y = next(stream)
-        booked = step < warm + LEDGER_STEPS
-        phase = "warmup" if step < warm else "step"
-        with r.ledger.phase(phase, steps=1) if booked else nullcontext(), fc if step == 0 else nullcontext():
+        i = step - r.start
+        booked = i < warm + LEDGER_STEPS
+        phase = "warmup" if i < warm else "step"
+        with r.ledger.phase(phase, steps=1) if booked else nullcontext(), fc if i == 0 else nullcontext():
             t0 = time.perf_counter()
-            loss, acc = train_step(r.net, opt, x, y)
+            loss, acc = train_step(r.net, opt, fault.poison(x, step, r.rank), y)
             if r.device.type == "cuda":
                 torch.cuda.synchronize()
             if not booked:
                 times.append(time.perf_counter() - t0)
+        check_finite(step + 1, loss, trainable, ckpt.last)
         losses.append(loss)
         if progress.due(step):
             with r.ledger.phase("metrics"):
@@ -290,7 +354,11 @@ def _loop(r: _Run, opt, steps: int, progress: Progress) -> tuple[list, list, int
         if r.cfg.train.eval_every and (step + 1) % r.cfg.train.eval_every == 0 and step + 1 < steps:
             with r.ledger.phase("eval"):
                 evaluate_now(r, step, progress)
-    return losses, times, fc.get_total_flops()
+        if ckpt.due(step + 1, steps):
+            with r.ledger.phase("checkpoint"):
+                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in losses[-50:]])
+                ckpt.save(step + 1, opt, r.loader, local)
+    return times, fc.get_total_flops()
 
 
 def evaluate_now(r: _Run, step: int, progress: Progress) -> float:
@@ -310,7 +378,8 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
     subspace = isinstance(model, SubspaceModel)
     with ledger.phase("eval"):
         test_acc = evaluate_now(r, steps - 1, progress)
-        train_loss = runtime.reduce_scalar(torch.stack(losses[-50:]).mean().item(), dist.ReduceOp.SUM) / n
+        recent = torch.stack(losses[-50:]).mean().item() if losses else float("nan")
+        train_loss = runtime.reduce_scalar(recent, dist.ReduceOp.SUM) / n
         peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
             if device.type == "cuda" else None
         held = state_bytes(getattr(r.net, "module", r.net), opt)
@@ -333,7 +402,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
         comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
         comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
         comm_steps_booked=ledger.steps["step"], comm_steps_warmup=ledger.steps["warmup"],
-        ddp_hook_bytes_per_step=counter.payload / steps if counter else 0.0,
+        ddp_hook_bytes_per_step=counter.payload / max(steps - r.start, 1) if counter else 0.0,
         test_accuracy=test_acc, train_loss=train_loss, eval_curve=r.curve,
         step_time_s=statistics.median(times) if times else None,
         peak_rss_mb=max(per_rank["peak_rss_mb_per_rank"]), peak_gpu_mb=peak_gpu, state_bytes=held, **per_rank,
@@ -358,13 +427,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distid.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (default: the newest runs/<name>-*); "
+                        "automatic when torchrun restarts the group")
     args = p.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides), args.out)
-    except (ConfigError, runtime.BackendError, MemoryError, MissingDependency) as e:
+        run(load_config(args.config, args.overrides), args.out, resume=args.resume)
+    except (ConfigError, runtime.BackendError, MemoryError, DataError, CheckpointError, RanksDisagree,
+            MissingDependency) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    except PeerFailure as e:  # each survivor says what it saw
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -79,4 +79,6 @@ def final_table(s: dict, ledger_table: str) -> str:
         ledger_table,
         f"world size {s['world_size']} on {s['nnodes']} node{'s' if s['nnodes'] > 1 else ''} ({s['backend']}), peak RSS {s['peak_rss_mb']:.0f} MB, "
         f"{s['flops_per_step'] / 1e6:.1f} MFLOP/step/rank, summary: {s['out_dir']}/summary.json",
+        *([f"checkpoint {s['checkpoint']}: {s['checkpoint_bytes']:,} B (a full state_dict: "
+           f"{s['full_state_dict_bytes']:,} B)"] if s.get("checkpoint_bytes") else []),
     ])

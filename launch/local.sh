@@ -10,6 +10,8 @@ if [ $# -lt 2 ]; then
 fi
 nproc=$1 module=$2
 shift 2
+# torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch#135712)
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 cmd=(torchrun --standalone --nproc_per_node="$nproc" -m "$module" "$@")
 echo "+ ${cmd[*]}"
 exec "${cmd[@]}"

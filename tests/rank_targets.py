@@ -77,7 +77,7 @@ def dp_runs(data_root, steps, global_batch, lr):
     return hand.params, ddp.params, hand.bytes_per_step
 
 
-def train_run(overrides, out_dir, bad_seed_rank=None, rank_overrides=None):
+def train_run(overrides, out_dir, bad_seed_rank=None, resume=False, rank_overrides=None):
     """distid.train on this rank; returns (summary, trained parameters flattened).
     rank_overrides: {rank: [more overrides]} for ranks that should build something else."""
     from distid.config import load_config
@@ -88,7 +88,7 @@ def train_run(overrides, out_dir, bad_seed_rank=None, rank_overrides=None):
         overrides = [*overrides, "train.seed=99"]
     overrides = [*overrides, *(rank_overrides or {}).get(dist.get_rank(), [])]
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
-    summary, model = run_with_model(cfg, out_dir)
+    summary, model = run_with_model(cfg, out_dir, resume=resume)
     from distid.parallel.fsdp import full_state
 
     state = full_state(model)  # trainable parameters, FSDP shards gathered

@@ -81,6 +81,7 @@ def test_global_batch_not_divisible_is_one_clear_error(tmp_path):
     out = torchrun(3, "-m", "distid.train", "--out", str(tmp_path), "--set", f"data.root={DATA_ROOT}", timeout=120)
     assert out.returncode != 0
     assert out.stderr.count("error: train.global_batch = 128 is not a multiple of the world size 3") == 1
+    assert not (tmp_path / "summary.json").exists()
 
 
 def test_strategy_none_on_several_ranks_is_refused(dist_pool, tmp_path):

@@ -1,0 +1,114 @@
+"""Checkpoints (gloo, 1–2 ranks): an interrupted and resumed run ends bitwise where an uninterrupted
+one does; subspace checkpoints are kilobytes; another world size resumes; export loads into a plain
+nn.Module; the resume hash ignores only what may change."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from datasets_for_tests import DATA_ROOT, have_mnist
+from distid.checkpoint import find, flat_config, resume_hash
+from distid.config import load_config
+
+pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
+# 20 global batches of 3,000 per epoch: 24 steps cross an epoch; checkpoints every 5 steps and at 13
+BASE = {"data.root": DATA_ROOT, "train.global_batch": 3000, "train.ckpt_every": 5, "train.log_every": 100,
+        "train.d": 64}
+CASES = {
+    "subspace-ddp": {},
+    "lora-ddp": {"train.method": "lora", "train.lr": 1e-2},
+    "full-ddp": {"train.method": "full", "train.lr": 1e-3},
+    "full-fsdp": {"train.method": "full", "train.lr": 1e-3, "dist.strategy": "fsdp"},
+}
+
+
+def over(**kv):
+    return [f"{k}={v}" for k, v in {**BASE, **kv}.items()]
+
+
+def train(pool, out, resume=False, **kv):
+    return pool.run("rank_targets:train_run", over(**kv), str(out), resume=resume, timeout=240)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interrupted_and_resumed_equals_uninterrupted(dist_pool, tmp_path, case):
+    pool, kv = dist_pool(2), CASES[case]
+    whole = train(pool, tmp_path / "whole", **{"train.steps": 24, **kv})
+    train(pool, tmp_path / "cut", **{"train.steps": 13, **kv})  # "interrupted" after 13 steps
+    assert [s for s, _ in find(tmp_path / "cut" / "checkpoints")] == [10, 13]  # the last K = 2 kept
+    resumed = train(pool, tmp_path / "cut", resume=True, **{"train.steps": 24, **kv})
+    for (s_whole, p_whole), (s_res, p_res) in zip(whole, resumed):
+        assert torch.equal(p_whole, p_res), "resumed run ended elsewhere"
+        assert s_res["resumed_from_step"] == 13 and s_whole["resumed_from_step"] is None
+        assert s_res["train_loss"] == s_whole["train_loss"]  # the last losses travel in the checkpoint
+
+
+def test_subspace_checkpoint_is_kilobytes_and_reported(dist_pool, tmp_path):
+    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 6, "train.d": 750})
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["checkpoint_bytes"] == s["checkpoint_bytes"] < 30_000  # d, Adam's two moments, RNG, config
+    assert saved["full_state_dict_bytes"] == 4 * 199_210
+    payload = torch.load(saved["checkpoint"], weights_only=True)
+    assert set(payload["trainable"]) == {"d"} and payload["meta"]["step"] == 6
+
+
+def test_lora_checkpoint_holds_only_the_adapters(dist_pool, tmp_path):
+    train(dist_pool(2), tmp_path, **{"train.steps": 3, **CASES["lora-ddp"]})
+    keys = set(torch.load(tmp_path / "checkpoints" / "step_000003.pt", weights_only=True)["trainable"])
+    assert keys and all(k.endswith(("lora_A", "lora_B")) for k in keys)
+
+
+@pytest.mark.parametrize("case", ["subspace-ddp", "full-fsdp"])
+def test_another_world_size_resumes(dist_pool, tmp_path, case):
+    kv = {"train.global_batch": 600, **CASES[case]}
+    (_, whole), = dist_pool(1).run("rank_targets:train_run", over(**{"train.steps": 12, **kv}),
+                                   str(tmp_path / "whole"), timeout=180)
+    train(dist_pool(2), tmp_path / "cut", **{"train.steps": 6, **kv})
+    (s, resumed), = dist_pool(1).run("rank_targets:train_run", over(**{"train.steps": 12, **kv}),
+                                     str(tmp_path / "cut"), resume=True, timeout=180)
+    assert s["resumed_from_step"] == 6
+    torch.testing.assert_close(resumed, whole, rtol=1e-4, atol=1e-6)  # equal up to reduction order
+
+
+def plain_mlp() -> nn.Module:
+    """The 784-200-200-10 MLP written without distid."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                         nn.Linear(200, 10))
+
+
+@pytest.mark.parametrize("case", ["subspace-ddp", "lora-ddp", "full-fsdp"])
+def test_export_loads_into_the_plain_module(dist_pool, tmp_path, case):
+    from procs import run
+    import sys
+
+    results = train(dist_pool(2), tmp_path, **{"train.steps": 4, **CASES[case]})
+    out = run([sys.executable, "-m", "distid.export", str(tmp_path), "--out", str(tmp_path / "model.pt")], timeout=120)
+    assert out.returncode == 0, out.stderr
+    plain = plain_mlp()
+    plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+    from distid.export import export
+    from distid.train import build
+
+    state, cfg = export(tmp_path)
+    model = build(cfg, 1)
+    trained = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    flat = results[0][1]  # the run's trained parameters, flattened in sorted-name order
+    with torch.no_grad():
+        offset = 0
+        for k in sorted(trained):
+            trained[k].copy_(flat[offset:offset + trained[k].numel()].view_as(trained[k]))
+            offset += trained[k].numel()
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_hash_ignores_only_run_length_logging_and_dist():
+    a = load_config(None, [])
+    same = load_config(None, ["train.steps=7", "train.log_every=3", "dist.strategy=fsdp", "data.root=/x",
+                              "train.ckpt_every=9"])
+    assert resume_hash(a) == resume_hash(same)
+    for change in ("train.lr=0.5", "train.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet"):
+        assert resume_hash(load_config(None, [change])) != resume_hash(a), change
+    assert "train.lr" in flat_config(a) and "train.steps" not in flat_config(a)
