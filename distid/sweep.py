@@ -126,9 +126,13 @@ def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int
     return rec
 
 
-def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int) -> list[dict]:
-    """Each rank trains its share alone; then one group meets to gather the records on rank 0."""
-    t0, mine = time.perf_counter(), share(todo, rank, n)
+def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, points: list[dict]) -> list[dict]:
+    """Each rank trains its share alone; then one group meets to gather the records on rank 0.
+    The shares are cut from all the points, not from those left to do: ranks read sweep.json at
+    slightly different times (one may already have recorded a point), so only a plan that does not
+    depend on it is the same on every rank."""
+    left = {key(p) for p in todo}
+    t0, mine = time.perf_counter(), [p for p in share(points, rank, n) if key(p) in left]
     print(f"[rank {rank}] {len(mine)} of {len(todo)} points to train", flush=True)
     records = []
     for p in mine:
@@ -151,7 +155,7 @@ def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int)
     return records
 
 
-def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int) -> list[dict]:
+def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, points=None) -> list[dict]:
     """Every point on all ranks, under the config's strategy (DDP or FSDP)."""
     runtime.init(cfg.dist.timeout_s, _backend(cfg))
     records = []
@@ -188,13 +192,13 @@ def main(argv=None) -> int:
             print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
                   f"mode {cfg.sweep.mode}, {n} rank(s)", flush=True)
         t0 = time.perf_counter()
-        new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n)
+        new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n, points)
         if rank == 0:
             from distid import sweep_report
 
             records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
             result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
-                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(todo),
+                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(new),
                           analysis=intrinsic.analyse(records, cfg.sweep.threshold))
             print(sweep_report.write(out, result, cfg), flush=True)
     except (ConfigError, runtime.BackendError, MemoryError) as e:

@@ -251,7 +251,8 @@ class _Run:
     net: torch.nn.Module
     counter: BucketCounter | None
     formula: dict
-    fingerprint: dict
+    fingerprint: dict | None
+    theta0: str
     shape: dict
     t_start: float
     t_loop: float = 0.0  # when the first step started
@@ -309,16 +310,16 @@ def _setup(cfg: Config, out_dir: str | None, rank: int, n: int, resume: bool = F
         train_split, test_split = (s.only(cfg.data.classes) for s in load_splits(cfg.data.dataset, cfg.data.root))
         loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
         model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-        fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else {}
-        fingerprint["theta0_source"] = pretrained.theta0_source(cfg.model.init_from, cfg.train.seed)
-        assert_same_across_ranks(fingerprint)
+        fingerprint = model.fingerprint() if isinstance(model, SubspaceModel) else None
+        theta0 = pretrained.theta0_source(cfg.model.init_from, cfg.train.seed)
+        assert_same_across_ranks({**(fingerprint or {}), "theta0_source": theta0})
         trainable = count_params(model, trainable_only=True)
         total = model.D if isinstance(model, SubspaceModel) else count_params(model)
         adapters = sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[2] in ("lora_A", "lora_B"))
         shape = dict(total=total - adapters, trainable=trainable)  # D of the base model
         net, counter, formula = parallelize(model, cfg, n, device)
     return _Run(cfg, rank, n, device, ledger, out, loader, test_split, model, net, counter, formula,
-                fingerprint, shape, t_start)
+                fingerprint, theta0, shape, t_start)
 
 
 def _loop(r: _Run, opt, steps: int, progress: Progress, losses: list, ckpt: Checkpointer) -> tuple[list, int]:
@@ -409,7 +410,7 @@ def _summarize(r: _Run, opt, steps: int, progress: Progress, losses: list, times
         flops_per_step=flops, projection_flops_per_step=model.projection.flops() if subspace else 0,
         wall_time_s=time.perf_counter() - r.t_start,
         projection_bytes=model.projection.nbytes() if subspace else 0,
-        fingerprint=r.fingerprint, theta0=r.fingerprint["theta0_source"], machine=runtime.machine(),
+        fingerprint=r.fingerprint, theta0=r.theta0, machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(r.out),
     )
 

@@ -70,7 +70,7 @@ def test_sweep_config_errors_name_the_key():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_shares_cover_every_point_once_and_balance(n):
+def test_shares_cover_every_point_once_and_balance(n):  # cut from all the points, so every rank agrees
     todo = plan(load_config(None, ["sweep.d=[10,20,30,40,50]", "sweep.seeds=2"]))
     shares = [share(todo, r, n) for r in range(n)]
     keys = sorted(key(p) for s in shares for p in s)
