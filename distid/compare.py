@@ -19,6 +19,7 @@ from pathlib import Path
 from distid import runtime
 from distid.config import ConfigError, add_config_args, load_config, timestamped_dir
 from distid.train import run
+from distid.plotting import pyplot
 
 METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
 STRATEGIES = ("ddp", "fsdp")
@@ -74,12 +75,8 @@ def to_markdown(cells: list[dict], meta: dict) -> str:
 
 def plot(cells: list[dict], path: Path) -> bool:
     """compare.png: bytes/step (log), accuracy, step time, state per rank; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     ok = [c for c in cells if "refused" not in c]
     names = [c["cell"] for c in ok]

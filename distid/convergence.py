@@ -20,6 +20,7 @@ from pathlib import Path
 from distid import runtime
 from distid.config import Config, ConfigError, add_config_args, load_config, timestamped_dir
 from distid.train import run
+from distid.plotting import pyplot
 
 METHODS = ("full", "lora", "subspace")
 
@@ -51,12 +52,8 @@ def markdown(curves: list[dict], cfg: Config, machine: dict) -> str:
 
 
 def plot(curves: list[dict], cfg: Config, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for c in curves:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distid.plotting import pyplot
+
 MARKERS = "osD^v"
 COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red")
 # label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
@@ -66,12 +68,8 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
 
 def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()) -> bool:
     """frontier.png; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     ok = [r for r in rows if "refused" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from distid import sweep_store
 from distid.config import Config
+from distid.plotting import pyplot
 
 BUDGET_RANKS = (1, 2, 4, 8)  # LoRA ranks whose trainable counts are marked on the d axis
 
@@ -83,14 +84,11 @@ def markdown(result: dict, cfg: Config) -> str:
 
 def plot(result: dict, cfg: Config, path: Path) -> bool:
     """id_curve.png: test accuracy against trainable parameters (log x); False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
+
     a, pts = result["analysis"], result["points"]
     fig, ax = plt.subplots(figsize=(8, 5))
     sub = [p for p in pts if p["kind"] == "subspace"]
