@@ -29,6 +29,10 @@ else:  # pragma: no cover - Python 3.10 only
         tomllib = None
 
 
+# Adam learning rates per method that compare and frontier use (see docs/lesson6_lora.md)
+METHOD_LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}
+
+
 class ConfigError(ValueError):
     """An invalid configuration file, override or value."""
 
@@ -82,7 +86,7 @@ class DistConfig:
 
 @dataclass
 class SweepConfig:
-    """The grid of ``python -m distid.sweep``; each point is [train] with method/d/seed changed."""
+    """The grid of ``python -m distid.experiments.sweep``; each point is [train] with method/d/seed changed."""
 
     d: list = field(default_factory=list)  # explicit grid of d; [] = `points` log-spaced values in [d_min, d_max]
     d_min: int = 100

@@ -150,6 +150,11 @@ def _dims(m: nn.Module) -> tuple[int, int]:
     return tuple(m.weight.shape)  # Conv1D: [in, out]
 
 
+def parse_targets(text: str) -> list[str] | None:
+    """'q, v' → ['q', 'v']; '' → None (every Linear/Conv2d/Conv1D): the form of train.lora_targets."""
+    return [t.strip() for t in text.split(",") if t.strip()] or None
+
+
 def _resolve(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Module]:
     """The layers named by `targets`: exact names, fnmatch patterns, or name suffixes as PEFT's
     target_modules ("v" picks "blocks.0.attn.v", "attn.v" too); None = all. Errors if any is empty."""

@@ -49,14 +49,15 @@ def launched_by_torchrun() -> bool:
 
 
 def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
-    """Join the process group if launched by torchrun; returns (rank, world_size).
+    """Join the process group if launched by torchrun; returns (rank, world_size). backend: 'gloo',
+    'nccl', or None / 'auto' (`pick_backend`).
 
     A plain `python -m ...` run is world size 1 and creates a one-rank gloo group, so the same
     code path (collectives included) runs everywhere.
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    backend = backend or pick_backend()
+    backend = pick_backend() if backend in (None, "auto") else backend
     check_backend(backend)
     if not launched_by_torchrun():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -78,10 +78,10 @@ def dp_runs(data_root, steps, global_batch, lr):
 
 
 def train_run(overrides, out_dir, bad_seed_rank=None, resume=False, rank_overrides=None):
-    """distid.train on this rank; returns (summary, trained parameters flattened).
+    """distid.run.api.run on this rank; returns (summary as summary.json holds it, trained parameters flattened).
     rank_overrides: {rank: [more overrides]} for ranks that should build something else."""
     from distid.config import load_config
-    from distid.train import run_with_model
+    from distid.run.api import run_with_model
     from datasets_for_tests import REPO
 
     if dist.get_rank() == bad_seed_rank:
@@ -92,7 +92,7 @@ def train_run(overrides, out_dir, bad_seed_rank=None, resume=False, rank_overrid
     from distid.parallel.fsdp import full_state
 
     state = full_state(model)  # trainable parameters, FSDP shards gathered
-    return summary, torch.cat([state[k].reshape(-1) for k in sorted(state)])
+    return summary.to_dict(), torch.cat([state[k].reshape(-1) for k in sorted(state)])
 
 
 def peft_steps(strategy):
@@ -102,7 +102,7 @@ def peft_steps(strategy):
     from distid.models import build_model
     from distid.parallel.ddp import wrap_ddp
     from distid.parallel.fsdp import wrap_fsdp
-    from distid.train import train_step
+    from distid.run.api import train_step
 
     model = peft.get_peft_model(build_model("mlp", seed=0), peft.LoraConfig(r=2, target_modules=["1", "3", "5"]))
     net = wrap_ddp(model) if strategy == "ddp" else wrap_fsdp(model)
@@ -115,7 +115,7 @@ def peft_steps(strategy):
 def callback_collectives(numel):
     """An all-reduce issued inside a future callback (as PowerSGD issues its P and Q), under the
     ledger: returns the ledger's {op: (calls, payload)} and the two results."""
-    from distid.ledger import CommLedger
+    from distid.observe.ledger import CommLedger
 
     ledger, a, b = CommLedger(dist.get_world_size()), torch.ones(numel), torch.ones(3)
     with ledger.phase("step", steps=1):
@@ -126,17 +126,18 @@ def callback_collectives(numel):
 
 
 def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
-    """The byte-level GPT-2 of distid.models.hf (tied embedding/head) wrapped as distid.train wraps
-    any model (train.parallelize): `method` full, subspace (Fastfood, d=64) or LoRA (r=2 on c_attn),
+    """The byte-level GPT-2 of distid.models.hf (tied embedding/head) wrapped as distid.run.build.wrap wraps
+    any model (distid.run.build.wrap): `method` full, subspace (Fastfood, d=64) or LoRA (r=2 on c_attn),
     `steps` SGD steps on this rank's rows of a global byte batch; steps ≥ 2 booked by the ledger.
     Returns (losses, trainable parameters gathered and flattened, ledger bytes/step, formula, tie intact)."""
     from distid.config import load_config
-    from distid.ledger import CommLedger
+    from distid.observe.ledger import CommLedger
     from distid.models import hf_gpt2, seeded
     from distid.models.hf import byte_batch
     from distid.parallel.fsdp import full_state
     from distid.subspace import SubspaceModel
-    from distid.train import make_optimizer, parallelize, train_step, with_lora
+    from distid.run.api import train_step
+    from distid.run.build import make_optimizer, with_lora, wrap
 
     lr = {"full": 0.05, "subspace": 0.5, "lora": 0.05}[method]
     cfg = load_config(None, [f"dist.strategy={strategy}", "train.optimizer=sgd", f"train.lr={lr}",
@@ -148,7 +149,7 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
     elif method == "lora":
         model = with_lora(model, cfg)
     rank, n = dist.get_rank(), dist.get_world_size()
-    net, _, formula = parallelize(model, cfg, n, torch.device("cpu"))
+    net, _, formula = wrap(model, cfg, n, torch.device("cpu"))
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     ledger, losses, b = CommLedger(n), [], global_batch // n
     for step in range(steps):
@@ -162,11 +163,11 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
 
 
 def model_train_run(overrides, out_dir):
-    """distid.train.run on this rank with only `overrides` (defaults otherwise): (summary, trainable flat)."""
+    """distid.run.api.run on this rank with only `overrides` (defaults otherwise): (summary dict, trainable flat)."""
     from distid.config import load_config
     from distid.parallel.fsdp import full_state
-    from distid.train import run_with_model
+    from distid.run.api import run_with_model
 
     summary, model = run_with_model(load_config(None, overrides), out_dir)
     state = full_state(model)
-    return summary, torch.cat([state[k].reshape(-1) for k in sorted(state)])
+    return summary.to_dict(), torch.cat([state[k].reshape(-1) for k in sorted(state)])

@@ -1,4 +1,4 @@
-"""distid.bench: `--quick` runs every section end to end (structure, not speed: no timed assertion),
+"""distid.experiments.bench: `--quick` runs every section end to end (structure, not speed: no timed assertion),
 `steps` alone still works, and the α–β fit and the scaling model's formulas are right."""
 
 import json
@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from distid.bench import collectives, scaling
+from distid.experiments.bench import collectives, scaling
 from procs import run
 
 
 def test_bench_quick_writes_every_section(tmp_path):
-    out = run([sys.executable, "-m", "distid.bench", "--quick", "--out", str(tmp_path)], timeout=600)
+    out = run([sys.executable, "-m", "distid.experiments.bench", "--quick", "--out", str(tmp_path)], timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads((tmp_path / "bench.json").read_text())
     assert r["quick"] and r["machine"]["cores"] >= 1 and len(r["load"]["start"]) == 3
@@ -34,7 +34,7 @@ def test_bench_quick_writes_every_section(tmp_path):
 
 
 def test_bench_steps_alone(tmp_path):
-    out = run([sys.executable, "-m", "distid.bench", "steps", "--steps", "3", "--rounds", "1", "--d", "64",
+    out = run([sys.executable, "-m", "distid.experiments.bench", "steps", "--steps", "3", "--rounds", "1", "--d", "64",
                "--models", "mlp", "--out", str(tmp_path)], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads((tmp_path / "bench.json").read_text())
@@ -43,7 +43,7 @@ def test_bench_steps_alone(tmp_path):
 
 
 def test_bench_rejects_unknown_section():
-    out = run([sys.executable, "-m", "distid.bench", "kernel"], timeout=120)
+    out = run([sys.executable, "-m", "distid.experiments.bench", "kernel"], timeout=120)
     assert out.returncode == 2 and "unknown section 'kernel'" in out.stderr
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from datasets_for_tests import DATA_ROOT, have_mnist
-from distid.checkpoint import find, flat_config, resume_hash
+from distid.run.checkpoint import find, flat_config, resume_hash
 from distid.config import load_config
 
 pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
@@ -84,12 +84,12 @@ def test_export_loads_into_the_plain_module(dist_pool, tmp_path, case):
     import sys
 
     results = train(dist_pool(2), tmp_path, **{"train.steps": 4, **CASES[case]})
-    out = run([sys.executable, "-m", "distid.export", str(tmp_path), "--out", str(tmp_path / "model.pt")], timeout=120)
+    out = run([sys.executable, "-m", "distid.run.export", str(tmp_path), "--out", str(tmp_path / "model.pt")], timeout=120)
     assert out.returncode == 0, out.stderr
     plain = plain_mlp()
     plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
-    from distid.export import export
-    from distid.train import build
+    from distid.run.export import export
+    from distid.run.build import build
 
     state, cfg = export(tmp_path)
     model = build(cfg, 1)

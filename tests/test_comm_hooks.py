@@ -7,7 +7,7 @@ import torch
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
 from distid.models import build_model
-from distid.parallel import expected
+from distid.parallel import formulas
 from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE, comm_hook
 
 FULL = 4 * 199_210
@@ -58,9 +58,9 @@ def test_powersgd_sends_r_times_rows_plus_columns_and_the_vectors(dist_pool, tmp
 
 def test_powersgd_formula_follows_pytorch_s_compression_rule():
     mlp = build_model("mlp", seed=0)
-    assert expected.powersgd_bytes(mlp, 4)["total"] == 4 * (4 * (ROWS + COLS) + VECTORS)
+    assert formulas.powersgd_bytes(mlp, 4)["total"] == 4 * (4 * (ROWS + COLS) + VECTORS)
     # at r = 5 the 10×200 layer fails (n + m)·r·2 < n·m (2,100 ≥ 2,000) and is sent whole
-    assert expected.powersgd_bytes(mlp, 5)["total"] == 4 * (5 * (ROWS - 10 + COLS - 200) + 10 * 200 + VECTORS)
+    assert formulas.powersgd_bytes(mlp, 5)["total"] == 4 * (5 * (ROWS - 10 + COLS - 200) + 10 * 200 + VECTORS)
 
 
 @pytest.mark.parametrize("override, pattern", [

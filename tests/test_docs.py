@@ -25,15 +25,15 @@ TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
     "distid.train": ["--set", "train.steps=4", "--set", "train.log_every=2"],
-    "distid.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
-    "distid.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
+    "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
+    "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]"],
-    "distid.bench": ["--rounds", "1", "--steps", "2"],
-    "distid.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
-    "distid.bench_gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
+    "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
+    "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
+    "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
-NEEDS_GPU = {"distid.bench_gpt2"}
-TAKES_CONFIG = {"distid.train", "distid.compare", "distid.sweep", "distid.convergence"}  # --set data.root, --out
+NEEDS_GPU = {"distid.experiments.bench.gpt2"}
+TAKES_CONFIG = {"distid.train", "distid.experiments.compare", "distid.experiments.sweep", "distid.experiments.convergence"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
@@ -58,7 +58,7 @@ def argv(command: str, out: Path) -> list[str]:
         pytest.fail(f"docs show `{command}`, but tests/test_docs.py has no TINY arguments for {module}")
     head = [sys.executable, "-m", "torch.distributed.run"] if words[0] == "torchrun" else [sys.executable]
     extra = ["--set", f"data.root={DATA_ROOT}", "--out", str(out)] if module in TAKES_CONFIG else []
-    if module in ("distid.bench", "distid.bench_gpt2"):
+    if module in ("distid.experiments.bench", "distid.experiments.bench.gpt2"):
         extra = ["--out", str(out)]
     config = words[words.index("--config") + 1] if "--config" in words else ""
     return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra

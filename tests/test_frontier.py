@@ -1,4 +1,4 @@
-"""distid.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
+"""distid.experiments.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
 (cumulative bytes, targets, Pareto front) on hand-made rows."""
 
 import json
@@ -8,15 +8,15 @@ import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE
-from distid.frontier import FAMILIES, cumulative_bytes, reach
-from distid.frontier_report import pareto
+from distid.experiments.frontier import FAMILIES, cumulative_bytes, reach
+from distid.experiments.frontier_report import pareto
 from procs import torchrun
 
 
 @pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 @pytest.mark.skipif(torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)
 def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
-    args = ["-m", "distid.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
+    args = ["-m", "distid.experiments.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
             "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "dist.powersgd_start_iter=2",
             "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--out", str(tmp_path)]
     res = torchrun(2, *args, timeout=300)

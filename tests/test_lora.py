@@ -21,7 +21,7 @@ from distid.lora import (
 )
 from distid.config import ConfigError
 from distid.models import build_model, count_params
-from distid.train import train_step
+from distid.run.api import train_step
 
 
 class Custom(nn.Module):
@@ -239,7 +239,7 @@ def test_peft_get_peft_model_trains():
 
 def test_modules_to_save_train_the_head_fully_beside_lora():
     from distid.config import load_config
-    from distid.train import build
+    from distid.run.build import build
 
     cfg = load_config(None, ["model.name=vit", "train.method=lora", "train.lora_targets=q,v", "train.lora_rank=16",
                              "train.lora_modules_to_save=head"])

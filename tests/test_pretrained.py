@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
-from distid import pretrained
+from distid.models import pretrained
 from distid.config import ConfigError, load_config
 from distid.models import build_model
 from distid.subspace import SubspaceModel
-from distid.train import build
+from distid.run.build import build
 from distpool import RankFailed
 
 D = 199_210

@@ -7,7 +7,7 @@ from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
 from distid.models import build_model, count_params
 from distid.subspace import SubspaceModel
-from distid.train import build
+from distid.run.build import build
 from distpool import RankFailed
 
 

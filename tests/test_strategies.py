@@ -20,7 +20,7 @@ METHODS = {"full": ["train.method=full", "train.optimizer=sgd", "train.lr=0.05"]
 def initial(method: str) -> torch.Tensor:
     """The trainable parameters before any step, flattened in the order train_run uses."""
     from distid.config import load_config
-    from distid.train import build
+    from distid.run.build import build
 
     model = build(load_config(None, METHODS[method]), 1)
     state = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}

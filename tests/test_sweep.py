@@ -1,4 +1,4 @@
-"""distid.sweep and distid.intrinsic: d_int interpolation, the shares, sweep.json, and whole sweeps under torchrun."""
+"""distid.experiments.sweep and distid.experiments.intrinsic: d_int interpolation, the shares, sweep.json, and whole sweeps under torchrun."""
 
 import json
 import math
@@ -7,10 +7,10 @@ import multiprocessing as mp
 import pytest
 
 from datasets_for_tests import DATA_ROOT, have_mnist
-from distid import sweep_store
+from distid.experiments import sweep_store
 from distid.config import ConfigError, load_config
-from distid.intrinsic import analyse, crossing
-from distid.sweep import grid, key, plan, share
+from distid.experiments.intrinsic import analyse, crossing
+from distid.experiments.sweep import grid, key, plan, share
 import sys
 
 from procs import run, torchrun
@@ -109,7 +109,7 @@ TINY = ["--set", "sweep.d=[20,60]", "--set", "sweep.seeds=2", "--set", "train.st
 
 @needs_mnist
 def test_split_sweep_on_two_ranks_writes_everything_and_resumes(tmp_path):
-    args = ["-m", "distid.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY]
+    args = ["-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY]
     out = torchrun(2, *args, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert {"sweep.json", "sweep.md", "id_curve.png"} <= {p.name for p in tmp_path.iterdir()}
@@ -125,7 +125,7 @@ def test_split_sweep_on_two_ranks_writes_everything_and_resumes(tmp_path):
 
 @needs_mnist
 def test_ddp_sweep_trains_every_point_on_all_ranks(tmp_path):
-    out = torchrun(2, "-m", "distid.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY,
+    out = torchrun(2, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY,
                    "--set", "sweep.mode=ddp", "--set", "sweep.seeds=1", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
@@ -133,13 +133,13 @@ def test_ddp_sweep_trains_every_point_on_all_ranks(tmp_path):
 
 
 def test_bad_sweep_config_is_one_line_and_exit_2(tmp_path):
-    out = torchrun(2, "-m", "distid.sweep", "--out", str(tmp_path), "--set", "sweep.seeds=0", timeout=120)
+    out = torchrun(2, "-m", "distid.experiments.sweep", "--out", str(tmp_path), "--set", "sweep.seeds=0", timeout=120)
     assert out.returncode != 0 and out.stderr.count("error: sweep.seeds must be >= 1") == 1
     assert not (tmp_path / "sweep.json").exists()
 
 
 def test_fingerprint_follows_what_decides_a_result():
-    from distid.sweep import fingerprint
+    from distid.experiments.sweep import fingerprint
 
     def fp(*over):
         return fingerprint(load_config("configs/mnist_fc_id.toml", list(over)), 1)
@@ -156,7 +156,7 @@ def test_fingerprint_follows_what_decides_a_result():
 
 
 def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
-    out = run([sys.executable, "-m", "distid.sweep", "--out", str(tmp_path), "--set", "sweep.lora_ranks=[1,16]"],
+    out = run([sys.executable, "-m", "distid.experiments.sweep", "--out", str(tmp_path), "--set", "sweep.lora_ranks=[1,16]"],
               timeout=60)
     assert out.returncode == 2 and "sweep.lora_ranks = [1, 16]: rank r=16 exceeds" in out.stderr
     assert ": test acc" not in out.stdout

@@ -92,7 +92,7 @@ def test_strategy_none_on_several_ranks_is_refused(dist_pool, tmp_path):
 @pytest.mark.parametrize("d", [0, 199_211])
 def test_d_outside_one_to_D_is_a_config_error(d):
     from distid.config import ConfigError, load_config
-    from distid.train import build
+    from distid.run.build import build
 
     with pytest.raises(ConfigError, match=r"train\.d"):  # d = 0: the config's own check; d > D: build's
         build(load_config(None, [f"train.d={d}"]), 1)

@@ -8,7 +8,7 @@ from .idx import read_idx, write_idx
 
 __all__ = [
     "fetch", "load_split", "Split", "ShardedLoader", "ChecksumError", "FetchError",
-    "read_idx", "write_idx", "DATASETS",
+    "read_idx", "write_idx", "DATASETS", "DataError", "load_splits",
 ]
 
 
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from .loader import ShardedLoader
 
         return ShardedLoader
+    if name in ("DataError", "load_splits"):  # torch.distributed: only for the runs that need it
+        from . import splits
+
+        return getattr(splits, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

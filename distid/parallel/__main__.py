@@ -21,10 +21,10 @@ import torch
 
 from distid import runtime
 from distid.config import timestamped_dir
-from distid.evaluate import accuracy
+from distid.data import load_splits
+from distid.observe.evaluate import accuracy
 from distid.parallel import lesson
 from distid.primitives.formulas import exact_sent, textbook_sent
-from distid.train import load_splits
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ its all-reduces per step, for T trainable float32 numbers in matrices W_i [n_i, 
 none: 4·T.  fp16 / bf16: 2·T (the bucket cast, all-reduced, cast back).
 powersgd (rank r): plain all-reduce (4·T) for the first `start_iter` steps, then per bucket three
 all-reduces: the tensors not worth compressing, P = M·Q [n_i, r] and Q = Mᵀ·P [m_i, r] — 4·r·Σ(n_i + m_i)
-plus 4·|uncompressed| bytes (see `expected.powersgd_bytes`).
+plus 4·|uncompressed| bytes (see `formulas.powersgd_bytes`).
 """
 
 from __future__ import annotations

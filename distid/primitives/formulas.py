@@ -18,14 +18,25 @@ from distid.primitives.ring import chunk_bounds
 OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "naive_all_reduce")
 
 
+def wire_factor(op: str, n: int) -> float:
+    """Bytes a bandwidth-optimal algorithm sends per rank, per byte of the full array S: ring
+    all-reduce 2(N−1)/N; reduce-scatter, all-gather and all-to-all (N−1)/N; a pipelined broadcast
+    (and any other op) 1; nothing on one rank. The one home of these factors (nccl-tests' busbw)."""
+    if n <= 1:
+        return 0.0
+    if op == "all_reduce":
+        return 2 * (n - 1) / n
+    if op in ("reduce_scatter", "all_gather", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
 def textbook_sent(op: str, nbytes: int, n: int, rank: int = 0) -> float:
     """Textbook bytes sent by `rank` (rank 0 = the root for broadcast and naive)."""
     if n == 1:
         return 0.0
-    if op == "all_reduce":
-        return 2 * (n - 1) / n * nbytes
-    if op in ("reduce_scatter", "all_gather"):
-        return (n - 1) / n * nbytes
+    if op in ("all_reduce", "reduce_scatter", "all_gather"):
+        return wire_factor(op, n) * nbytes
     if op == "broadcast":
         return tree_children(rank, n) * nbytes
     if op == "naive_all_reduce":

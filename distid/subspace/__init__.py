@@ -6,7 +6,7 @@ from distid.subspace.fastfood import FastfoodProjection
 from distid.subspace.hadamard import hadamard
 from distid.subspace.projection import Projection
 from distid.subspace.sparse import SparseProjection
-from distid.subspace.wrapper import PROJECTIONS, SubspaceModel, make_projection
+from distid.subspace.model import PROJECTIONS, SubspaceModel, make_projection
 
 __all__ = [
     "DenseProjection", "FastfoodProjection", "PROJECTIONS", "Projection", "SparseProjection",

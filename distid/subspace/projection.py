@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distid.memory import tensor_bytes
+from distid.observe.memory import tensor_bytes
 
 
 class _Apply(torch.autograd.Function):

@@ -17,7 +17,7 @@ from torch import nn
 
 from distid import runtime
 from distid.primitives.ring import chunk_bounds
-from distid.subspace.wrapper import SubspaceModel
+from distid.subspace.model import SubspaceModel
 
 
 DENSE_UNDER_FSDP = ("a dense projection cannot be sharded without sending ∂L/∂θ (D floats) each step: "

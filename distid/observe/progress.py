@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 
 from distid import runtime
+from distid.observe.summary import Summary
 
 
 class Progress:
@@ -63,22 +64,22 @@ class Progress:
             self.writer.close()
 
 
-def final_table(s: dict, ledger_table: str) -> str:
+def final_table(s: Summary, ledger_table: str) -> str:
     """method | trainable | bytes/step | 4·D ÷ bytes | test acc | step time, and the per-op ledger."""
-    full = 4 * s["total_params"]
-    sent = (s["comm_bytes_per_step"] or {"total": s["ddp_hook_bytes_per_step"]})["total"]
+    full = 4 * s.total_params
+    sent = (s.comm_bytes_per_step or {"total": s.ddp_hook_bytes_per_step})["total"]
     ratio = f"{full / sent:,.1f}×" if sent else "-"
-    step_ms = f"{1e3 * s['step_time_s']:.2f}" if s["step_time_s"] else "-"
-    label = s["method"] + (f" ({s['projection']}, d={s['trainable_params']:,})" if s["projection"] else "")
+    step_ms = f"{1e3 * s.step_time_s:.2f}" if s.step_time_s else "-"
+    label = s.method + (f" ({s.projection}, d={s.trainable_params:,})" if s.projection else "")
     return "\n".join([
         f"\n{'method':<30} {'trainable':>10} {'bytes/step':>11} {'4·D ÷ bytes':>12} {'test acc':>9} {'step ms':>8}",
-        f"{label:<30} {s['trainable_params']:>10,} {sent:>11,.0f} {ratio:>12} {s['test_accuracy']:>9.4f} {step_ms:>8}",
-        f"D = {s['total_params']:,}; full training would hand 4·D = {full:,} B/step to the all-reduce.",
-        f"collectives per step (rank 0, {s['comm_steps_booked']} steps booked at the dispatcher; "
-        f"setup: {s['comm_bytes_setup']['total']:,} B):",
+        f"{label:<30} {s.trainable_params:>10,} {sent:>11,.0f} {ratio:>12} {s.test_accuracy:>9.4f} {step_ms:>8}",
+        f"D = {s.total_params:,}; full training would hand 4·D = {full:,} B/step to the all-reduce.",
+        f"collectives per step (rank 0, {s.comm_steps_booked} steps booked at the dispatcher; "
+        f"setup: {s.comm_bytes_setup['total']:,} B):",
         ledger_table,
-        f"world size {s['world_size']} on {s['nnodes']} node{'s' if s['nnodes'] > 1 else ''} ({s['backend']}), peak RSS {s['peak_rss_mb']:.0f} MB, "
-        f"{s['flops_per_step'] / 1e6:.1f} MFLOP/step/rank, summary: {s['out_dir']}/summary.json",
-        *([f"checkpoint {s['checkpoint']}: {s['checkpoint_bytes']:,} B (a full state_dict: "
-           f"{s['full_state_dict_bytes']:,} B)"] if s.get("checkpoint_bytes") else []),
+        f"world size {s.world_size} on {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend}), peak RSS {s.peak_rss_mb:.0f} MB, "
+        f"{s.flops_per_step / 1e6:.1f} MFLOP/step/rank, summary: {s.out_dir}/summary.json",
+        *([f"checkpoint {s.checkpoint}: {s.checkpoint_bytes:,} B (a full state_dict: "
+           f"{s.full_state_dict_bytes:,} B)"] if s.checkpoint_bytes else []),
     ])

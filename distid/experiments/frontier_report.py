@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distid.plotting import pyplot
+from distid.experiments.plotting import pyplot
 
 MARKERS = "osD^v"
 COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red")

@@ -1,29 +1,30 @@
 """Full vs subspace vs LoRA, under DDP and FSDP, measured side by side in one run.
 
-    torchrun --nproc_per_node=4 -m distid.compare --config configs/mnist_compare.toml [--set train.steps=50]
+    torchrun --nproc_per_node=4 -m distid.experiments.compare --config configs/mnist_compare.toml [--set train.steps=50]
 
 Every cell of {full, subspace (dense, sparse, fastfood), LoRA} × {DDP, FSDP} trains the config's
 model on the same data, seed and steps; LoRA's rank is the one whose trainable count is closest
-to train.d. Each cell is `distid.train.run` with the config changed in three keys; a cell the
+to train.d. Each cell is `distid.run.api.run` with the config changed in three keys; a cell the
 machine or the method refuses (a dense P too large, a dense P under FSDP) is listed with the
 reason. Writes compare.json, compare.md and compare.png to --out.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from distid import runtime
-from distid.config import ConfigError, add_config_args, load_config, timestamped_dir
-from distid.train import run
-from distid.plotting import pyplot
+from distid.config import METHOD_LR, ConfigError, load_config, timestamped_dir
+from distid.experiments.plotting import pyplot
+from distid.run import cli
+from distid.run.api import run
 
 METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
 STRATEGIES = ("ddp", "fsdp")
-LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}  # Adam; see docs/lesson6_lora.md
 
 
 def cell_name(method: str, projection: str | None, strategy: str) -> str:
@@ -42,7 +43,7 @@ def run_cell(args, method: str, projection: str | None, strategy: str, out: Path
     keep = ("trainable_params", "total_params", "lora_rank", "comm_bytes_per_step", "comm_bytes_formula",
             "comm_textbook_bytes_per_step", "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
             "flops_per_step", "projection_flops_per_step", "test_accuracy", "train_loss", "steps")
-    return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: s[k] for k in keep})
+    return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: getattr(s, k) for k in keep})
 
 
 def to_markdown(cells: list[dict], meta: dict) -> str:
@@ -99,23 +100,8 @@ def plot(cells: list[dict], path: Path) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    for method, lr in LR.items():
-        p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
-    except runtime.BackendError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def compare(args, cfg) -> None:
+    rank, n = dist.get_rank(), dist.get_world_size()
     out = Path(args.out or timestamped_dir("compare"))
     cells = [run_cell(args, m, p_, s, out) for m, p_ in METHODS for s in STRATEGIES]
     if rank == 0:
@@ -127,8 +113,15 @@ def main(argv=None) -> int:
         (out / "compare.md").write_text(md)
         drew = plot(cells, out / "compare.png")
         print(md + (f"\nwrote {out}/compare.png" if drew else "\n(matplotlib missing: no compare.png)"))
-    runtime.shutdown()
-    return 0
+
+
+def add_args(p) -> None:
+    for method, lr in METHOD_LR.items():
+        p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
+
+
+def main(argv=None) -> int:
+    return cli.main(argv, "python -m distid.experiments.compare", __doc__, compare, add_args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from distid import fault
+from distid.run import fault_injection
 from distid.config import SECTIONS, Config, timestamped_dir, to_dict
 
 FORMAT = 1
@@ -151,7 +151,7 @@ def _remove(path: Path) -> None:
 def _publish(tmp: Path, final: Path, step: int) -> None:
     """Rename a complete, fsync'd temporary into place (rank 0)."""
     _fsync_dir(tmp.parent)
-    fault.before_rename(step, 0)
+    fault_injection.before_rename(step, 0)
     if final.exists():
         _remove(final)
     os.replace(tmp, final)

@@ -6,9 +6,9 @@ import math
 import statistics
 from pathlib import Path
 
-from distid import sweep_store
+from distid.experiments import sweep_store
 from distid.config import Config
-from distid.plotting import pyplot
+from distid.experiments.plotting import pyplot
 
 BUDGET_RANKS = (1, 2, 4, 8)  # LoRA ranks whose trainable counts are marked on the d axis
 
@@ -19,7 +19,7 @@ def lora_budgets(cfg: Config) -> dict[int, int]:
     from distid.models import build_model
 
     model = build_model(cfg.model.name)
-    targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()] or None
+    targets = lora.parse_targets(cfg.train.lora_targets)
     out = {}
     for r in BUDGET_RANKS:
         try:

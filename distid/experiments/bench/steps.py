@@ -2,7 +2,7 @@
 the same model, batch and machine, interleaved round by round; one optimizer step = forward,
 backward, the strategy's gradient synchronisation (DDP under torchrun), optimizer.
 
-Run inside a process group: `python -m distid.bench steps` (1 rank) or under torchrun (N ranks).
+Run inside a process group: `python -m distid.experiments.bench steps` (1 rank) or under torchrun (N ranks).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import torch
 import torch.distributed as dist
 
 from distid import runtime
-from distid.bench.timing import interleaved, median, spread, time_calls
+from distid.experiments.bench.timing import interleaved, median, spread, time_calls
 from distid.config import load_config
 from distid.models import count_params
-from distid.train import build, make_optimizer, parallelize, train_step
+from distid.run.api import train_step
+from distid.run.build import build, make_optimizer, wrap
 
 VARIANTS = [("full", None), ("subspace", "fastfood"), ("subspace", "sparse"), ("subspace", "dense"), ("lora", None)]
 MODELS = ("mlp", "mlp_wide")
@@ -29,7 +30,7 @@ def make_stepper(model_name: str, method: str, projection: str | None, d: int, l
     cfg = load_config(None, over)
     device = runtime.device()
     model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-    net, _, _ = parallelize(model, cfg, n, device)
+    net, _, _ = wrap(model, cfg, n, device)
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(local_batch, 1, 28, 28, generator=g).to(device)

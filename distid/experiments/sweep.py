@@ -1,10 +1,10 @@
 """Measure a task's intrinsic dimension: train fully (the baseline), then in random subspaces over
-a grid of d, several seeds each, and report d_int90 (distid.intrinsic).
+a grid of d, several seeds each, and report d_int90 (distid.experiments.intrinsic).
 
-    python -m distid.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
-    torchrun --nproc_per_node=2 -m distid.sweep --config configs/mnist_fc_id.toml
+    python -m distid.experiments.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
+    torchrun --nproc_per_node=2 -m distid.experiments.sweep --config configs/mnist_fc_id.toml
 
-Every point is `distid.train.run` with [train] changed in method, d (or lora_rank), seed and lr.
+Every point is `distid.run.api.run` with [train] changed in method, d (or lora_rank), seed and lr.
 sweep.mode = "split" (the fast path on CPUs): the ranks share out the points and each trains its
 own alone, as a one-process run; results meet on rank 0 at the end. "ddp": every point trains on
 all ranks under DDP, one after another. A finished point is recorded in OUT/sweep.json at once;
@@ -14,7 +14,6 @@ OUT defaults to runs/sweep-<config name> (not timestamped, so that re-running re
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -24,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from distid import intrinsic, runtime, sweep_store
-from distid.config import Config, ConfigError, add_config_args, load_config, to_dict
-from distid.train import run
+from distid import runtime
+from distid.experiments import intrinsic, sweep_store
+from distid.config import Config, ConfigError, load_config, to_dict
+from distid.run import cli
+from distid.run.api import run
 
 COST = {"full": 0.6, "subspace": 1.0, "lora": 0.7}  # rough relative run time, to balance the ranks' shares
 
@@ -120,7 +121,7 @@ def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int
     keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "epochs", "step_time_s",
             "lora_rank", "world_size", "theta0")
     rec = dict(point, key=key(point), hash=fingerprint(pcfg, ranks), wall_time_s=time.perf_counter() - t0,
-               rank=rank, **{k: s.get(k) for k in keep})
+               rank=rank, **{k: getattr(s, k) for k in keep})
     print(f"[rank {rank}] {key(point):>22}: test acc {rec['test_accuracy']:.4f}  "
           f"({rec['trainable_params']:,} trained, {rec['wall_time_s']:.1f} s)", flush=True)
     return rec
@@ -143,7 +144,7 @@ def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int,
         return records
     # Shares are balanced, so the others finish within about this rank's own time; a rank that
     # dies makes torchrun stop the group, and one that hangs is given up on after this timeout.
-    runtime.init(cfg.dist.timeout_s + 2 * (time.perf_counter() - t0), _backend(cfg))
+    runtime.init(cfg.dist.timeout_s + 2 * (time.perf_counter() - t0), cfg.dist.backend)
     gathered = [None] * n if rank == 0 else None
     import torch.distributed as dist
 
@@ -157,7 +158,7 @@ def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int,
 
 def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, points=None) -> list[dict]:
     """Every point on all ranks, under the config's strategy (DDP or FSDP)."""
-    runtime.init(cfg.dist.timeout_s, _backend(cfg))
+    runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
     records = []
     for p in todo:
         rec = train_point(args, cfg, p, out, n, rank)
@@ -167,53 +168,42 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
     return records
 
 
-def _backend(cfg: Config):
-    return None if cfg.dist.backend == "auto" else cfg.dist.backend
+def sweep(args, cfg: Config) -> None:
+    rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    runtime.check_backend(runtime.pick_backend() if cfg.dist.backend == "auto" else cfg.dist.backend)
+    out = Path(args.out or f"runs/sweep-{cfg.name}")
+    split = cfg.sweep.mode == "split"
+    points = plan(cfg)
+    check_lora_ranks(args, cfg)
+    done = {} if args.redo else sweep_store.finished(out, points, key,
+                                                     lambda pt: fingerprint(_point_cfg(args, cfg, pt), 1 if split else n))
+    todo = [pt for pt in points if key(pt) not in done]
+    if rank == 0:
+        print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
+              f"mode {cfg.sweep.mode}, {n} rank(s)", flush=True)
+    t0 = time.perf_counter()
+    new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n, points)
+    if rank == 0:
+        from distid.experiments import sweep_report
+
+        records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
+        result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
+                      ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(new),
+                      analysis=intrinsic.analyse(records, cfg.sweep.threshold))
+        print(sweep_report.write(out, result, cfg), flush=True)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
-    args = p.parse_args(argv)
-    rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        cfg = load_config(args.config, args.overrides)
-        runtime.check_backend(_backend(cfg) or runtime.pick_backend())
-        out = Path(args.out or f"runs/sweep-{cfg.name}")
-        split = cfg.sweep.mode == "split"
-        points = plan(cfg)
-        check_lora_ranks(args, cfg)
-        done = {} if args.redo else sweep_store.finished(out, points, key,
-                                                         lambda pt: fingerprint(_point_cfg(args, cfg, pt), 1 if split else n))
-        todo = [pt for pt in points if key(pt) not in done]
-        if rank == 0:
-            print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
-                  f"mode {cfg.sweep.mode}, {n} rank(s)", flush=True)
-        t0 = time.perf_counter()
-        new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n, points)
-        if rank == 0:
-            from distid import sweep_report
+    def add_args(p):
+        p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
 
-            records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
-            result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
-                          ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(new),
-                          analysis=intrinsic.analyse(records, cfg.sweep.threshold))
-            print(sweep_report.write(out, result, cfg), flush=True)
-    except (ConfigError, runtime.BackendError, MemoryError) as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        runtime.shutdown(clean=False)
-        return 2
-    runtime.shutdown()
-    return 0
+    return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False)
 
 
 def check_lora_ranks(args, cfg: Config) -> None:
     """Refuse, before training anything, a LoRA rank some targeted layer cannot take."""
     from distid.models import build_model
-    from distid.train import with_lora
+    from distid.run.build import with_lora
 
     for r in cfg.sweep.lora_ranks:
         pcfg = _point_cfg(args, cfg, dict(kind="lora", x=r, seed=cfg.train.seed))

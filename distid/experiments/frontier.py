@@ -1,7 +1,7 @@
 """The communication frontier: test accuracy against bytes per step for every way distid knows to
 shrink DDP's all-reduce, measured side by side in one run.
 
-    torchrun --nproc_per_node=4 -m distid.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
+    torchrun --nproc_per_node=4 -m distid.experiments.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
 
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d. Each cell is
@@ -15,7 +15,6 @@ config (its summary.json) is reused, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,10 +24,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from distid import runtime
-from distid.compare import LR
-from distid.config import ConfigError, add_config_args, config_hash, load_config, timestamped_dir
-from distid.frontier_report import plot, to_markdown
-from distid.train import run
+from distid.config import METHOD_LR, ConfigError, config_hash, load_config, timestamped_dir
+from distid.experiments.frontier_report import plot, to_markdown
+from distid.observe.summary import Summary
+from distid.run import cli
+from distid.run.api import run
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace")
 
@@ -68,17 +68,20 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
     s = _cached(where / "summary.json", config_hash(cfg)) or run(cfg, str(where))
-    return dict(seed=seed, bytes_per_step=s["comm_bytes_per_step"]["total"],
-                setup_bytes=s["comm_bytes_setup"]["total"], warmup_bytes=s["comm_bytes_warmup"]["total"],
-                **{k: s[k] for k in KEEP})
+    return dict(seed=seed, bytes_per_step=s.comm_bytes_per_step["total"],
+                setup_bytes=s.comm_bytes_setup["total"], warmup_bytes=s.comm_bytes_warmup["total"],
+                **{k: getattr(s, k) for k in KEEP})
 
 
-def _cached(path: Path, hash_: str) -> dict | None:
+def _cached(path: Path, hash_: str) -> Summary | None:
     """Rank 0's summary.json at `path` if it was written for this config, for every rank."""
     box = [None]
     if dist.get_rank() == 0 and path.exists():
-        s = json.loads(path.read_text())
-        box = [s if s.get("config_hash") == hash_ and "eval_curve" in s else None]
+        try:
+            s = Summary.load(path)
+            box = [s if s.config_hash == hash_ else None]
+        except (TypeError, ValueError):  # written by an older distid: train the cell again
+            pass
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -129,10 +132,7 @@ def _floats(text: str, kind=float) -> list:
     return [kind(v) for v in text.split(",") if v.strip()]
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m distid.frontier", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
+def add_args(p) -> None:
     p.add_argument("--seeds", type=lambda t: _floats(t, int), default=None,
                    help="comma-separated seeds, every cell trained once per seed (default: train.seed)")
     p.add_argument("--powersgd-ranks", type=lambda t: _floats(t, int), default=[1, 2, 4])
@@ -141,9 +141,8 @@ def parse_args(argv):
     p.add_argument("--dims", type=lambda t: _floats(t, int), default=[250, 1000, 4000], help="subspace d values")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
-    for method, lr in LR.items():
+    for method, lr in METHOD_LR.items():
         p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
-    return p.parse_args(argv)
 
 
 def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
@@ -160,21 +159,12 @@ def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
     return rows, add_targets(rows, args.targets)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if cfg.train.eval_every < 1:
-            raise ConfigError("the frontier needs accuracy curves: set train.eval_every >= 1")
-        rank, n = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
-    except (ConfigError, runtime.BackendError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def main_body(args, cfg) -> None:
+    if cfg.train.eval_every < 1:
+        raise ConfigError("the frontier needs accuracy curves: set train.eval_every >= 1")
+    rank, n = dist.get_rank(), dist.get_world_size()
     if n < 2:
-        runtime.shutdown()
-        print("error: one rank sends nothing; run the frontier under torchrun with 2 or more processes",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("one rank sends nothing; run the frontier under torchrun with 2 or more processes")
     out = Path(args.out or timestamped_dir("frontier"))
     rows, targets = frontier(args, cfg, out)
     if rank == 0:
@@ -190,8 +180,10 @@ def main(argv=None) -> int:
         (out / "frontier.md").write_text(md)
         drew = plot(rows, out / "frontier.png", FAMILIES, targets)
         print(md + (f"\nwrote {out}/frontier.png" if drew else "\n(matplotlib missing: no frontier.png)"))
-    runtime.shutdown()
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(argv, "python -m distid.experiments.frontier", __doc__, main_body, add_args)
 
 
 if __name__ == "__main__":

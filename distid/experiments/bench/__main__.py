@@ -1,9 +1,9 @@
 """Benchmarks measured in one run on this machine; every figure beside the machine it came from.
 
-    python -m distid.bench [--quick] [--out DIR]     everything: kernels and 1-rank steps here, then
+    python -m distid.experiments.bench [--quick] [--out DIR]     everything: kernels and 1-rank steps here, then
                                                    torchrun children for N-rank steps and collectives
-    python -m distid.bench steps [--models mlp]      one or more sections (comma-separated) in this
-    torchrun --nproc_per_node=4 -m distid.bench steps,collectives      process group
+    python -m distid.experiments.bench steps [--models mlp]      one or more sections (comma-separated) in this
+    torchrun --nproc_per_node=4 -m distid.experiments.bench steps,collectives      process group
 
 Sections: kernels (projection P·d and Pᵀ·g against the copy bandwidth), steps (full / subspace /
 LoRA step time as a ratio to full), collectives (hand ring against the backend's all-reduce, α–β
@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from distid import runtime
-from distid.bench import collectives, kernels, report, scaling, steps, targets
-from distid.bench.timing import load
+from distid.experiments.bench import collectives, kernels, report, scaling, steps, targets
+from distid.experiments.bench.timing import load
 from distid.config import timestamped_dir
 
 SECTIONS = ("kernels", "steps", "collectives", "scaling")
@@ -31,7 +31,7 @@ DEFAULT_ALPHA_S = 50e-6  # α for `scaling` alone, without a collectives fit to 
 
 
 def parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distid.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m distid.experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all", help="'all' or sections, comma-separated: " + ",".join(SECTIONS))
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: checks it runs (CI), times nothing")
@@ -84,7 +84,7 @@ def spawn(n: int, sections: list[str], a) -> dict:
     """Run `sections` on n ranks under torchrun; its rank 0's bench.json."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "distid.bench", ",".join(sections), "--out", tmp, "--dim", str(a.d),
+               "-m", "distid.experiments.bench", ",".join(sections), "--out", tmp, "--dim", str(a.d),
                "--global-batch", str(a.global_batch), "--models", ",".join(a.models),
                "--rounds", str(a.rounds), "--budget", str(a.budget)] + (["--quick"] if a.quick else [])
         runtime.print0(f"torchrun: {n} ranks: {','.join(sections)}")

@@ -1,9 +1,9 @@
 """Convergence at a matched budget: full training, LoRA and a random subspace, test accuracy
 against steps and against training seconds, in one figure.
 
-    python -m distid.convergence --config configs/vit_finetune.toml [--set train.d=2000] [--out DIR]
+    python -m distid.experiments.convergence --config configs/vit_finetune.toml [--set train.d=2000] [--out DIR]
 
-Each curve is one `distid.train.run` of the config with train.method changed (lr: sweep.full_lr,
+Each curve is one `distid.run.api.run` of the config with train.method changed (lr: sweep.full_lr,
 train.lr, sweep.lora_lr — the sweep's); LoRA's rank is train.lora_rank, or the one whose trainable
 count is closest to train.d. The curve is summary.json's eval_curve (every train.eval_every steps;
 training seconds exclude the evaluations). Writes convergence.json, .md and .png to --out.
@@ -11,16 +11,17 @@ training seconds exclude the evaluations). Writes convergence.json, .md and .png
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from distid import runtime
-from distid.config import Config, ConfigError, add_config_args, load_config, timestamped_dir
-from distid.train import run
-from distid.plotting import pyplot
+from distid.config import Config, ConfigError, load_config, timestamped_dir
+from distid.experiments.plotting import pyplot
+from distid.run import cli
+from distid.run.api import run
 
 METHODS = ("full", "lora", "subspace")
 
@@ -33,7 +34,7 @@ def run_method(args, cfg: Config, method: str, out: Path) -> dict:
     s = run(load_config(args.config, [*args.overrides, f"train.method={method}", f"train.lr={lr_of(cfg, method)}"]),
             str(out / method))
     keep = ("trainable_params", "lora_rank", "test_accuracy", "step_time_s", "steps", "eval_curve", "theta0")
-    return dict(method=method, lr=lr_of(cfg, method), **{k: s[k] for k in keep})
+    return dict(method=method, lr=lr_of(cfg, method), **{k: getattr(s, k) for k in keep})
 
 
 def markdown(curves: list[dict], cfg: Config, machine: dict) -> str:
@@ -74,32 +75,22 @@ def plot(curves: list[dict], cfg: Config, path: Path) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.convergence", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if not cfg.train.eval_every:
-            raise ConfigError("train.eval_every must be > 0: it sets how often the curves are measured")
-        rank, _ = runtime.init(cfg.dist.timeout_s, None if cfg.dist.backend == "auto" else cfg.dist.backend)
-        out = Path(args.out or timestamped_dir(f"convergence-{cfg.name}"))
-        curves = [run_method(args, cfg, m, out) for m in METHODS]
-    except (ConfigError, runtime.BackendError, MemoryError) as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {e}", file=sys.stderr)
-        runtime.shutdown(clean=False)
-        return 2
-    if rank == 0:
+def convergence(args, cfg: Config) -> None:
+    if not cfg.train.eval_every:
+        raise ConfigError("train.eval_every must be > 0: it sets how often the curves are measured")
+    out = Path(args.out or timestamped_dir(f"convergence-{cfg.name}"))
+    curves = [run_method(args, cfg, m, out) for m in METHODS]
+    if dist.get_rank() == 0:
         machine = runtime.machine()
         (out / "convergence.json").write_text(json.dumps(dict(machine=machine, curves=curves), indent=1))
         md = markdown(curves, cfg, machine)
         (out / "convergence.md").write_text(md)
         drew = plot(curves, cfg, out / "convergence.png")
         print(md + (f"\nwrote {out}/convergence.png" if drew else "\n(matplotlib missing: no convergence.png)"))
-    runtime.shutdown()
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(argv, "python -m distid.experiments.convergence", __doc__, convergence)
 
 
 if __name__ == "__main__":

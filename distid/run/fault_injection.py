@@ -43,28 +43,33 @@ def parse(text: str) -> Fault | None:
     return Fault(**fields)
 
 
-def active(mode: str, step: int, rank: int) -> bool:
-    """True if DISTID_FAULT asks for `mode` on this rank after `step` steps, in this attempt."""
-    fault = parse(os.environ.get("DISTID_FAULT", ""))
+def active(mode: str, step: int, rank: int, fault: Fault | None = None) -> bool:
+    """True if `fault` (default: DISTID_FAULT, read now) asks for `mode` on this rank after `step`
+    steps, in this attempt."""
+    fault = fault if fault is not None else parse(os.environ.get("DISTID_FAULT", ""))
     return (fault is not None and fault.mode == mode and fault.step == step
             and fault.rank in (None, rank)
             and fault.attempt == int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
 
 
-def at_step(step: int, rank: int) -> None:
-    """Die or hang here if DISTID_FAULT says so (call before each step)."""
-    for mode in ("exit", "hang"):
-        if active(mode, step, rank):
-            print(f"rank {rank}: DISTID_FAULT: {mode} after {step} steps", file=sys.stderr, flush=True)
-            if mode == "exit":
-                os._exit(EXIT_CODE)
-            while True:
-                time.sleep(60)
+class Injector:
+    """DISTID_FAULT, read once at the start of a run; called once per step: `x = inject(step, x)`."""
 
+    def __init__(self, rank: int):
+        self.rank, self.fault = rank, parse(os.environ.get("DISTID_FAULT", ""))
 
-def poison(x, step: int, rank: int):
-    """x, or x filled with NaN if DISTID_FAULT says mode=nan for this step."""
-    return x * float("nan") if active("nan", step, rank) else x
+    def __call__(self, step: int, x):
+        """Die or hang here if the fault says so; x filled with NaN for mode=nan; else x itself."""
+        if self.fault is None:
+            return x
+        for mode in ("exit", "hang"):
+            if active(mode, step, self.rank, self.fault):
+                print(f"rank {self.rank}: DISTID_FAULT: {mode} after {step} steps", file=sys.stderr, flush=True)
+                if mode == "exit":
+                    os._exit(EXIT_CODE)
+                while True:
+                    time.sleep(60)
+        return x * float("nan") if active("nan", step, self.rank, self.fault) else x
 
 
 def before_rename(step: int, rank: int) -> None:

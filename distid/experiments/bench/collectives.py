@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from distid import runtime
-from distid.bench.timing import median, sync
+from distid.experiments.bench.timing import median, sync
 from distid.primitives import ring_all_reduce
 
 SIZES_FULL = [2**k for k in range(12, 27, 2)]  # 4 KiB … 64 MiB

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from distid.bench.timing import calls_for, interleaved, median
+from distid.experiments.bench.timing import calls_for, interleaved, median
 from distid.subspace import make_projection
 
 GRID_FULL = dict(D=[10**5, 10**6, 10**7, 10**8], d=[10, 100, 1000, 10_000])

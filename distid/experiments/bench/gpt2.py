@@ -1,7 +1,7 @@
 """A GPT-2-small-shaped model (12 layers, width 768, 50,257-token vocabulary, tied embeddings;
 D = 124,439,808) on one GPU: what full training, LoRA and a Fastfood subspace cost per step.
 
-    python -m distid.bench_gpt2 [--d 1000,10000,100000] [--lora-rank 8] [--batch 8] [--context 1024]
+    python -m distid.experiments.bench.gpt2 [--d 1000,10000,100000] [--lora-rank 8] [--batch 8] [--context 1024]
 
 Random weights, random tokens (nothing is learnt; only cost is measured). Per variant: median step
 time over --steps timed steps after --warmup, peak GPU memory (torch.cuda.max_memory_allocated,
@@ -90,7 +90,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.bench_gpt2", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m distid.experiments.bench.gpt2", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--d", default="1000,10000,100000", help="subspace dimensions, comma-separated")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/gpt2")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("error: distid.bench_gpt2 needs a CUDA GPU", file=sys.stderr)
+        print("error: distid.experiments.bench.gpt2 needs a CUDA GPU", file=sys.stderr)
         return 2
     torch.set_float32_matmul_precision("high")
     variants = [("full", 0), ("lora", args.lora_rank)] + [("subspace", int(d)) for d in args.d.split(",")]

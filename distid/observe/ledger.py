@@ -24,6 +24,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from distid.primitives.formulas import wire_factor
+
 # c10d op name → (collective, index of the argument holding this rank's input tensors)
 C10D_OPS = {
     "allreduce_": ("all_reduce", 0), "allreduce_coalesced_": ("all_reduce", 0),
@@ -41,12 +43,11 @@ POINT_TO_POINT = ("send", "recv")  # never waited on: a ring posts both halves b
 
 
 def textbook_bytes(op: str, payload: float, n: int) -> float:
-    """Bytes a bandwidth-optimal algorithm sends per rank for `payload` bytes handed in."""
-    if n <= 1 or op in ("barrier", "recv"):
+    """Bytes a bandwidth-optimal algorithm sends per rank for `payload` bytes handed in (all_gather:
+    the payload is this rank's 1/N of the full array)."""
+    if op in ("barrier", "recv"):
         return 0.0
-    factor = {"all_reduce": 2 * (n - 1) / n, "reduce_scatter": (n - 1) / n, "all_to_all": (n - 1) / n,
-              "all_gather": n - 1}.get(op, 1.0)  # all_gather: payload is this rank's 1/N of S
-    return factor * payload
+    return wire_factor(op, n) * (payload * n if op == "all_gather" else payload)
 
 
 def _tensor_bytes(obj) -> int:

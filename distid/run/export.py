@@ -1,6 +1,6 @@
 """A checkpoint → a plain state_dict of the base architecture, loadable without distid.
 
-    python -m distid.export runs/mnist_fc_subspace-…/checkpoints/step_001407.pt [--out model.pt]
+    python -m distid.run.export runs/mnist_fc_subspace-…/checkpoints/step_001407.pt [--out model.pt]
 
 Subspace: θ = θ₀ + P·d (θ₀ and P regenerated from the seed), split into the module's parameter
 names; LoRA: each adapted layer merged, W = W₀ + (α/r)·B·A; full training (a DCP folder): the model
@@ -10,7 +10,6 @@ load_state_dict(strict=True) into build_model(name) — or the same architecture
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -19,8 +18,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from distid import lora
-from distid.checkpoint import CheckpointError, config_from_dict, latest, read
 from distid.config import Config, ConfigError
+from distid.run import cli
+from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read
 from distid.subspace import SubspaceModel
 
 
@@ -38,7 +38,7 @@ def resolve(path: str | Path) -> Path:
 
 def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     """(state_dict of the base architecture, the run's config) from a checkpoint."""
-    from distid.train import build  # the same model the run trained, from its config
+    from distid.run.build import build  # the same model the run trained, from its config
 
     path = resolve(path)
     payload = read(path)
@@ -68,23 +68,21 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m distid.run.export", __doc__, config=False)
     p.add_argument("checkpoint", help="a step_*.pt file, a step_* DCP folder, or a run folder (its latest)")
     p.add_argument("--out", default=None, help="file to write (default: model.pt in the run folder)")
     args = p.parse_args(argv)
-    try:
+
+    def work():
         path = resolve(args.checkpoint)
         state, cfg = export(path)
-    except (CheckpointError, ConfigError, MemoryError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else path.parent.parent / "model.pt"
-    torch.save(state, out)
-    n = sum(t.numel() for t in state.values())
-    print(f"wrote {out}: {len(state)} tensors, {n:,} numbers, the state_dict of {cfg.model.name!r} "
-          f"({cfg.train.method}); load it with model.load_state_dict(torch.load('{out}'))")
-    return 0
+        out = Path(args.out) if args.out else path.parent.parent / "model.pt"
+        torch.save(state, out)
+        n = sum(t.numel() for t in state.values())
+        print(f"wrote {out}: {len(state)} tensors, {n:,} numbers, the state_dict of {cfg.model.name!r} "
+              f"({cfg.train.method}); load it with model.load_state_dict(torch.load('{out}'))")
+
+    return cli.guarded(work, input_errors=(OSError,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""The contract of `summary.json`: one dataclass, written by the run and read by attribute by
+everything that consumes a run (compare, sweep, frontier, convergence, the closing table).
+
+Byte figures (dicts are {op: bytes, ..., "total": sum}), per rank and per step unless named otherwise:
+payload = the tensors this rank hands to collectives (`comm_bytes_per_step`, measured by the
+ledger over `comm_steps_booked` steps; `comm_bytes_formula`, from the parameters), textbook = what
+a bandwidth-optimal algorithm sends for that payload (`comm_textbook_bytes_per_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Summary:
+    # what ran
+    method: str
+    strategy: str
+    ddp_active: bool
+    world_size: int
+    nnodes: int
+    local_world_size: int
+    backend: str
+    device: str
+    projection: str | None  # subspace runs only
+    total_params: int  # D of the base model (LoRA adapters excluded)
+    trainable_params: int
+    lora_rank: int | None
+    steps: int
+    global_batch: int
+    epochs: float
+    # communication
+    comm_bytes_per_step: dict | None  # None when no step was booked (e.g. fewer steps than the warm-up)
+    comm_bytes_formula: dict
+    comm_calls_per_step: dict
+    comm_textbook_bytes_per_step: dict
+    comm_bytes_setup: dict
+    comm_bytes_warmup: dict
+    comm_steps_booked: int
+    comm_steps_warmup: int
+    ddp_hook_bytes_per_step: float
+    # results
+    test_accuracy: float
+    train_loss: float
+    eval_curve: list  # [(steps done, training seconds, test accuracy)]
+    # time and memory
+    step_time_s: float | None  # median over the steps not booked by the ledger
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    state_bytes: dict  # {params, grads, optimizer, buffers, total} on this rank
+    step_time_s_per_rank: list
+    peak_rss_mb_per_rank: list
+    state_bytes_per_rank: list
+    flops_per_step: int
+    projection_flops_per_step: int
+    wall_time_s: float
+    projection_bytes: int
+    # where it came from
+    fingerprint: dict | None  # θ₀/P hashes of a subspace run
+    theta0: str  # "seed:<n>" or "file:<sha256 prefix>"
+    machine: dict
+    config: dict
+    config_hash: str
+    out_dir: str
+    # checkpoints
+    resumed_from_step: int | None = None
+    checkpoint: str | None = None
+    checkpoint_bytes: int | None = None
+    full_state_dict_bytes: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write whole or not at all (a temporary, then a rename): its presence means "finished"."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Summary":
+        """A summary.json; keys this version does not know are dropped (missing ones raise TypeError)."""
+        raw = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})

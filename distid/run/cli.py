@@ -1,0 +1,73 @@
+"""The scaffold every config-driven entry point shares: argparse with --config/--set/--out, the
+config, the process group, and one line per error with an exit code.
+
+    sys.exit(cli.main(argv, "python -m distid.experiments.compare", __doc__, body, add_args))
+
+body(args, cfg) does the work and returns an exit code (None = 0). Exit codes: 0 done; 2 the input
+is wrong (config, backend, data, checkpoint, memory, a missing optional dependency), said once, by
+rank 0, since every rank finds the same; 1 training diverged, or a peer rank failed (each survivor
+says what it saw). The group is left cleanly after success, without the barrier after an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from distid import runtime
+from distid.config import ConfigError, add_config_args, load_config
+from distid.data import DataError
+from distid.models import MissingDependency
+from distid.parallel.consistency import RanksDisagree
+from distid.run.checkpoint import CheckpointError
+from distid.run.watchdog import Diverged, PeerFailure
+
+INPUT_ERRORS = (ConfigError, runtime.BackendError, MemoryError, DataError, CheckpointError, RanksDisagree,
+                MissingDependency)
+
+
+def parser(prog: str, doc: str | None, config: bool = True) -> argparse.ArgumentParser:
+    """An ArgumentParser showing the module docstring; with --config/--set/--out when `config`."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        add_config_args(p)
+    return p
+
+
+def guarded(work, input_errors: tuple = ()) -> int:
+    """work() → its exit code (None = 0), or the exit code of the error it raised, said in one line;
+    `input_errors` adds exception types that mean "the input is wrong" (exit 2)."""
+    try:
+        code = work()
+    except INPUT_ERRORS + tuple(input_errors) as e:
+        _say(e, everyone=False)
+        runtime.shutdown(clean=False)
+        return 2
+    except (Diverged, PeerFailure) as e:
+        _say(e, everyone=isinstance(e, PeerFailure))
+        runtime.shutdown(clean=False)
+        return 1
+    runtime.shutdown()
+    return code or 0
+
+
+def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True) -> int:
+    """Parse, load the config, join the group (unless `join` is False), then body(args, cfg)."""
+    p = parser(prog, doc)
+    if add_args:
+        add_args(p)
+    args = p.parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        if join:
+            runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
+        return body(args, cfg)
+
+    return guarded(work)
+
+
+def _say(e: BaseException, everyone: bool) -> None:
+    if everyone or os.environ.get("RANK", "0") == "0":
+        print(f"error: {e}", file=sys.stderr, flush=True)

@@ -1,0 +1,188 @@
+"""One training run's parts, set up from a config, and what happens around each step.
+
+    with Job(cfg, out_dir, resume) as job:      # process group, data, model, strategy, optimizer, resume
+        for step in job.steps(): ...            # the loop: distid/train.py (or distid.run.api.run)
+        summary = job.finish()                  # final evaluation, summary.json, the closing table
+
+Everything the loop does not show lives here: the ledger's set-up phase, the start-up checks that
+every rank regenerated the same θ₀ and P, checkpoints and resume, the NaN stop, progress, evaluation,
+and — when a collective fails — naming the rank that died or hangs (run/watchdog.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distid import runtime
+from distid.config import Config, ConfigError
+from distid.data import ShardedLoader, load_splits
+from distid.models import count_params, pretrained
+from distid.observe.evaluate import accuracy
+from distid.observe.ledger import CommLedger
+from distid.observe.progress import Progress, final_table
+from distid.observe.summary import Summary
+from distid.parallel import compression
+from distid.parallel.consistency import assert_same_across_ranks
+from distid.parallel.fsdp import full_state
+from distid.run.build import build, make_optimizer, wrap
+from distid.run.checkpoint import Checkpointer, default_out_dir, restart_count, size_bytes
+from distid.run.fault_injection import Injector
+from distid.run.meter import StepMeter
+from distid.run.summarize import summarize
+from distid.run.watchdog import Watch, check_finite, is_collective_error, restart_hazard
+from distid.subspace import SubspaceModel
+
+
+class Job:
+    """A run of `cfg`. Joins the process group if none exists and leaves it on exit; inside an
+    existing group (tests, sweeps, entry points) it leaves it be. resume (or a torchrun restart):
+    continue from the latest checkpoint in out_dir/checkpoints."""
+
+    def __init__(self, cfg: Config, out_dir: str | None = None, resume: bool = False):
+        self.cfg, self.owns_group = cfg, not dist.is_initialized()
+        self.rank, self.n = runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
+        self.step = 0  # the step running now, for error messages
+        try:
+            if cfg.train.global_batch % self.n:
+                raise ConfigError(f"train.global_batch = {cfg.train.global_batch} is not a multiple of the world "
+                                  f"size {self.n}; every rank must get the same number of samples")
+            self._setup(out_dir, resume or restart_count() > 0)
+        except BaseException:
+            if self.owns_group:
+                runtime.shutdown(clean=False)
+            raise
+
+    def _setup(self, out_dir: str | None, resume: bool) -> None:
+        cfg, rank, n = self.cfg, self.rank, self.n
+        self.device, self.ledger, self.t_start = runtime.device(), CommLedger(n), time.perf_counter()
+        with self.ledger.phase("setup"):  # data, model, start-up checks and the strategy's wrapper
+            out, token = _agree(out_dir or default_out_dir(cfg.name, resume))
+            self.out = Path(out)
+            train_split, self.test_split = (s.only(cfg.data.classes) for s in load_splits(cfg.data.dataset,
+                                                                                           cfg.data.root))
+            self.loader = ShardedLoader(train_split, cfg.train.global_batch, rank, n, seed=cfg.train.seed)
+            self.model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(self.device)
+            self.fingerprint = self.model.fingerprint() if isinstance(self.model, SubspaceModel) else None
+            self.theta0 = pretrained.theta0_source(cfg.model.init_from, cfg.train.seed)
+            assert_same_across_ranks({**(self.fingerprint or {}), "theta0_source": self.theta0})
+            self.shape = _shape(self.model)
+            self.net, self.counter, self.formula = wrap(self.model, cfg, n, self.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(cfg, self.trainable)
+        self.total_steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(self.loader)))
+        self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.fingerprint)
+        with self.ledger.phase("checkpoint"):
+            self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
+        self.start = self.resumed[0] if self.resumed else 0
+        self.losses = [torch.tensor(v) for v in self.resumed[1].get("losses", [])] if self.resumed else []
+        if restart_hazard() and restart_count() == 0:
+            runtime.print0(restart_hazard())
+        if resume:
+            runtime.print0(self.resumed[2] if self.resumed else f"no checkpoint in {self.ckpt.folder}: starting from step 0")
+        self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
+        self.watch = Watch(token)
+        plain = compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter)
+        self.meter = StepMeter(self.ledger, self.counter, self.start, plain, self.device)
+        self.inject_faults = Injector(rank)
+        self.curve: list = []  # [(steps done, training seconds, test accuracy)]
+        self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        """Leave the group (if this job joined it); a failed collective becomes a PeerFailure naming
+        the ranks that did not answer; any other error is recorded for the other ranks to quote."""
+        try:
+            if isinstance(error, Exception):
+                if self.n > 1 and is_collective_error(error):
+                    raise self.watch.explain(self.step, error) from error
+                self.watch.record_error(self.step, error)
+        finally:
+            if self.owns_group:
+                runtime.shutdown(clean=error is None)
+        return False
+
+    def steps(self):
+        """Step numbers start … total_steps − 1 (start > 0 after a resume)."""
+        self.t_loop = time.perf_counter()
+        for step in range(self.start, self.total_steps):
+            self.step = step + 1
+            yield step
+
+    def batches(self):
+        """Endless stream of this rank's batches, epoch after epoch, on this rank's device."""
+        while True:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.loader.set_epoch(self.loader.epoch + 1)
+
+    def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Stop at a non-finite loss; then, when due: the progress line, an evaluation, a checkpoint."""
+        loss = loss.detach()
+        check_finite(step + 1, loss, self.trainable, self.ckpt.last)
+        self.losses.append(loss)
+        if self.progress.due(step):
+            with self.ledger.phase("metrics"):
+                batch_acc = (logits.detach().argmax(1) == y).float().mean().item()
+                self.progress.log(step, loss.item(), batch_acc, self.meter.bytes_per_step(step + 1))
+        every = self.cfg.train.eval_every
+        if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
+            with self.ledger.phase("eval"):
+                self.evaluate(step)
+        if self.ckpt.due(step + 1, self.total_steps):
+            with self.ledger.phase("checkpoint"):
+                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]])
+                self.ckpt.save(step + 1, self.opt, self.loader, local)
+
+    def evaluate(self, step: int) -> float:
+        """Test accuracy after `step`, logged and appended to the curve as (steps done, training
+        seconds, accuracy); training seconds exclude the time spent evaluating."""
+        t0 = time.perf_counter()
+        acc = accuracy(self.net, self.test_split, device=self.device)
+        self.progress.scalar("test/accuracy", acc, step)
+        self.curve.append((step + 1, t0 - self.t_loop - self.eval_s, acc))
+        self.eval_s += time.perf_counter() - t0
+        return acc
+
+    def finish(self) -> Summary:
+        """Final evaluation and the summary; rank 0 writes trainable.pt and summary.json (last: its
+        presence means "finished") and prints the closing table."""
+        with self.ledger.phase("eval"):
+            self.evaluate(self.total_steps - 1)
+            summary = summarize(self)
+        last = self.ckpt.last
+        summary.resumed_from_step = self.start if self.resumed else None
+        summary.checkpoint = str(last) if last else None
+        summary.checkpoint_bytes = size_bytes(last) if last and self.rank == 0 else None
+        summary.full_state_dict_bytes = 4 * summary.total_params
+        trained = full_state(self.model)  # on every rank: under FSDP it gathers the shards
+        if self.rank == 0:
+            torch.save(trained, self.out / "trainable.pt")
+            summary.save(self.out / "summary.json")
+            print(final_table(summary, self.ledger.table("step")), flush=True)
+        self.progress.close()
+        return summary
+
+
+def _shape(model: torch.nn.Module) -> dict[str, int]:
+    """{total: D of the base model (LoRA adapters excluded), trainable}, before any wrapper shards it."""
+    total = model.D if isinstance(model, SubspaceModel) else count_params(model)
+    adapters = sum(p.numel() for name, p in model.named_parameters() if name.rpartition(".")[2] in ("lora_A", "lora_B"))
+    return dict(total=total - adapters, trainable=count_params(model, trainable_only=True))
+
+
+def _agree(proposal: str) -> tuple[str, str]:
+    """Rank 0's output folder (the ranks' clocks may differ by a second) and a token naming this run's
+    keys in the store, for every rank."""
+    box = [(proposal, uuid.uuid4().hex[:12])]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    Path(box[0][0]).mkdir(parents=True, exist_ok=True)
+    return box[0]

@@ -1,0 +1,58 @@
+"""Every figure of summary.json, from a finished Job (per-rank figures gathered to all ranks)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from distid import lora, runtime
+from distid.config import config_hash, to_dict
+from distid.observe.memory import state_bytes
+from distid.observe.summary import Summary
+from distid.subspace import SubspaceModel
+
+
+def summarize(job) -> Summary:
+    """The Summary of `job` after its final evaluation (a collective: every rank calls it)."""
+    cfg, n, model, ledger, counter, device = job.cfg, job.n, job.model, job.ledger, job.counter, job.device
+    subspace = isinstance(model, SubspaceModel)
+    recent = torch.stack(job.losses[-50:]).mean().item() if job.losses else float("nan")
+    train_loss = runtime.reduce_scalar(recent, dist.ReduceOp.SUM) / n
+    peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
+        if device.type == "cuda" else None
+    held = state_bytes(getattr(job.net, "module", job.net), job.opt)
+    times = job.meter.times
+    median = statistics.median(times) if times else None
+    step_times = runtime.gather_floats(median if median is not None else float("nan"))
+    rss = runtime.gather_floats(job.progress.peak_rss_mb())
+    state = runtime.gather_floats(float(held["total"]))
+    nnodes = runtime.node_count()
+    booked = ledger.steps["step"]
+    return Summary(
+        method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
+        world_size=n, nnodes=nnodes, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)),
+        backend=dist.get_backend(), device=str(device),
+        projection=cfg.train.projection if subspace else None,
+        total_params=job.shape["total"], trainable_params=job.shape["trainable"],
+        lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
+        steps=job.total_steps, global_batch=cfg.train.global_batch, epochs=job.total_steps / len(job.loader),
+        comm_bytes_per_step=ledger.per_step("step") if booked else None,
+        comm_bytes_formula=job.formula,
+        comm_calls_per_step=ledger.calls_per_step("step"),
+        comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
+        comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
+        comm_steps_booked=booked, comm_steps_warmup=ledger.steps["warmup"],
+        ddp_hook_bytes_per_step=counter.payload / max(job.total_steps - job.start, 1) if counter else 0.0,
+        test_accuracy=job.curve[-1][2], train_loss=train_loss, eval_curve=job.curve,
+        step_time_s=median, peak_rss_mb=max(rss), peak_gpu_mb=peak_gpu, state_bytes=held,
+        step_time_s_per_rank=step_times, peak_rss_mb_per_rank=rss, state_bytes_per_rank=state,
+        flops_per_step=job.meter.flops, projection_flops_per_step=model.projection.flops() if subspace else 0,
+        wall_time_s=time.perf_counter() - job.t_start,
+        projection_bytes=model.projection.nbytes() if subspace else 0,
+        fingerprint=job.fingerprint, theta0=job.theta0, machine=runtime.machine(),
+        config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(job.out),
+    )
