@@ -171,3 +171,25 @@ def model_train_run(overrides, out_dir):
     summary, model = run_with_model(load_config(None, overrides), out_dir)
     state = full_state(model)
     return summary.to_dict(), torch.cat([state[k].reshape(-1) for k in sorted(state)])
+
+
+def loop_and_api(overrides, out_dir):
+    """distid/train.py's loop and distid.run.api.run on the same config, one after the other on this
+    rank: (trained parameters of each, flattened; the two summaries' figures that depend on the run)."""
+    import importlib
+
+    from distid.config import load_config
+    from distid.parallel.fsdp import full_state
+    from distid.run.api import run_with_model
+    from datasets_for_tests import REPO
+
+    cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
+    loop = importlib.import_module("distid.train")  # a test may import the loop; distid/ may not
+    a = loop.train(cfg, f"{out_dir}/loop")
+    a_params = torch.load(f"{out_dir}/loop/trainable.pt") if dist.get_rank() == 0 else None
+    b, model = run_with_model(cfg, f"{out_dir}/api")
+    state = full_state(model)
+    b_params = {k: v.detach().cpu() for k, v in state.items()}
+    keys = ("test_accuracy", "train_loss", "comm_bytes_per_step", "comm_bytes_setup", "eval_curve", "steps")
+    pick = lambda s: {k: getattr(s, k) if k != "eval_curve" else [c[::2] for c in s.eval_curve] for k in keys}
+    return a_params, b_params, pick(a), pick(b)

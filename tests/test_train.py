@@ -96,3 +96,14 @@ def test_d_outside_one_to_D_is_a_config_error(d):
 
     with pytest.raises(ConfigError, match=r"train\.d"):  # d = 0: the config's own check; d > D: build's
         build(load_config(None, [f"train.d={d}"]), 1)
+
+
+def test_train_py_and_the_run_api_are_one_loop(dist_pool, tmp_path):
+    """The loop a workshop reads (train.py) and the one experiments call (run.api) train the same run."""
+    over = base(**{"train.d": 40, "train.global_batch": 64, "train.eval_every": 7})
+    results = dist_pool(2).run("rank_targets:loop_and_api", over, str(tmp_path), timeout=180)
+    loop_params, api_params, loop_summary, api_summary = results[0]
+    assert loop_params.keys() == api_params.keys() == {"d"}
+    for k in loop_params:
+        assert torch.equal(loop_params[k], api_params[k]), k
+    assert loop_summary == api_summary

@@ -5,7 +5,7 @@ shrink DDP's all-reduce, measured side by side in one run.
 
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d. Each cell is
-`distid.train.run` with a few keys changed — same data, global batch, steps and seeds — and its
+`distid.run.api.run` with a few keys changed — same data, global batch, steps and seeds — and its
 bytes are the ledger's (measured at the dispatcher, PowerSGD's P and Q all-reduces included).
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
 + steps × bytes/step, at the first evaluation (train.eval_every) whose seed-mean accuracy reaches it.

@@ -1,0 +1,124 @@
+"""The import graph against the map in docs/design.md: each layer imports only the layers its row
+lists (an entry may also name one file, `observe/memory.py`); nothing imports distid/train.py."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PKG = REPO / "distid"
+
+
+def layer_table() -> list[tuple[str, list[str], list[str]]]:
+    """[(layer, its files or folders, what it may import)] from the table headed
+    `| layer | files | may import |` in docs/design.md (files: the backticked paths before " — ")."""
+    rows, inside = [], False
+    for line in (REPO / "docs" / "design.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:3] == ["layer", "files", "may import"]:
+            inside = True
+            continue
+        if inside and not line.startswith("|"):
+            break
+        if inside and not set(cells[0]) <= set("-: "):
+            may = [m.strip(" `") for m in cells[2].split(",") if m.strip(" `—-")]
+            files = cells[1].split(" — ")[0]  # paths first, then " — " and what they hold
+            rows.append((cells[0].strip("*` "), re.findall(r"`([^`]+)`", files), may))
+    assert rows, "docs/design.md has no table headed | layer | files | may import |"
+    return rows
+
+
+def layer_of(path: Path, table) -> str:
+    rel = path.relative_to(PKG).as_posix()
+    hits = [(len(f), layer) for layer, files, _ in table for f in files
+            if rel == f or (f.endswith("/") and rel.startswith(f))]
+    assert hits, f"distid/{rel} is in no layer of docs/design.md's table"
+    return max(hits)[1]
+
+
+def module_file(name: str) -> Path | None:
+    """distid.a.b → distid/a/b.py or distid/a/b/__init__.py (None if neither exists)."""
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports(path: Path, package: str | None = None) -> set[Path]:
+    """Files of distid that `path` imports anywhere (top level or inside functions); `package`
+    resolves relative imports (default: the one `path` is in)."""
+    package = package or ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "distid" and (f := module_file(name)) not in (None, PKG / "__init__.py"):
+                found.add(f)
+    return found
+
+
+def test_every_import_follows_the_map():
+    table = layer_table()
+    allowed = {layer: set(may) for layer, _, may in table}
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        mine = layer_of(path, table)
+        for target in imports(path):
+            theirs = layer_of(target, table)
+            rel = target.relative_to(PKG).as_posix()
+            if target == PKG / "train.py" or (theirs != mine and not {theirs, rel} & allowed[mine]):
+                bad.append(f"{path.relative_to(REPO)} ({mine}) imports {rel} ({theirs})")
+    assert not bad, "imports against docs/design.md:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("models", ("parallel", "observe/ledger.py", "run", "train.py")),
+    ("subspace", ("parallel", "observe/ledger.py", "run", "train.py", "lora.py")),
+    ("lora", ("parallel", "observe/ledger.py", "run", "train.py", "subspace")),
+    ("parallel", ("subspace", "lora.py", "run", "train.py")),
+])
+def test_the_rules_the_map_must_keep(layer, forbidden):
+    """The table itself may not grant what the design forbids (the map could otherwise drift)."""
+    rows = {name: (files, may) for name, files, may in layer_table()}
+    files, may = rows[layer]
+    for f in forbidden:
+        owner = next((name for name, (fs, _) in rows.items() if f in fs), f)
+        assert f not in may and owner not in may, f"docs/design.md lets {layer} import {f}"
+
+
+def test_import_checker_sees_a_bad_import(tmp_path):
+    """The checker itself: function-level, relative and `from distid import …` imports are found."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from distid import lora\nfrom .ledger import CommLedger\n"
+                     "def f():\n    from distid.train import main\n")
+    assert imports(probe, package="distid.observe") == {PKG / "train.py", PKG / "lora.py",
+                                                         PKG / "observe" / "ledger.py"}
+
+
+def test_top_level_stays_small_and_mapped():
+    entries = sorted(p.name for p in PKG.iterdir() if p.name != "__pycache__")
+    assert len(entries) - 1 <= 12, entries  # besides __init__.py
+    mapped = {f.rstrip("/") for _, files, _ in layer_table() for f in files}
+    assert set(entries) <= mapped, f"not in docs/design.md's table: {sorted(set(entries) - mapped)}"
+
+
+def test_train_py_is_a_short_loop():
+    text = (PKG / "train.py").read_text()
+    assert len(text.splitlines()) <= 200
+    loop = text[text.index("    with Job("):text.index("def main")]
+    assert len(loop.strip().splitlines()) <= 25
+    for line in ("logits = net(x)", "loss.backward()", "opt.step()", "all-reduces"):
+        assert line in loop, line
