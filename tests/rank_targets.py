@@ -185,9 +185,9 @@ def loop_and_api(overrides, out_dir):
 
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
     loop = importlib.import_module("distid.train")  # a test may import the loop; distid/ may not
-    a = loop.train(cfg, f"{out_dir}/loop")
-    a_params = torch.load(f"{out_dir}/loop/trainable.pt") if dist.get_rank() == 0 else None
-    b, model = run_with_model(cfg, f"{out_dir}/api")
+    a = loop.train(cfg, f"{out_dir}/run1")  # folder names of one length: set-up broadcasts the path
+    a_params = torch.load(f"{out_dir}/run1/trainable.pt") if dist.get_rank() == 0 else None
+    b, model = run_with_model(cfg, f"{out_dir}/run2")
     state = full_state(model)
     b_params = {k: v.detach().cpu() for k, v in state.items()}
     keys = ("test_accuracy", "train_loss", "comm_bytes_per_step", "comm_bytes_setup", "eval_curve", "steps")
