@@ -21,7 +21,7 @@ def train_step(net, opt, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     loss = F.cross_entropy(logits, y)
     loss.backward()  # DDP/FSDP synchronise the trainable gradients during this call
     opt.step()
-    return loss.detach(), logits
+    return loss.detach(), logits.detach()  # the graph is freed here, not held into the next step
 
 
 def run_with_model(cfg: Config, out_dir: str | None = None, resume: bool = False) -> tuple[Summary, torch.nn.Module]:
