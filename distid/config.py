@@ -82,6 +82,7 @@ class DistConfig:
     powersgd_rank: int = 1  # PowerSGD's matrix_approximation_rank
     powersgd_start_iter: int = 10  # plain all-reduce for the steps before this one (PyTorch: >= 2)
     powersgd_error_feedback: bool = True
+    measure_interface: str = ""  # count the bytes this network interface carries ("lo" on one machine); "" = off
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 import time
 
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -190,6 +192,27 @@ def loop_and_api(overrides, out_dir):
     b, model = run_with_model(cfg, f"{out_dir}/run2")
     state = full_state(model)
     b_params = {k: v.detach().cpu() for k, v in state.items()}
-    keys = ("test_accuracy", "train_loss", "comm_bytes_per_step", "comm_bytes_setup", "eval_curve", "steps")
+    keys = ("test_accuracy", "train_loss", "comm_payload_bytes_per_step", "comm_payload_bytes_setup", "eval_curve", "steps")
     pick = lambda s: {k: getattr(s, k) if k != "eval_curve" else [c[::2] for c in s.eval_curve] for k in keys}
     return a_params, b_params, pick(a), pick(b)
+
+
+def interface_bytes(nbytes):
+    """Each collective of nbytes on this group, with the loopback interface's bytes per rank."""
+    from distid.experiments.bench import interface
+
+    return interface.measure(nbytes, repeats=3)
+
+
+def compare_cell(method, strategy, out_dir):
+    """One compare cell (mnist_compare.toml, 13 steps) as compare.run_cell records it."""
+    from types import SimpleNamespace
+
+    from distid.config import METHOD_LR
+    from distid.experiments import compare
+    from datasets_for_tests import DATA_ROOT, REPO
+
+    args = SimpleNamespace(config=str(REPO / "configs" / "mnist_compare.toml"),
+                           overrides=[f"data.root={DATA_ROOT}", "train.steps=13", "train.log_every=100"],
+                           **{f"lr_{m}": lr for m, lr in METHOD_LR.items()})
+    return compare.run_cell(args, method, "fastfood" if method == "subspace" else None, strategy, Path(out_dir))

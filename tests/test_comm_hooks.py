@@ -31,12 +31,12 @@ def test_the_ledger_books_collectives_issued_in_a_future_callback(dist_pool):
 def test_fp16_and_bf16_hooks_send_half_of_full_ddp(dist_pool, tmp_path):
     pool = dist_pool(2)
     plain = train(pool, tmp_path, "none")
-    assert plain["comm_bytes_per_step"]["total"] == FULL
+    assert plain["comm_payload_bytes_per_step"]["total"] == FULL
     for hook in ("fp16", "bf16"):
         s = train(pool, tmp_path, hook)
-        assert s["comm_bytes_per_step"] == {"all_reduce": FULL // 2, "total": FULL // 2}
-        assert s["comm_bytes_per_step"] == s["comm_bytes_formula"]
-        assert s["ddp_hook_bytes_per_step"] == FULL  # what DDP hands the hook: the float32 bucket
+        assert s["comm_payload_bytes_per_step"] == {"all_reduce": FULL // 2, "total": FULL // 2}
+        assert s["comm_payload_bytes_per_step"] == s["comm_payload_formula"]
+        assert s["ddp_hook_payload_bytes_per_step"] == FULL  # what DDP hands the hook: the float32 bucket
 
 
 @needs_mnist
@@ -48,12 +48,12 @@ def test_powersgd_sends_r_times_rows_plus_columns_and_the_vectors(dist_pool, tmp
     start = 3
     s = train(dist_pool(2), tmp_path, "powersgd", f"dist.powersgd_rank={r}", f"dist.powersgd_start_iter={start}")
     sent = 4 * (r * (ROWS + COLS) + VECTORS)
-    assert s["comm_bytes_per_step"] == {"all_reduce": sent, "total": sent} == s["comm_bytes_formula"]
+    assert s["comm_payload_bytes_per_step"] == {"all_reduce": sent, "total": sent} == s["comm_payload_formula"]
     assert s["comm_calls_per_step"] == {"all_reduce": 3.0}
     assert s["comm_steps_booked"] == 10
     # the plain all-reduce steps before PowerSGD starts are booked as warm-up, whole gradients
     assert s["comm_steps_warmup"] == start
-    assert s["comm_bytes_warmup"]["all_reduce"] == start * FULL
+    assert s["comm_payload_bytes_warmup"]["all_reduce"] == start * FULL
 
 
 def test_powersgd_formula_follows_pytorch_s_compression_rule():

@@ -25,12 +25,12 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     cells = {c["cell"]: c for c in out["cells"]}
     assert set(cells) == {"DDP", "DDP + fp16", "DDP + bf16", "DDP + PowerSGD r=1", "LoRA r=1", "subspace d=100"}
     assert {c["family"] for c in cells.values()} == set(FAMILIES)
-    full = cells["DDP"]["bytes_per_step"]
-    assert cells["DDP + fp16"]["bytes_per_step"] == full / 2
-    assert cells["DDP + PowerSGD r=1"]["bytes_per_step"] == 4 * (1 * (410 + 1184) + 410)
-    assert cells["subspace d=100"]["bytes_per_step"] == 400
+    full = cells["DDP"]["wire_bytes_per_step"]  # 2 ranks: a ring all-reduce sends 2(N−1)/N = 1× the payload
+    assert cells["DDP + fp16"]["wire_bytes_per_step"] == full / 2
+    assert cells["DDP + PowerSGD r=1"]["wire_bytes_per_step"] == 4 * (1 * (410 + 1184) + 410)
+    assert cells["subspace d=100"]["wire_bytes_per_step"] == 400
     for c in cells.values():
-        assert c["bytes_per_step"] == c["formula_bytes_per_step"]
+        assert c["wire_bytes_per_step"] == c["wire_formula_bytes_per_step"]
         assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2
     md = (tmp_path / "frontier.md").read_text()
     assert all(f"| {name} |" in md for name in cells) and "Pareto front" in md
@@ -44,7 +44,8 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
 
 
 def run_(warmup_steps=3, setup=100.0, warmup=300.0, per_step=10.0, curve=((2, 0.5), (6, 0.9))):
-    return dict(comm_steps_warmup=warmup_steps, setup_bytes=setup, warmup_bytes=warmup, bytes_per_step=per_step,
+    return dict(comm_steps_warmup=warmup_steps, wire_setup_bytes=setup, wire_warmup_bytes=warmup,
+                wire_bytes_per_step=per_step,
                 eval_curve=[(step, 0.1 * step, acc) for step, acc in curve])
 
 
@@ -53,7 +54,7 @@ def test_cumulative_bytes_counts_setup_warmup_then_steps():
     assert cumulative_bytes(r, 2) == 100 + 200  # two of three warm-up steps
     assert cumulative_bytes(r, 5) == 100 + 300 + 2 * 10
     cell = dict(curve=[(2, 0.5), (6, 0.9)], seeds=[r])
-    assert reach(cell, 0.8) == dict(step=6, bytes=100 + 300 + 3 * 10)
+    assert reach(cell, 0.8) == dict(step=6, wire_bytes=100 + 300 + 3 * 10)
     assert reach(cell, 0.95) is None
 
 

@@ -86,7 +86,7 @@ def test_vits_train_through_train_run_under_ddp_and_fsdp(dist_pool, tmp_path, mo
         assert ddp[0][1].abs().max() > 1e-4, "d did not move from zero"
     for results in (ddp, fsdp):
         s = results[0][0]
-        _bytes_as_formula(s["comm_bytes_per_step"], s["comm_bytes_formula"], frozen_units=method == "lora")
+        _bytes_as_formula(s["comm_payload_bytes_per_step"], s["comm_payload_formula"], frozen_units=method == "lora")
     trainable = 100 if method == "subspace" else {"vit": 8 * 2 * (96 + 96), "hf_vit": 4 * 2 * (64 + 64)}[model]
     assert ddp[0][0]["trainable_params"] == trainable
     assert ddp[0][0]["total_params"] == {"vit": 306_826, "hf_vit": 72_074}[model]

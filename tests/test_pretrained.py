@@ -73,8 +73,8 @@ def test_file_theta0_under_ddp_is_named_and_never_sent(dist_pool, tmp_path, weig
     (s1, t1, a1), (s2, t2, a2) = s["eval_curve"]  # evaluated after step 7 and at the end (step 14)
     assert (s1, s2) == (7, 14) and 0 < t1 < t2 and a2 == s["test_accuracy"] and 0 < a1 <= 1
     assert s["theta0"] == pretrained.theta0_source(str(weights), 0)
-    assert s["comm_bytes_per_step"]["total"] == 4 * 40
-    assert s["comm_bytes_setup"]["total"] < 4 * 40 + 2_000  # D = 199,210 floats would be 796,840 B
+    assert s["comm_payload_bytes_per_step"]["total"] == 4 * 40
+    assert s["comm_payload_bytes_setup"]["total"] < 4 * 40 + 2_000  # D = 199,210 floats would be 796,840 B
 
 
 @needs_mnist

@@ -42,7 +42,7 @@ def test_fsdp_and_ddp_reach_the_same_parameters_and_the_formulas(dist_pool, tmp_
     assert (ddp[0][1] - initial(method)).abs().max() > 1e-4, "training did not move the parameters"
     for results in (ddp, fsdp):
         s = results[0][0]
-        assert s["comm_bytes_per_step"] == pytest.approx(s["comm_bytes_formula"]), s["comm_bytes_per_step"]
+        assert s["comm_payload_bytes_per_step"] == pytest.approx(s["comm_payload_formula"]), s["comm_payload_bytes_per_step"]
         for _, params in results:  # every rank ends with the same (gathered) trainable parameters
             assert torch.equal(params, results[0][1])
 
@@ -50,7 +50,7 @@ def test_fsdp_and_ddp_reach_the_same_parameters_and_the_formulas(dist_pool, tmp_
 def test_lora_under_ddp_sends_exactly_the_adapters(dist_pool, tmp_path):
     s = train(dist_pool(2), tmp_path, "lora", "ddp")[0][0]
     assert s["lora_rank"] == 1 and s["trainable_params"] == 784 + 200 + 200 + 200 + 200 + 10
-    assert s["comm_bytes_per_step"] == {"all_reduce": 4 * 1594, "total": 4 * 1594}
+    assert s["comm_payload_bytes_per_step"] == {"all_reduce": 4 * 1594, "total": 4 * 1594}
 
 
 def test_fsdp_reduce_scatters_only_trainable_parameters(dist_pool, tmp_path):
@@ -60,15 +60,15 @@ def test_fsdp_reduce_scatters_only_trainable_parameters(dist_pool, tmp_path):
     # full training: the gradients of all D parameters, padded per parameter to N equal rows
     padded = sum(-(-rows // n) * n * cols for rows, cols in [(200, 784), (200, 1), (200, 200), (200, 1),
                                                              (10, 200), (10, 1)])
-    assert full["comm_bytes_per_step"]["reduce_scatter"] == 4 * padded
-    assert full["comm_textbook_bytes_per_step"]["reduce_scatter"] == pytest.approx((n - 1) / n * 4 * padded)
-    assert full["comm_bytes_per_step"]["all_gather"] == 2 * 4 * padded // n  # forward and backward
+    assert full["comm_payload_bytes_per_step"]["reduce_scatter"] == 4 * padded
+    assert full["comm_wire_bytes_per_step"]["reduce_scatter"] == pytest.approx((n - 1) / n * 4 * padded)
+    assert full["comm_payload_bytes_per_step"]["all_gather"] == 2 * 4 * padded // n  # forward and backward
     # LoRA: the frozen base is still gathered twice, but only the adapters are reduce-scattered
-    assert lora["comm_bytes_per_step"]["all_gather"] > full["comm_bytes_per_step"]["all_gather"]
+    assert lora["comm_payload_bytes_per_step"]["all_gather"] > full["comm_payload_bytes_per_step"]["all_gather"]
     # the adapters' gradients only, padded per factor to N rows: A [1,784] → 4 rows, [10,1] → 12
     adapters = [(1, 784), (200, 1), (1, 200), (200, 1), (1, 200), (10, 1)]
-    assert lora["comm_bytes_per_step"]["reduce_scatter"] == 4 * sum(-(-r // n) * n * c for r, c in adapters)
-    assert lora["comm_bytes_per_step"]["reduce_scatter"] == 20_592
+    assert lora["comm_payload_bytes_per_step"]["reduce_scatter"] == 4 * sum(-(-r // n) * n * c for r, c in adapters)
+    assert lora["comm_payload_bytes_per_step"]["reduce_scatter"] == 20_592
 
 
 def test_dense_subspace_under_fsdp_is_refused(dist_pool, tmp_path):

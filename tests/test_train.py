@@ -29,16 +29,16 @@ def test_subspace_all_reduces_exactly_d_floats(dist_pool, tmp_path, n, projectio
     results = dist_pool(n).run("rank_targets:train_run", over,
                                str(tmp_path), timeout=180)
     s = results[0][0]
-    assert s["comm_bytes_per_step"] == {"all_reduce": 4 * d, "total": 4 * d}
-    assert s["ddp_hook_bytes_per_step"] == 4 * d
-    assert s["comm_bytes_setup"]["total"] < 4 * d + 2_000  # θ₀ (4·D bytes) is never broadcast
+    assert s["comm_payload_bytes_per_step"] == {"all_reduce": 4 * d, "total": 4 * d}
+    assert s["ddp_hook_payload_bytes_per_step"] == 4 * d
+    assert s["comm_payload_bytes_setup"]["total"] < 4 * d + 2_000  # θ₀ (4·D bytes) is never broadcast
     assert (s["trainable_params"], s["total_params"], s["world_size"]) == (d, D, n)
     for _, params in results:
         assert torch.equal(params, results[0][1]), "ranks hold different d"
     assert results[0][1].abs().max() > 0, "d never moved"
     saved = json.loads((tmp_path / "summary.json").read_text())
     for key in ("method", "strategy", "world_size", "projection", "total_params", "trainable_params",
-                "comm_bytes_per_step", "comm_bytes_setup", "test_accuracy", "train_loss", "step_time_s",
+                "comm_payload_bytes_per_step", "comm_payload_bytes_setup", "test_accuracy", "train_loss", "step_time_s",
                 "peak_rss_mb", "flops_per_step", "config"):
         assert key in saved, key
     assert saved["flops_per_step"] > 0 and saved["peak_rss_mb"] > 50
@@ -47,8 +47,8 @@ def test_subspace_all_reduces_exactly_d_floats(dist_pool, tmp_path, n, projectio
 def test_full_training_all_reduces_all_D_floats(dist_pool, tmp_path):
     s, _ = dist_pool(2).run("rank_targets:train_run", base(**{"train.method": "full", "train.lr": 1e-3}),
                             str(tmp_path), timeout=180)[0]
-    assert s["comm_bytes_per_step"]["all_reduce"] == 4 * D == s["comm_bytes_per_step"]["total"]
-    assert s["ddp_hook_bytes_per_step"] == 4 * D
+    assert s["comm_payload_bytes_per_step"]["all_reduce"] == 4 * D == s["comm_payload_bytes_per_step"]["total"]
+    assert s["ddp_hook_payload_bytes_per_step"] == 4 * D
 
 
 def test_world_size_does_not_change_d(dist_pool, tmp_path):

@@ -40,34 +40,48 @@ def run_cell(args, method: str, projection: str | None, strategy: str, out: Path
     except (ConfigError, MemoryError) as e:
         runtime.print0(f"{name}: refused — {e}")
         return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
-    keep = ("trainable_params", "total_params", "lora_rank", "comm_bytes_per_step", "comm_bytes_formula",
-            "comm_textbook_bytes_per_step", "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
+    keep = ("trainable_params", "total_params", "lora_rank", "comm_wire_bytes_per_step", "comm_wire_formula",
+            "comm_payload_bytes_per_step", "comm_payload_formula", "comm_measured_bytes_per_step", "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
             "flops_per_step", "projection_flops_per_step", "test_accuracy", "train_loss", "steps")
     return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: getattr(s, k) for k in keep})
 
 
-def to_markdown(cells: list[dict], meta: dict) -> str:
+def wire_ratios(cells: list[dict]) -> None:
+    """Each cell's `wire_ratio_vs_full_ddp`: its wire bytes per step ÷ full·DDP's (None if either is missing)."""
     base = next((c for c in cells if c["cell"] == "full · ddp" and "refused" not in c), None)
-    full_bytes = base["comm_bytes_per_step"]["total"] if base else None
+    full = (base["comm_wire_bytes_per_step"] or {}).get("total") if base else None
+    for c in cells:
+        if "refused" not in c:
+            mine = (c["comm_wire_bytes_per_step"] or {}).get("total")
+            c["wire_ratio_vs_full_ddp"] = mine / full if full and mine is not None else None
+
+
+def _ops(figures: dict | None) -> str:
+    return ", ".join(f"{op} {b:,.0f}" for op, b in (figures or {}).items() if op != "total") or "0"
+
+
+def to_markdown(cells: list[dict], meta: dict) -> str:
     lines = [f"# distid compare — {meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({meta['backend']})\n",
              f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch {meta['machine']['torch']}. "
              f"Same data, seed and {meta['steps']} steps of global batch {meta['global_batch']} in every cell; "
-             f"subspace d = {meta['d']}, LoRA at the rank closest to d. Bytes are per rank per step, handed to "
-             f"collectives (measured at the dispatcher), beside the formula's value. MFLOP/step: what torch.utils.flop_counter counts per rank "
+             f"subspace d = {meta['d']}, LoRA at the rank closest to d. Bytes are per rank per step. *sent*: what the "
+             f"rank sends under the ring algorithms (all-reduce 2(N−1)/N·S, all-gather and reduce-scatter "
+             f"(N−1)/N·S of the full array S), for the tensors the ledger saw handed to each collective, beside the "
+             f"formula's; the ratio to full·DDP is of these. *handed in*: the tensors themselves (all-gather: this "
+             f"rank's 1/N shard), a different figure, never divided by the first. MFLOP/step: what torch.utils.flop_counter counts per rank "
              f"(matmul-class ops; it misses sparse products); P MFLOP: the projection's own products, analytic.\n",
-             "| cell | trainable | bytes/step by op (measured) | formula | ÷ full·DDP | state MB/rank | peak RSS MB/rank "
-             "| step ms | MFLOP/step | P MFLOP | test acc |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| cell | trainable | sent B/step by op | formula (sent) | sent ÷ full·DDP's | handed in B/step "
+             "| state MB/rank | peak RSS MB/rank | step ms | MFLOP/step | P MFLOP | test acc |",
+             "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
         if "refused" in c:
-            lines.append(f"| {c['cell']} | — | refused: {c['refused']} | | | | | | | | |")
+            lines.append(f"| {c['cell']} | — | refused: {c['refused']} | | | | | | | | | |")
             continue
-        meas = c["comm_bytes_per_step"] or {}
-        ops = ", ".join(f"{op} {b:,.0f}" for op, b in meas.items() if op != "total") or "0"
-        form = ", ".join(f"{op} {b:,}" for op, b in c["comm_bytes_formula"].items() if op != "total") or "0"
-        ratio = f"{meas['total'] / full_bytes:.4f}" if full_bytes and meas.get("total") is not None else "—"
+        ratio = f"{c['wire_ratio_vs_full_ddp']:.4f}" if c.get("wire_ratio_vs_full_ddp") is not None else "—"
         rank = f" (r={c['lora_rank']})" if c["lora_rank"] else ""
         lines.append(
-            f"| {c['cell']} | {c['trainable_params']:,}{rank} | {ops} | {form} | {ratio} | "
+            f"| {c['cell']} | {c['trainable_params']:,}{rank} | {_ops(c['comm_wire_bytes_per_step'])} | "
+            f"{_ops(c['comm_wire_formula'])} | {ratio} | {_ops(c['comm_payload_bytes_per_step'])} | "
             f"{max(c['state_bytes_per_rank']) / 2**20:.1f} | {max(c['peak_rss_mb_per_rank']):.0f} | "
             f"{1e3 * (c['step_time_s'] or float('nan')):.2f} | {c['flops_per_step'] / 1e6:.1f} | "
             f"{c['projection_flops_per_step'] / 1e6:.1f} | {c['test_accuracy']:.4f} |")
@@ -81,7 +95,8 @@ def plot(cells: list[dict], path: Path) -> bool:
         return False
     ok = [c for c in cells if "refused" not in c]
     names = [c["cell"] for c in ok]
-    panels = [("bytes per step per rank (log)", [max(c["comm_bytes_per_step"]["total"], 1) for c in ok], True),
+    panels = [("bytes sent per step per rank (ring algorithms; log)",
+               [max(c["comm_wire_bytes_per_step"]["total"], 1) for c in ok], True),
               ("test accuracy", [c["test_accuracy"] for c in ok], False),
               ("step time (ms)", [1e3 * (c["step_time_s"] or 0) for c in ok], False),
               ("model state per rank (MB, log)", [max(c["state_bytes_per_rank"]) / 2**20 for c in ok], True)]
@@ -104,6 +119,7 @@ def compare(args, cfg) -> None:
     rank, n = dist.get_rank(), dist.get_world_size()
     out = Path(args.out or timestamped_dir("compare"))
     cells = [run_cell(args, m, p_, s, out) for m, p_ in METHODS for s in STRATEGIES]
+    wire_ratios(cells)
     if rank == 0:
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, backend=runtime.machine()["backend"],
                     steps=cfg.train.steps, global_batch=cfg.train.global_batch, d=cfg.train.d,

@@ -6,7 +6,8 @@ shrink DDP's all-reduce, measured side by side in one run.
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d. Each cell is
 `distid.run.api.run` with a few keys changed — same data, global batch, steps and seeds — and its
-bytes are the ledger's (measured at the dispatcher, PowerSGD's P and Q all-reduces included).
+bytes are wire bytes: what a rank sends for the payloads the ledger measured at the dispatcher (PowerSGD's
+P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N of the payload).
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
 + steps × bytes/step, at the first evaluation (train.eval_every) whose seed-mean accuracy reaches it.
 Writes frontier.json, frontier.md and frontier.png to --out; a cell already in --out with the same
@@ -59,7 +60,7 @@ def cells(args) -> list[Cell]:
     return out
 
 
-KEEP = ("trainable_params", "lora_rank", "comm_bytes_formula", "comm_calls_per_step", "comm_steps_warmup",
+KEEP = ("trainable_params", "lora_rank", "comm_wire_formula", "comm_calls_per_step", "comm_steps_warmup",
         "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s")
 
 
@@ -68,8 +69,8 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
     s = _cached(where / "summary.json", config_hash(cfg)) or run(cfg, str(where))
-    return dict(seed=seed, bytes_per_step=s.comm_bytes_per_step["total"],
-                setup_bytes=s.comm_bytes_setup["total"], warmup_bytes=s.comm_bytes_warmup["total"],
+    return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
+                wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 **{k: getattr(s, k) for k in KEEP})
 
 
@@ -87,12 +88,12 @@ def _cached(path: Path, hash_: str) -> Summary | None:
 
 
 def cumulative_bytes(seed_run: dict, step: int) -> float:
-    """Bytes this rank handed to collectives by the end of `step` (1-based): set-up, the warm-up
-    steps (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step."""
+    """Wire bytes this rank sent by the end of `step` (1-based): set-up, the warm-up steps
+    (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step."""
     warm = seed_run["comm_steps_warmup"]
     done_warm = min(step, warm)
-    warm_part = seed_run["warmup_bytes"] * done_warm / warm if warm else 0.0
-    return seed_run["setup_bytes"] + warm_part + max(step - warm, 0) * seed_run["bytes_per_step"]
+    warm_part = seed_run["wire_warmup_bytes"] * done_warm / warm if warm else 0.0
+    return seed_run["wire_setup_bytes"] + warm_part + max(step - warm, 0) * seed_run["wire_bytes_per_step"]
 
 
 def summarize(cell: Cell, seeds: list[dict]) -> dict:
@@ -101,8 +102,8 @@ def summarize(cell: Cell, seeds: list[dict]) -> dict:
              for i, (step, _, _) in enumerate(seeds[0]["eval_curve"])]
     accs = [s["test_accuracy"] for s in seeds]
     return dict(cell=cell.name, family=cell.family, trainable_params=seeds[0]["trainable_params"],
-                bytes_per_step=statistics.mean(s["bytes_per_step"] for s in seeds),
-                formula_bytes_per_step=seeds[0]["comm_bytes_formula"]["total"],
+                wire_bytes_per_step=statistics.mean(s["wire_bytes_per_step"] for s in seeds),
+                wire_formula_bytes_per_step=seeds[0]["comm_wire_formula"]["total"],
                 calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
                 test_accuracy=statistics.mean(accs), test_accuracy_min=min(accs), test_accuracy_max=max(accs),
                 step_time_s=statistics.mean(s["step_time_s"] or float("nan") for s in seeds),
@@ -114,7 +115,7 @@ def reach(cell: dict, target: float) -> dict | None:
     """First evaluation whose seed-mean accuracy ≥ target: its step and the bytes sent by then."""
     for step, acc in cell["curve"]:
         if acc >= target:
-            return dict(step=step, bytes=statistics.mean(cumulative_bytes(s, step) for s in cell["seeds"]))
+            return dict(step=step, wire_bytes=statistics.mean(cumulative_bytes(s, step) for s in cell["seeds"]))
     return None
 
 

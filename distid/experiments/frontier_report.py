@@ -30,12 +30,12 @@ def _acc(r: dict) -> str:
 
 
 def _reached(hit: dict | None) -> str:
-    return f"{hit['bytes'] / 1e6:,.1f} MB (step {hit['step']})" if hit else "not reached"
+    return f"{hit['wire_bytes'] / 1e6:,.1f} MB (step {hit['step']})" if hit else "not reached"
 
 
 def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
     m = meta["machine"]
-    base = next(r for r in rows if r["cell"] == "DDP")["bytes_per_step"]
+    base = next(r for r in rows if r["cell"] == "DDP")["wire_bytes_per_step"]
     heads = " | ".join(f"to {t['fraction']:.0%} of DDP ({t['accuracy']:.4f})" for t in targets)
     title = f"{meta['model']} on {meta['dataset']}, {meta['world_size']} ranks ({m['backend']})"
     lines = [f"# distid frontier — {title}\n",
@@ -45,8 +45,9 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"{meta['lr']['subspace']} (subspace, Fastfood). PowerSGD: PyTorch's `powerSGD_hook`, plain "
              f"all-reduce for the first {meta['powersgd_start_iter']} steps, error feedback "
              f"{'on' if meta['powersgd_error_feedback'] else 'off'}, warm start.\n",
-             "bytes/step: handed to collectives per rank per step, measured by the ledger once the hook "
-             "compresses (PowerSGD's P and Q all-reduces included), beside the formula. Accuracy: the test set, "
+             "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
+             "tensor handed in), for the payloads the ledger measured once the hook "
+             "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "
              "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps. "
              f"Bytes to a target: set-up + warm-up + steps × bytes/step at the first evaluation (every "
              f"{meta['eval_every']} steps) whose seed-mean accuracy reaches it.\n",
@@ -58,11 +59,11 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
             lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (8 + len(targets)))
             continue
         calls = r["calls_per_step"].get("all_reduce", 0)
-        lines.append(f"| {r['cell']} | {r['trainable_params']:,} | {r['bytes_per_step']:,.0f} | "
-                     f"{r['formula_bytes_per_step']:,} | {r['bytes_per_step'] / base:.4f} | {calls:g} | {_acc(r)} | "
+        lines.append(f"| {r['cell']} | {r['trainable_params']:,} | {r['wire_bytes_per_step']:,.0f} | "
+                     f"{r['wire_formula_bytes_per_step']:,.0f} | {r['wire_bytes_per_step'] / base:.4f} | {calls:g} | {_acc(r)} | "
                      f"{1e3 * r['step_time_s']:.2f} | {r['train_time_s']:.1f} | "
                      + " | ".join(_reached(h) for h in r["to_target"]) + " |")
-    front = " → ".join(r["cell"] for r in pareto([r for r in rows if "refused" not in r], "bytes_per_step"))
+    front = " → ".join(r["cell"] for r in pareto([r for r in rows if "refused" not in r], "wire_bytes_per_step"))
     return "\n".join(lines) + f"\n\nPareto front (fewest bytes/step → highest accuracy): {front}\n"
 
 
@@ -73,7 +74,7 @@ def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()
         return False
     ok = [r for r in rows if "refused" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
-    panels = (("bytes_per_step", "bytes handed to collectives per step per rank (log)", True),
+    panels = (("wire_bytes_per_step", "bytes sent per step per rank (ring algorithms; log)", True),
               ("train_time_s", "training wall-clock, s (median step × steps)", False))
     for ax, (key, label, log) in zip(axes, panels):
         for fam, marker, color in zip(families, MARKERS, COLORS):

@@ -2,10 +2,13 @@
 counted where the collective is issued — at the dispatcher, where every c10d op passes (DDP's
 buckets and set-up broadcasts, FSDP's all-gathers, user calls) — never computed from a formula.
 
-Three figures are kept apart: `payload` (bytes of the tensors handed to the op on this rank),
-`textbook` (bytes a bandwidth-optimal algorithm sends per rank: all-reduce 2(N−1)/N·S,
-reduce-scatter and all-gather (N−1)/N·S with S the full array, broadcast S), and the backend's
-real traffic, which is not measured here. nccl-tests' busbw = algbw × the same factor.
+Three figures are kept apart, never added to or divided by one another:
+  wire    — the headline: bytes a rank sends for the bandwidth-optimal ring algorithms, all-reduce
+            2(N−1)/N·S, reduce-scatter and all-gather (N−1)/N·S with S the full array, broadcast S
+            (what NCCL sends; nccl-tests' busbw = algbw × the same factor);
+  payload — bytes of the tensors handed to the op on this rank (all_gather: its 1/N shard;
+            all_reduce and reduce_scatter: the whole array);
+  measured — what the interface really carried, where the OS tells (`observe/interface.py`).
 
 While booking, each collective is waited on before it returns. A dispatch mode is thread-local,
 and a callback chained on a collective's future (`.then`: PowerSGD issues its P and Q all-reduces
@@ -42,7 +45,7 @@ C10D_OPS = {
 POINT_TO_POINT = ("send", "recv")  # never waited on: a ring posts both halves before it waits
 
 
-def textbook_bytes(op: str, payload: float, n: int) -> float:
+def wire_bytes(op: str, payload: float, n: int) -> float:
     """Bytes a bandwidth-optimal algorithm sends per rank for `payload` bytes handed in (all_gather:
     the payload is this rank's 1/N of the full array)."""
     if op in ("barrier", "recv"):
@@ -128,17 +131,25 @@ class CommLedger:
         n = max(self.steps[phase], 1)
         return {op: s.calls / n for op, s in sorted(self.stats[phase].items())}
 
-    def textbook_per_step(self, phase: str = "step") -> dict[str, float]:
-        """Per-step bytes a bandwidth-optimal algorithm would send per rank for these payloads."""
-        out = {op: textbook_bytes(op, b, self.world_size)
-               for op, b in self.per_step(phase).items() if op != "total"}
-        out["total"] = sum(out.values())
-        return out
+    def wire_totals(self, phase: str) -> dict[str, float]:
+        """{op: wire bytes, ..., 'total'} over the whole phase."""
+        return to_wire(self.totals(phase), self.world_size)
+
+    def wire_per_step(self, phase: str = "step") -> dict[str, float]:
+        """{op: wire bytes per step, ..., 'total'}: what this rank sends per step for these payloads."""
+        return to_wire(self.per_step(phase), self.world_size)
 
     def table(self, phase: str = "step") -> str:
-        """op | calls/step | payload B/step | textbook B/step/rank — the table users know."""
-        lines = [f"{'op':<16} {'calls/step':>10} {'payload B/step':>15} {'textbook B/rank':>16}"]
-        calls, pay, book = self.calls_per_step(phase), self.per_step(phase), self.textbook_per_step(phase)
+        """op | calls/step | wire B/step | payload B/step — rows only for the ops that ran."""
+        lines = [f"{'op':<16} {'calls/step':>10} {'sent B/step':>12} {'handed in B/step':>17}"]
+        calls, pay, wire = self.calls_per_step(phase), self.per_step(phase), self.wire_per_step(phase)
         for op in calls:
-            lines.append(f"{op:<16} {calls[op]:>10.2f} {pay[op]:>15,.0f} {book[op]:>16,.0f}")
+            lines.append(f"{op:<16} {calls[op]:>10.2f} {wire[op]:>12,.0f} {pay[op]:>17,.0f}")
         return "\n".join(lines)
+
+
+def to_wire(payload: dict, n: int) -> dict[str, float]:
+    """{op: payload bytes, ..., 'total'} (a ledger's or a formula's) → {op: wire bytes, ..., 'total'}."""
+    out = {op: wire_bytes(op, b, n) for op, b in payload.items() if op != "total"}
+    out["total"] = sum(out.values())
+    return out

@@ -1,10 +1,14 @@
 """The contract of `summary.json`: one dataclass, written by the run and read by attribute by
 everything that consumes a run (compare, sweep, frontier, convergence, the closing table).
 
-Byte figures (dicts are {op: bytes, ..., "total": sum}), per rank and per step unless named otherwise:
-payload = the tensors this rank hands to collectives (`comm_bytes_per_step`, measured by the
-ledger over `comm_steps_booked` steps; `comm_bytes_formula`, from the parameters), textbook = what
-a bandwidth-optimal algorithm sends for that payload (`comm_textbook_bytes_per_step`).
+Byte figures (dicts are {op: bytes, ..., "total": sum}), per rank and per step unless named
+otherwise, each named by its meaning — never add or divide two of different meanings:
+  comm_wire_*     the headline: what this rank sends under the bandwidth-optimal ring algorithms
+                  (all-reduce 2(N−1)/N·S, all-gather and reduce-scatter (N−1)/N·S, broadcast S);
+  comm_payload_*  the tensors this rank hands to collectives (all_gather: its 1/N shard);
+  comm_measured_* what the network interface counted (opt-in: dist.measure_interface).
+`*_bytes_per_step` come from the ledger over `comm_steps_booked` steps, `*_formula` from the
+parameters, `*_setup` / `*_warmup` are phase totals.
 """
 
 from __future__ import annotations
@@ -35,15 +39,20 @@ class Summary:
     global_batch: int
     epochs: float
     # communication
-    comm_bytes_per_step: dict | None  # None when no step was booked (e.g. fewer steps than the warm-up)
-    comm_bytes_formula: dict
+    comm_wire_bytes_per_step: dict | None  # None when no step was booked (e.g. fewer steps than the warm-up)
+    comm_wire_formula: dict
+    comm_wire_bytes_setup: dict
+    comm_wire_bytes_warmup: dict
+    comm_payload_bytes_per_step: dict | None
+    comm_payload_formula: dict
+    comm_payload_bytes_setup: dict
+    comm_payload_bytes_warmup: dict
+    comm_measured_bytes_per_step: float | None  # mean over this host's ranks; None unless measured
+    comm_measured_interface: str | None
     comm_calls_per_step: dict
-    comm_textbook_bytes_per_step: dict
-    comm_bytes_setup: dict
-    comm_bytes_warmup: dict
     comm_steps_booked: int
     comm_steps_warmup: int
-    ddp_hook_bytes_per_step: float
+    ddp_hook_payload_bytes_per_step: float  # payload: the float32 buckets DDP hands its comm hook
     # results
     test_accuracy: float
     train_loss: float

@@ -24,7 +24,7 @@ from distid.config import Config, ConfigError
 from distid.data import ShardedLoader, load_splits
 from distid.models import count_params, pretrained
 from distid.observe.evaluate import accuracy
-from distid.observe.ledger import CommLedger
+from distid.observe.ledger import CommLedger, to_wire
 from distid.observe.progress import Progress, final_table
 from distid.observe.summary import Summary
 from distid.parallel import compression
@@ -88,7 +88,11 @@ class Job:
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
         plain = compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter)
-        self.meter = StepMeter(self.ledger, self.counter, self.start, plain, self.device)
+        try:
+            self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
+                                   cfg.dist.measure_interface)
+        except ValueError as e:  # no such interface
+            raise ConfigError(str(e)) from e
         self.inject_faults = Injector(rank)
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
@@ -131,7 +135,7 @@ class Job:
         if self.progress.due(step):
             with self.ledger.phase("metrics"):
                 batch_acc = (logits.detach().argmax(1) == y).float().mean().item()
-                self.progress.log(step, loss.item(), batch_acc, self.meter.bytes_per_step(step + 1))
+                self.progress.log(step, loss.item(), batch_acc, self.meter.wire_per_step())
         every = self.cfg.train.eval_every
         if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):

@@ -3,7 +3,8 @@
 The first `warm` steps of this process (2, or a comm hook's uncompressed ones: PowerSGD's
 dist.powersgd_start_iter) are booked by the ledger as "warmup" (step 0 is also FLOP-counted; at
 step 1 DDP rebuilds its buckets), the next LEDGER_STEPS as "step" — the steady state the summary's
-bytes per step come from. The ledger slows a step, so only the steps after those are timed.
+bytes per step come from. The ledger slows a step, so only the steps after those are timed. With dist.measure_interface set,
+the interface's byte counters are read around the booked steady steps too (observe/interface.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from distid.observe.interface import InterfaceWindow
 from distid.observe.ledger import CommLedger
 
 WARMUP_STEPS = 2
@@ -23,17 +25,22 @@ LEDGER_STEPS = 10
 class StepMeter:
     """Ledger phase, FLOP counter and timer of each step; `times` holds the timed steps' seconds."""
 
-    def __init__(self, ledger: CommLedger, counter, start: int, warm: int, device: torch.device):
-        self.ledger, self.counter, self.start, self.device = ledger, counter, start, device
+    def __init__(self, ledger: CommLedger, wire_formula: dict, start: int, warm: int, device: torch.device,
+                 interface: str = ""):
+        self.ledger, self.wire_formula, self.start, self.device = ledger, wire_formula, start, device
         self.warm = max(WARMUP_STEPS, warm)
         self.times: list[float] = []
         self.flop_counter = FlopCounterMode(display=False)
+        self.window = InterfaceWindow(interface) if interface else None
+        self.measured: float | None = None
 
     @contextmanager
     def step(self, step: int):
         i = step - self.start  # steps of this process (a resumed run books its own first steps)
         booked = i < self.warm + LEDGER_STEPS
         phase = "warmup" if i < self.warm else "step"
+        if self.window and i == self.warm:
+            self.window.start()
         with self.ledger.phase(phase, steps=1) if booked else nullcontext(), \
                 self.flop_counter if i == 0 else nullcontext():
             t0 = time.perf_counter()
@@ -42,15 +49,21 @@ class StepMeter:
                 torch.cuda.synchronize()
             if not booked:
                 self.times.append(time.perf_counter() - t0)
+        if self.window and i == self.warm + LEDGER_STEPS - 1:
+            self.measured = self.window.stop(LEDGER_STEPS)
 
     @property
     def flops(self) -> int:
         """FLOPs of this process's first step, as torch.utils.flop_counter counts them."""
         return self.flop_counter.get_total_flops()
 
-    def bytes_per_step(self, done: int) -> float:
-        """Payload handed to collectives per step so far: the ledger's once it has booked steady
-        steps, before that DDP's bucket counter (0 without DDP)."""
+    def wire_per_step(self) -> float:
+        """Bytes this rank sends per step (wire): the ledger's once it has booked steady steps, the
+        formula's before that."""
         if self.ledger.steps["step"]:
-            return self.ledger.per_step()["total"]
-        return self.counter.payload / done if self.counter else 0.0
+            return self.ledger.wire_per_step()["total"]
+        return self.wire_formula["total"]
+
+    def measured_per_step(self) -> float | None:
+        """Bytes the interface carried per rank per booked step (None unless measured)."""
+        return self.measured

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from distid import lora, runtime
 from distid.config import config_hash, to_dict
+from distid.observe.ledger import to_wire
 from distid.observe.memory import state_bytes
 from distid.observe.summary import Summary
 from distid.subspace import SubspaceModel
@@ -40,13 +41,17 @@ def summarize(job) -> Summary:
         total_params=job.shape["total"], trainable_params=job.shape["trainable"],
         lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
         steps=job.total_steps, global_batch=cfg.train.global_batch, epochs=job.total_steps / len(job.loader),
-        comm_bytes_per_step=ledger.per_step("step") if booked else None,
-        comm_bytes_formula=job.formula,
+        comm_wire_bytes_per_step=ledger.wire_per_step("step") if booked else None,
+        comm_wire_formula=to_wire(job.formula, n),
+        comm_wire_bytes_setup=ledger.wire_totals("setup"), comm_wire_bytes_warmup=ledger.wire_totals("warmup"),
+        comm_payload_bytes_per_step=ledger.per_step("step") if booked else None,
+        comm_payload_formula=job.formula,
+        comm_payload_bytes_setup=ledger.totals("setup"), comm_payload_bytes_warmup=ledger.totals("warmup"),
+        comm_measured_bytes_per_step=job.meter.measured_per_step(),
+        comm_measured_interface=cfg.dist.measure_interface or None,
         comm_calls_per_step=ledger.calls_per_step("step"),
-        comm_textbook_bytes_per_step=ledger.textbook_per_step("step"),
-        comm_bytes_setup=ledger.totals("setup"), comm_bytes_warmup=ledger.totals("warmup"),
         comm_steps_booked=booked, comm_steps_warmup=ledger.steps["warmup"],
-        ddp_hook_bytes_per_step=counter.payload / max(job.total_steps - job.start, 1) if counter else 0.0,
+        ddp_hook_payload_bytes_per_step=counter.payload / max(job.total_steps - job.start, 1) if counter else 0.0,
         test_accuracy=job.curve[-1][2], train_loss=train_loss, eval_curve=job.curve,
         step_time_s=median, peak_rss_mb=max(rss), peak_gpu_mb=peak_gpu, state_bytes=held,
         step_time_s_per_rank=step_times, peak_rss_mb_per_rank=rss, state_bytes_per_rank=state,

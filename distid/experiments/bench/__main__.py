@@ -7,7 +7,9 @@
 
 Sections: kernels (projection P·d and Pᵀ·g against the copy bandwidth), steps (full / subspace /
 LoRA step time as a ratio to full), collectives (hand ring against the backend's all-reduce, α–β
-fit), scaling (the α–β MODEL projected to 8…4,096 GPUs). Writes bench.json and bench.md to --out.
+fit), interface (all-reduce, all-gather, reduce-scatter and broadcast of 16 MiB: the wire figure
+against the loopback interface's byte counters, at 2 and 4 ranks), scaling (the α–β MODEL projected
+to 8…4,096 GPUs). Writes bench.json and bench.md to --out.
 Time it on a quiet machine (here: under `flock /work/cpu.lock`); the load average is recorded.
 """
 
@@ -22,11 +24,12 @@ import tempfile
 from pathlib import Path
 
 from distid import runtime
-from distid.experiments.bench import collectives, kernels, report, scaling, steps, targets
+from distid.experiments.bench import collectives, interface, kernels, report, scaling, steps, targets
 from distid.experiments.bench.timing import load
 from distid.config import timestamped_dir
 
-SECTIONS = ("kernels", "steps", "collectives", "scaling")
+SECTIONS = ("kernels", "steps", "collectives", "interface", "scaling")
+INTERFACE_RANKS = (2, 4)
 DEFAULT_ALPHA_S = 50e-6  # α for `scaling` alone, without a collectives fit to take it from
 
 
@@ -73,6 +76,9 @@ def run_here(a, sections: list[str]) -> dict:
         runtime.print0("collectives")
         c = collectives.bench_collectives(a.quick, 2 if a.quick else 3)
         out["collectives"] = dict(rows=c["rows"], fit=fits(c["rows"]))
+    if "interface" in sections:
+        runtime.print0("interface")
+        out["interface"] = interface.measure(interface.SIZE // (16 if a.quick else 1))
     return out
 
 
@@ -97,12 +103,14 @@ def spawn(n: int, sections: list[str], a) -> dict:
 
 def run_children(a, result: dict) -> dict:
     """N-rank steps and every collective world size, each as a torchrun child, merged into result."""
-    rows = []
-    for n in sorted({a.ranks, *a.collective_ranks}):
-        which = (["steps"] if n == a.ranks else []) + (["collectives"] if n in a.collective_ranks else [])
+    rows, result["interface"] = [], []
+    for n in sorted({a.ranks, *a.collective_ranks, *INTERFACE_RANKS}):
+        which = (["steps"] if n == a.ranks else []) + (["collectives"] if n in a.collective_ranks else []) + \
+            (["interface"] if n in INTERFACE_RANKS else [])
         child = spawn(n, which, a)
         result["steps"] += child.get("steps", [])
         rows += child.get("collectives", {}).get("rows", [])
+        result["interface"] += child.get("interface", [])
     result["collectives"] = dict(rows=rows, fit=fits(rows))
     return result
 

@@ -65,6 +65,22 @@ def _collectives(c: dict) -> list[str]:
     return out
 
 
+def _interface(rows: list[dict]) -> list[str]:
+    out = ["\n## 3b. Bytes on the interface against the wire figure\n",
+           "Per rank, per call, float32 arrays of S bytes. *wire*: the headline figure, the ring algorithms "
+           "(all-reduce 2(N−1)/N·S, all-gather and reduce-scatter (N−1)/N·S, broadcast S: the busiest rank of "
+           "a pipelined chain). *gloo sends*: the mean over ranks of gloo's own algorithm (reduce-scatter is an "
+           "all-reduce followed by a copy; a broadcast moves (N−1)·S in all). *measured*: the interface's byte "
+           "counters (psutil) over the calls, fenced by barriers, divided by the ranks, an idle window of the "
+           "same length subtracted.\n",
+           "| ranks | op | S | wire B | gloo sends B | measured B | measured ÷ gloo | measured ÷ wire |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['world_size']} | {r['op']} | {_size(r['bytes'])} | {r['wire']:,.0f} | {r['gloo']:,.0f} | "
+                   f"{r['measured']:,.0f} | {r['measured'] / r['gloo']:.3f} | {r['measured'] / r['wire']:.3f} |")
+    return out
+
+
 def _scaling(s: dict) -> list[str]:
     show = [8, 64, 512, 4096]
     out = ["\n## 4. Scaling projection — a MODEL, not a measurement\n",
@@ -107,6 +123,8 @@ def to_markdown(r: dict) -> str:
         lines += _steps(r["steps"])
     if "collectives" in r:
         lines += _collectives(r["collectives"])
+    if r.get("interface"):
+        lines += _interface(r["interface"])
     if "scaling" in r:
         lines += _scaling(r["scaling"])
     if r.get("targets"):
