@@ -89,6 +89,12 @@ def test_every_import_follows_the_map():
     ("subspace", ("parallel", "observe/ledger.py", "run", "train.py", "lora.py")),
     ("lora", ("parallel", "observe/ledger.py", "run", "train.py", "subspace")),
     ("parallel", ("subspace", "lora.py", "run", "train.py")),
+    ("foundation", ("primitives", "data", "observe", "models", "parallel", "run", "experiments", "train.py")),
+    ("primitives", ("data", "observe", "models", "parallel", "run", "experiments", "train.py")),
+    ("data", ("observe", "models", "parallel", "run", "experiments", "train.py")),
+    ("observe", ("models", "subspace", "lora.py", "parallel", "run", "experiments", "train.py")),
+    ("run", ("experiments", "train.py")),
+    ("experiments", ("train.py",)),
 ])
 def test_the_rules_the_map_must_keep(layer, forbidden):
     """The table itself may not grant what the design forbids (the map could otherwise drift)."""

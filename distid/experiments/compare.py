@@ -41,7 +41,8 @@ def run_cell(args, method: str, projection: str | None, strategy: str, out: Path
         runtime.print0(f"{name}: refused — {e}")
         return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
     keep = ("trainable_params", "total_params", "lora_rank", "comm_wire_bytes_per_step", "comm_wire_formula",
-            "comm_payload_bytes_per_step", "comm_payload_formula", "comm_measured_bytes_per_step", "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
+            "comm_payload_bytes_per_step", "comm_payload_formula", "comm_measured_bytes_per_step",
+            "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
             "flops_per_step", "projection_flops_per_step", "test_accuracy", "train_loss", "steps")
     return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: getattr(s, k) for k in keep})
 
@@ -68,20 +69,25 @@ def to_markdown(cells: list[dict], meta: dict) -> str:
              f"rank sends under the ring algorithms (all-reduce 2(N−1)/N·S, all-gather and reduce-scatter "
              f"(N−1)/N·S of the full array S), for the tensors the ledger saw handed to each collective, beside the "
              f"formula's; the ratio to full·DDP is of these. *handed in*: the tensors themselves (all-gather: this "
-             f"rank's 1/N shard), a different figure, never divided by the first. MFLOP/step: what torch.utils.flop_counter counts per rank "
+             f"rank's 1/N shard), a different figure, never divided by the first. *measured*: what the network "
+             f"interface counted (dist.measure_interface; gloo's reduce-scatter is an all-reduce, so FSDP's "
+             f"measured bytes exceed the ring figure). MFLOP/step: what torch.utils.flop_counter counts per rank "
              f"(matmul-class ops; it misses sparse products); P MFLOP: the projection's own products, analytic.\n",
              "| cell | trainable | sent B/step by op | formula (sent) | sent ÷ full·DDP's | handed in B/step "
-             "| state MB/rank | peak RSS MB/rank | step ms | MFLOP/step | P MFLOP | test acc |",
-             "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| measured on the interface B/step | state MB/rank | peak RSS MB/rank | step ms | MFLOP/step | P MFLOP "
+             "| test acc |",
+             "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
         if "refused" in c:
-            lines.append(f"| {c['cell']} | — | refused: {c['refused']} | | | | | | | | | |")
+            lines.append(f"| {c['cell']} | — | refused: {c['refused']} | | | | | | | | | | |")
             continue
         ratio = f"{c['wire_ratio_vs_full_ddp']:.4f}" if c.get("wire_ratio_vs_full_ddp") is not None else "—"
         rank = f" (r={c['lora_rank']})" if c["lora_rank"] else ""
+        got = c.get("comm_measured_bytes_per_step")
+        measured = f"{got:,.0f}" if got is not None else "—"
         lines.append(
             f"| {c['cell']} | {c['trainable_params']:,}{rank} | {_ops(c['comm_wire_bytes_per_step'])} | "
-            f"{_ops(c['comm_wire_formula'])} | {ratio} | {_ops(c['comm_payload_bytes_per_step'])} | "
+            f"{_ops(c['comm_wire_formula'])} | {ratio} | {_ops(c['comm_payload_bytes_per_step'])} | {measured} | "
             f"{max(c['state_bytes_per_rank']) / 2**20:.1f} | {max(c['peak_rss_mb_per_rank']):.0f} | "
             f"{1e3 * (c['step_time_s'] or float('nan')):.2f} | {c['flops_per_step'] / 1e6:.1f} | "
             f"{c['projection_flops_per_step'] / 1e6:.1f} | {c['test_accuracy']:.4f} |")

@@ -197,7 +197,8 @@ def main(argv=None) -> int:
     def add_args(p):
         p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
 
-    return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False)
+    return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False,
+                    every_rank=lambda cfg: cfg.sweep.mode == "split")  # split: each rank trains its own points
 
 
 def check_lora_ranks(args, cfg: Config) -> None:

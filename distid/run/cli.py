@@ -35,39 +35,48 @@ def parser(prog: str, doc: str | None, config: bool = True) -> argparse.Argument
     return p
 
 
-def guarded(work, input_errors: tuple = ()) -> int:
+def guarded(work, input_errors: tuple = (), every_rank=False) -> int:
     """work() → its exit code (None = 0), or the exit code of the error it raised, said in one line;
-    `input_errors` adds exception types that mean "the input is wrong" (exit 2)."""
+    `input_errors` adds exception types that mean "the input is wrong" (exit 2). every_rank (or a
+    function returning it, asked when an error comes): each rank says its own error — for ranks
+    that do different work, as a sweep's split mode."""
     try:
         code = work()
     except INPUT_ERRORS + tuple(input_errors) as e:
-        _say(e, everyone=False)
+        _say(e, everyone=every_rank() if callable(every_rank) else every_rank)
         runtime.shutdown(clean=False)
         return 2
     except (Diverged, PeerFailure) as e:
-        _say(e, everyone=isinstance(e, PeerFailure))
+        _say(e, everyone=(every_rank() if callable(every_rank) else every_rank) or isinstance(e, PeerFailure))
         runtime.shutdown(clean=False)
         return 1
     runtime.shutdown()
     return code or 0
 
 
-def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True) -> int:
-    """Parse, load the config, join the group (unless `join` is False), then body(args, cfg)."""
+def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True, every_rank=False) -> int:
+    """Parse, load the config, join the group (unless `join` is False), then body(args, cfg).
+    every_rank: bool, or a function of the config (see `guarded`)."""
     p = parser(prog, doc)
     if add_args:
         add_args(p)
     args = p.parse_args(argv)
 
+    says = {"every": False}
+
     def work():
         cfg = load_config(args.config, args.overrides)
+        says["every"] = every_rank(cfg) if callable(every_rank) else every_rank
         if join:
             runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
         return body(args, cfg)
 
-    return guarded(work)
+    return guarded(work, every_rank=lambda: says["every"])
 
 
 def _say(e: BaseException, everyone: bool) -> None:
-    if everyone or os.environ.get("RANK", "0") == "0":
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    rank = os.environ.get("RANK", "0")
+    if everyone or rank == "0":
+        who = f"rank {rank}: " if everyone and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            and not str(e).startswith("rank ") else ""
+        print(f"error: {who}{e}", file=sys.stderr, flush=True)

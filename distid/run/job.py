@@ -23,6 +23,7 @@ from distid import runtime
 from distid.config import Config, ConfigError
 from distid.data import ShardedLoader, load_splits
 from distid.models import count_params, pretrained
+from distid.observe import interface
 from distid.observe.evaluate import accuracy
 from distid.observe.ledger import CommLedger, to_wire
 from distid.observe.progress import Progress, final_table
@@ -62,6 +63,11 @@ class Job:
         cfg, rank, n = self.cfg, self.rank, self.n
         self.device, self.ledger, self.t_start = runtime.device(), CommLedger(n), time.perf_counter()
         with self.ledger.phase("setup"):  # data, model, start-up checks and the strategy's wrapper
+            if cfg.dist.measure_interface:
+                try:
+                    interface.check_everywhere(cfg.dist.measure_interface)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from e
             out, token = _agree(out_dir or default_out_dir(cfg.name, resume))
             self.out = Path(out)
             train_split, self.test_split = (s.only(cfg.data.classes) for s in load_splits(cfg.data.dataset,
@@ -88,11 +94,8 @@ class Job:
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
         plain = compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter)
-        try:
-            self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
-                                   cfg.dist.measure_interface)
-        except ValueError as e:  # no such interface
-            raise ConfigError(str(e)) from e
+        self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
+                               cfg.dist.measure_interface)
         self.inject_faults = Injector(rank)
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
@@ -147,11 +150,12 @@ class Job:
 
     def evaluate(self, step: int) -> float:
         """Test accuracy after `step`, logged and appended to the curve as (steps done, training
-        seconds, accuracy); training seconds exclude the time spent evaluating."""
+        seconds, accuracy); training seconds exclude the time spent evaluating (and measuring the
+        interface's idle traffic)."""
         t0 = time.perf_counter()
         acc = accuracy(self.net, self.test_split, device=self.device)
         self.progress.scalar("test/accuracy", acc, step)
-        self.curve.append((step + 1, t0 - self.t_loop - self.eval_s, acc))
+        self.curve.append((step + 1, t0 - self.t_loop - self.eval_s - self.meter.idle_s, acc))
         self.eval_s += time.perf_counter() - t0
         return acc
 

@@ -33,15 +33,16 @@ class StepMeter:
         self.flop_counter = FlopCounterMode(display=False)
         self.window = InterfaceWindow(interface) if interface else None
         self.measured: float | None = None
+        self.idle_s = 0.0  # seconds the interface's idle segments took (not training)
 
     @contextmanager
     def step(self, step: int):
         i = step - self.start  # steps of this process (a resumed run books its own first steps)
         booked = i < self.warm + LEDGER_STEPS
         phase = "warmup" if i < self.warm else "step"
-        if self.window and i == self.warm:
-            self.window.start()
-        with self.ledger.phase(phase, steps=1) if booked else nullcontext(), \
+        counted = self.window is not None and booked and phase == "step"
+        with self.window.segment() if counted else nullcontext(), \
+                self.ledger.phase(phase, steps=1) if booked else nullcontext(), \
                 self.flop_counter if i == 0 else nullcontext():
             t0 = time.perf_counter()
             yield
@@ -49,8 +50,9 @@ class StepMeter:
                 torch.cuda.synchronize()
             if not booked:
                 self.times.append(time.perf_counter() - t0)
-        if self.window and i == self.warm + LEDGER_STEPS - 1:
-            self.measured = self.window.stop(LEDGER_STEPS)
+        if counted and i == self.warm + LEDGER_STEPS - 1:
+            self.measured = self.window.result(LEDGER_STEPS)
+            self.idle_s = self.window.idle_s
 
     @property
     def flops(self) -> int:

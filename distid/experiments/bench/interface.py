@@ -44,15 +44,17 @@ def _call(op: str, full: torch.Tensor, part: torch.Tensor) -> None:
 def measure(nbytes: int = SIZE, repeats: int = 3, interface: str = INTERFACE) -> list[dict]:
     """One row per op on this group (every rank calls it; all ranks on this host)."""
     n = dist.get_world_size()
-    full = torch.zeros(nbytes // 4, device=runtime.device())
     part = torch.zeros(nbytes // 4 // n, device=runtime.device())
-    window, rows = InterfaceWindow(interface), []
+    full = torch.zeros(n * part.numel(), device=runtime.device())
+    nbytes = 4 * full.numel()
+    rows = []
     for op in OPS:
         _call(op, full, part)  # warm-up: connections and buffers
-        window.start()
-        for _ in range(repeats):
-            _call(op, full, part)
-        got = window.stop(repeats)
+        window = InterfaceWindow(interface)
+        with window.segment():
+            for _ in range(repeats):
+                _call(op, full, part)
+        got = window.result(repeats)
         wire = nbytes if op == "broadcast" else wire_factor(op, n) * nbytes
         rows.append(dict(op=op, world_size=n, bytes=nbytes, wire=wire, gloo=gloo_sent(op, nbytes, n),
                          measured=got, interface=interface))

@@ -65,6 +65,11 @@ def _collectives(c: dict) -> list[str]:
     return out
 
 
+def _over(a: float, b: float) -> str:
+    """a ÷ b for the one table that sets a measurement beside the formulas it is checked against."""
+    return f"{a / b:.3f}" if b else "—"
+
+
 def _interface(rows: list[dict]) -> list[str]:
     out = ["\n## 3b. Bytes on the interface against the wire figure\n",
            "Per rank, per call, float32 arrays of S bytes. *wire*: the headline figure, the ring algorithms "
@@ -77,7 +82,7 @@ def _interface(rows: list[dict]) -> list[str]:
            "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['world_size']} | {r['op']} | {_size(r['bytes'])} | {r['wire']:,.0f} | {r['gloo']:,.0f} | "
-                   f"{r['measured']:,.0f} | {r['measured'] / r['gloo']:.3f} | {r['measured'] / r['wire']:.3f} |")
+                   f"{r['measured']:,.0f} | {_over(r['measured'], r['gloo'])} | {_over(r['measured'], r['wire'])} |")
     return out
 
 
@@ -89,7 +94,7 @@ def _scaling(s: dict) -> list[str]:
            f". {s['gpus_per_node']} GPUs per node, float32 payloads, subspace d = {s['d']:,}, LoRA r = "
            f"{s['lora_rank']}. Per-step communication time in ms (latency + bandwidth terms); formulas in "
            f"docs/benchmarks.md.\n",
-           "| model | strategy | method | trainable | bytes/step | " + " | ".join(f"{n} GPUs" for n in show) + " |",
+           "| model | strategy | method | trainable | array S B/step | " + " | ".join(f"{n} GPUs" for n in show) + " |",
            "|---|---|---|---:|---:|" + "---:|" * len(show)]
     key = {}
     for r in s["rows"]:
