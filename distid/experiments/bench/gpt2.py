@@ -5,8 +5,9 @@ D = 124,439,808) on one GPU: what full training, LoRA and a Fastfood subspace co
 
 Random weights, random tokens (nothing is learnt; only cost is measured). Per variant: median step
 time over --steps timed steps after --warmup, peak GPU memory (torch.cuda.max_memory_allocated,
-model + optimizer + activations), trainable parameters, and the bytes a DDP all-reduce would carry
-per step, 4 × trainable (what distid's ledger measures for these methods on CPU). Adam, TF32
+model + optimizer + activations), trainable parameters, and the array a DDP all-reduce would carry
+per step, 4 × trainable (the payload distid's ledger measures for these methods on CPU; a ring
+all-reduce sends 2(N−1)/N of it per rank, the wire figure). Adam, TF32
 matmuls. Writes gpt2.json and gpt2.md to --out. Needs CUDA and `transformers`.
 """
 
@@ -81,7 +82,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"D = {full['D']:,} (tied embeddings counted once); batch {meta['batch']} × {meta['context']} tokens; "
              f"Adam, fp32 weights, TF32 matmuls; median of {meta['steps']} steps after {meta['warmup']}; "
              f"torch {meta['torch']}.\n",
-             "| variant | trainable | DDP bytes/step | step ms | × full | peak GPU MB |",
+             "| variant | trainable | DDP all-reduce array B (4·T) | step ms | × full | peak GPU MB |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['trainable']:,} | {r['ddp_bytes_per_step']:,} | {r['step_ms']:.1f} | "
