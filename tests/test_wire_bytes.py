@@ -58,9 +58,33 @@ def test_compare_headline_ratio_is_of_wire_bytes(dist_pool, tmp_path, n):
     for cell, ratio in expected_ratios(n).items():
         assert got[cell] == pytest.approx(ratio, rel=1e-9), cell
     assert round(got["full · fsdp"], 2) == 1.50
+    for c in cells:  # compare.json's keys: every byte figure names its meaning
+        assert _unnamed_byte_keys(c) == [], c["cell"]
     md = to_markdown(cells, dict(model="mlp", dataset="mnist", world_size=n, backend="gloo", steps=13,
                                  global_batch=128, d=D_SUB, machine=dict(cpu="x", cores=2, torch="t")))
     assert f"| {got['lora · fsdp']:.4f} |" in md
+
+
+def _unnamed_byte_keys(record: dict) -> list[str]:
+    """Keys of a report record that hold communicated bytes without saying which figure (wire,
+    payload, measured); memory figures (state_bytes_per_rank) are not communication."""
+    comm = [k for k in record if k.startswith("comm_") and "bytes" in k or "bytes_per_step" in k
+            or k.endswith(("_setup_bytes", "_warmup_bytes", "_formula"))]
+    return [k for k in comm if not any(m in k for m in ("wire", "payload", "measured"))]
+
+
+def test_frontier_rows_name_their_byte_figures():
+    """frontier.json's rows and seed runs: every byte key names its meaning, and bytes to a target
+    are summed from wire keys only (a payload figure planted beside them changes nothing)."""
+    from distid.experiments.frontier import Cell, reach, summarize
+
+    seed = dict(seed=0, wire_bytes_per_step=30.0, wire_setup_bytes=100.0, wire_warmup_bytes=60.0,
+                payload_bytes_per_step=1e9, trainable_params=5, lora_rank=None, comm_wire_formula={"total": 30},
+                comm_calls_per_step={"all_reduce": 1.0}, comm_steps_warmup=2, steps=10, test_accuracy=0.9,
+                eval_curve=[(5, 0.1, 0.5), (10, 0.2, 0.9)], step_time_s=0.01, wall_time_s=1.0)
+    row = summarize(Cell("DDP", "DDP", ()), [seed])
+    assert _unnamed_byte_keys(row) == [] and _unnamed_byte_keys(seed) == []
+    assert reach(row, 0.85) == dict(step=10, wire_bytes=100 + 60 + 8 * 30)
 
 
 def test_reports_never_mix_meanings():
