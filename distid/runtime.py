@@ -108,6 +108,16 @@ def gather_floats(x: float) -> list[float]:
     return [o.item() for o in out]
 
 
+def first_problem(problem: str | None) -> str | None:
+    """The first rank's problem (a one-line reason, or None), on every rank: so that a check that
+    fails on one rank stops them all, instead of leaving the others waiting in a collective."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return problem
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, problem)
+    return next((p for p in everyone if p), None)
+
+
 def node_count() -> int:
     """Number of torchrun nodes (agents) in the job: distinct GROUP_RANKs over all ranks."""
     mine = int(os.environ.get("GROUP_RANK", "0"))

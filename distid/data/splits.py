@@ -11,7 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
-import torch.distributed as dist
+
+from distid import runtime
 
 from .datasets import Split, load_split
 from .fetch import FetchError, fetch
@@ -32,10 +33,7 @@ def load_splits(name: str, root: str) -> tuple[Split, Split]:
                 fetch(name, root, sources=("local",))
         except (FetchError, ValueError, OSError) as e:
             problem = _data_problem(name, root, e)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, problem)
-        problem = next((p for p in everyone if p), None)
+    problem = runtime.first_problem(problem)
     try:
         if problem is None:
             return load_split(name, root, "train"), load_split(name, root, "test")

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 import psutil
 import torch.distributed as dist
 
+from distid import runtime
+
 
 def check(name: str) -> None:
     """ValueError naming the interfaces there are, unless `name` is one."""
@@ -42,11 +44,7 @@ def check_everywhere(name: str) -> None:
         problem = None
     except ValueError as e:
         problem = str(e)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, problem)
-        problem = next((p for p in everyone if p), None)
-    if problem:
+    if problem := runtime.first_problem(problem):
         raise ValueError(problem)
 
 
@@ -66,6 +64,7 @@ class InterfaceWindow:
         check(name)
         self.name, self.local = name, _ranks_on_this_host()
         self.busy, self.seconds = 0, []  # bytes counted in the segments; each segment's length
+        self.idle_s = 0.0  # seconds the idle segments took (set by result())
 
     def _fence(self) -> tuple[float, int]:
         if dist.is_initialized():

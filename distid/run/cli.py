@@ -35,43 +35,42 @@ def parser(prog: str, doc: str | None, config: bool = True) -> argparse.Argument
     return p
 
 
-def guarded(work, input_errors: tuple = (), every_rank=False) -> int:
+def guarded(work, input_errors: tuple = (), every_rank=lambda: False) -> int:
     """work() → its exit code (None = 0), or the exit code of the error it raised, said in one line;
-    `input_errors` adds exception types that mean "the input is wrong" (exit 2). every_rank (or a
-    function returning it, asked when an error comes): each rank says its own error — for ranks
-    that do different work, as a sweep's split mode."""
+    `input_errors` adds exception types that mean "the input is wrong" (exit 2). every_rank(), asked
+    when an error comes: True where each rank says its own error — ranks that do different work, as
+    a sweep's split mode."""
     try:
         code = work()
     except INPUT_ERRORS + tuple(input_errors) as e:
-        _say(e, everyone=every_rank() if callable(every_rank) else every_rank)
+        _say(e, everyone=every_rank())
         runtime.shutdown(clean=False)
         return 2
     except (Diverged, PeerFailure) as e:
-        _say(e, everyone=(every_rank() if callable(every_rank) else every_rank) or isinstance(e, PeerFailure))
+        _say(e, everyone=every_rank() or isinstance(e, PeerFailure))
         runtime.shutdown(clean=False)
         return 1
     runtime.shutdown()
     return code or 0
 
 
-def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True, every_rank=False) -> int:
+def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True, every_rank=None) -> int:
     """Parse, load the config, join the group (unless `join` is False), then body(args, cfg).
-    every_rank: bool, or a function of the config (see `guarded`)."""
+    every_rank: a function of the config, True where each rank says its own error (see `guarded`)."""
     p = parser(prog, doc)
     if add_args:
         add_args(p)
     args = p.parse_args(argv)
 
-    says = {"every": False}
+    loaded = []
 
     def work():
-        cfg = load_config(args.config, args.overrides)
-        says["every"] = every_rank(cfg) if callable(every_rank) else every_rank
+        loaded.append(load_config(args.config, args.overrides))
         if join:
-            runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
-        return body(args, cfg)
+            runtime.init(loaded[0].dist.timeout_s, loaded[0].dist.backend)
+        return body(args, loaded[0])
 
-    return guarded(work, every_rank=lambda: says["every"])
+    return guarded(work, every_rank=lambda: bool(every_rank and loaded and every_rank(loaded[0])))
 
 
 def _say(e: BaseException, everyone: bool) -> None:
