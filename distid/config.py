@@ -292,13 +292,14 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--out`` to ``parser``."""
+def add_config_args(parser: argparse.ArgumentParser, out: str = "runs/<config name>-<YYYYmmdd-HHMMSS>") -> None:
+    """Add ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--out`` (its default folder named in the
+    help as `out`) to ``parser``."""
     parser.add_argument("--config", metavar="PATH", default=None, help="TOML config file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
                         default=[], help="override a config value, e.g. train.d=1000")
     parser.add_argument("--out", metavar="DIR", default=None,
-                        help="output directory (default runs/<config name>-<YYYYmmdd-HHMMSS>)")
+                        help=f"output directory (default {out})")
 
 
 def timestamped_dir(name: str) -> str:

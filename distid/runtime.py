@@ -48,6 +48,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def share_cores() -> None:
+    """With DISTID_THREADS=auto (set by the venv's activate script, with OMP_NUM_THREADS=1 so that
+    torchrun stays quiet): torch's intra-op threads = this machine's usable cores ÷ the processes on it."""
+    if os.environ.get("DISTID_THREADS") == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
     """Join the process group if launched by torchrun; returns (rank, world_size). backend: 'gloo',
     'nccl', or None / 'auto' (`pick_backend`).
@@ -57,6 +65,7 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tu
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    share_cores()
     backend = pick_backend() if backend in (None, "auto") else backend
     check_backend(backend)
     if not launched_by_torchrun():

@@ -18,3 +18,10 @@ if ! python -c "$have_torch" 2>/dev/null; then
 fi
 echo "+ pip install -e .[${DISTID_EXTRAS:-test,hf}]"
 pip install -q -e ".[${DISTID_EXTRAS:-test,hf}]" 2> >(grep -v "is ignored: it is neither" >&2)
+# Thread default, in the venv's activate script: one OpenMP thread per process unless OMP_NUM_THREADS
+# is set (so torchrun prints no OMP_NUM_THREADS banner), and DISTID_THREADS=auto, with which
+# distid.runtime gives each process its share of the cores (all of them to a lone process).
+grep -q "DISTID_THREADS" .venv/bin/activate || cat >> .venv/bin/activate <<'ACTIVATE'
+# distid (launch/setup.sh): OpenMP threads, see distid/runtime.py `share_cores`
+if [ -z "${OMP_NUM_THREADS:-}" ]; then export OMP_NUM_THREADS=1 DISTID_THREADS=auto; fi
+ACTIVATE

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash launch/setup.sh
 . .venv/bin/activate
 export OMP_NUM_THREADS=1
+unset DISTID_THREADS  # the tests pin one thread per process
 echo "+ python -m distid.data fetch mnist --root ${DISTID_DATA:-data}"
 python -m distid.data fetch mnist --root "${DISTID_DATA:-data}" \
   || echo "MNIST not fetched: the data-dependent tests use synthetic data or skip"

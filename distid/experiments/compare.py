@@ -21,7 +21,7 @@ from distid import runtime
 from distid.config import METHOD_LR, ConfigError, load_config, timestamped_dir
 from distid.experiments.plotting import pyplot
 from distid.run import cli
-from distid.run.api import run
+from distid.run.api import run_logged
 
 METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
 STRATEGIES = ("ddp", "fsdp")
@@ -35,11 +35,14 @@ def run_cell(args, method: str, projection: str | None, strategy: str, out: Path
     over = [*args.overrides, f"train.method={method}", f"dist.strategy={strategy}",
             f"train.lr={getattr(args, 'lr_' + method)}"] + ([f"train.projection={projection}"] if projection else [])
     name = cell_name(method, projection, strategy)
+    folder = out / name.replace(" · ", "-").replace("/", "-")
     try:
-        s = run(load_config(args.config, over), str(out / name.replace(" · ", "-").replace("/", "-")))
+        s = run_logged(load_config(args.config, over), folder)
     except (ConfigError, MemoryError) as e:
-        runtime.print0(f"{name}: refused — {e}")
+        runtime.print0(f"{name:<24} refused: {e}")
         return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
+    runtime.print0(f"{name:<24} test acc {s.test_accuracy:.4f}, {(s.comm_wire_bytes_per_step or s.comm_wire_formula)['total']:>11,.0f} B sent/step, "
+                   f"{1e3 * (s.step_time_s or float('nan')):6.2f} ms/step  ({folder}/train.log)")
     keep = ("trainable_params", "total_params", "lora_rank", "comm_wire_bytes_per_step", "comm_wire_formula",
             "comm_payload_bytes_per_step", "comm_payload_formula", "comm_measured_bytes_per_step",
             "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
@@ -114,7 +117,9 @@ def plot(cells: list[dict], path: Path) -> bool:
         if log:
             ax.set_xscale("log")
         ax.invert_yaxis() if ax is axes[0] else None
-    fig.suptitle("distid compare — blue: DDP, orange: FSDP")
+    refused = [c["cell"] for c in cells if "refused" in c]
+    fig.suptitle("distid compare — blue: DDP, orange: FSDP"
+                 + (f"; not shown, refused: {', '.join(refused)} (see compare.md)" if refused else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -134,7 +139,9 @@ def compare(args, cfg) -> None:
         md = to_markdown(cells, meta)
         (out / "compare.md").write_text(md)
         drew = plot(cells, out / "compare.png")
-        print(md + (f"\nwrote {out}/compare.png" if drew else "\n(matplotlib missing: no compare.png)"))
+        print("\n" + md + f"\nwrote {out}/compare.json, compare.md"
+              + (", compare.png" if drew else " (matplotlib missing: no compare.png)")
+              + "; each cell's own output: <cell>/train.log")
 
 
 def add_args(p) -> None:
@@ -143,7 +150,8 @@ def add_args(p) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.compare", __doc__, compare, add_args)
+    return cli.main(argv, "python -m distid.experiments.compare", __doc__, compare, add_args,
+                    out="runs/compare-<YYYYmmdd-HHMMSS>")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from distid import runtime
 from distid.config import Config, ConfigError, load_config, timestamped_dir
 from distid.experiments.plotting import pyplot
 from distid.run import cli
-from distid.run.api import run
+from distid.run.api import run_logged
 
 METHODS = ("full", "lora", "subspace")
 
@@ -31,8 +31,9 @@ def lr_of(cfg: Config, method: str) -> float:
 
 
 def run_method(args, cfg: Config, method: str, out: Path) -> dict:
-    s = run(load_config(args.config, [*args.overrides, f"train.method={method}", f"train.lr={lr_of(cfg, method)}"]),
-            str(out / method))
+    s = run_logged(load_config(args.config, [*args.overrides, f"train.method={method}", f"train.lr={lr_of(cfg, method)}"]),
+                   out / method)
+    runtime.print0(f"{method:<9} test acc {s.test_accuracy:.4f} after {s.steps:,} steps  ({out / method}/train.log)")
     keep = ("trainable_params", "lora_rank", "test_accuracy", "step_time_s", "steps", "eval_curve", "theta0")
     return dict(method=method, lr=lr_of(cfg, method), **{k: getattr(s, k) for k in keep})
 
@@ -86,11 +87,13 @@ def convergence(args, cfg: Config) -> None:
         md = markdown(curves, cfg, machine)
         (out / "convergence.md").write_text(md)
         drew = plot(curves, cfg, out / "convergence.png")
-        print(md + (f"\nwrote {out}/convergence.png" if drew else "\n(matplotlib missing: no convergence.png)"))
+        print(md + f"\nwrote {out}/convergence.json, convergence.md"
+              + (", convergence.png" if drew else " (matplotlib missing: no convergence.png)"))
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.convergence", __doc__, convergence)
+    return cli.main(argv, "python -m distid.experiments.convergence", __doc__, convergence,
+                    out="runs/convergence-<config name>-<YYYYmmdd-HHMMSS>")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from distid.config import METHOD_LR, ConfigError, config_hash, load_config, time
 from distid.experiments.frontier_report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
-from distid.run.api import run
+from distid.run.api import run_logged
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace")
 
@@ -68,7 +68,9 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     """One training run of `cell` (reused from out/ when its summary.json has the same config)."""
     cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
-    s = _cached(where / "summary.json", config_hash(cfg)) or run(cfg, str(where))
+    s = _cached(where / "summary.json", config_hash(cfg)) or run_logged(cfg, where)
+    runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
+                   f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where})")
     return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 **{k: getattr(s, k) for k in KEEP})
@@ -180,11 +182,14 @@ def main_body(args, cfg) -> None:
         md = to_markdown(rows, targets, meta)
         (out / "frontier.md").write_text(md)
         drew = plot(rows, out / "frontier.png", FAMILIES, targets)
-        print(md + (f"\nwrote {out}/frontier.png" if drew else "\n(matplotlib missing: no frontier.png)"))
+        print(md + f"\nwrote {out}/frontier.json, frontier.md"
+              + (", frontier.png" if drew else " (matplotlib missing: no frontier.png)")
+              + "; each run's own output: <cell>/seed<k>/train.log")
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.frontier", __doc__, main_body, add_args)
+    return cli.main(argv, "python -m distid.experiments.frontier", __doc__, main_body, add_args,
+                    out="runs/frontier-<YYYYmmdd-HHMMSS>")
 
 
 if __name__ == "__main__":

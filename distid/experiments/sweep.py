@@ -27,7 +27,7 @@ from distid import runtime
 from distid.experiments import intrinsic, sweep_store
 from distid.config import Config, ConfigError, load_config, to_dict
 from distid.run import cli
-from distid.run.api import run
+from distid.run.api import run_logged
 
 COST = {"full": 0.6, "subspace": 1.0, "lora": 0.7}  # rough relative run time, to balance the ranks' shares
 
@@ -113,11 +113,8 @@ def share(todo: list[dict], rank: int, n: int) -> list[dict]:
 def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int) -> dict:
     """Train one point (train's own output goes to OUT/points/KEY/train.log) and return its record."""
     pcfg = _point_cfg(args, cfg, point)
-    folder = out / "points" / key(point)
-    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(folder / "train.log", "w") as log, contextlib.redirect_stdout(log):
-        s = run(pcfg, str(folder))
+    s = run_logged(pcfg, out / "points" / key(point))
     keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "epochs", "step_time_s",
             "lora_rank", "world_size", "theta0")
     rec = dict(point, key=key(point), hash=fingerprint(pcfg, ranks), wall_time_s=time.perf_counter() - t0,
@@ -198,7 +195,8 @@ def main(argv=None) -> int:
         p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
 
     return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False,
-                    every_rank=lambda cfg: cfg.sweep.mode == "split")  # split: each rank trains its own points
+                    every_rank=lambda cfg: cfg.sweep.mode == "split",  # split: each rank trains its own points
+                    out="runs/sweep-<config name> (a rerun reuses its finished points)")
 
 
 def check_lora_ranks(args, cfg: Config) -> None:

@@ -13,21 +13,31 @@ from distid.observe.summary import Summary
 
 
 class Progress:
-    """Rank 0 prints `step | loss | acc | steps/s | bytes/step` every `every` steps; every rank
-    samples its RSS (for peak_rss_mb) and rank 0 logs all ranks' RSS to TensorBoard."""
+    """Rank 0 prints a progress line every `every` steps: training loss and accuracy averaged over
+    rank 0's batches since the previous line, steps/s, and the bytes each rank sends per step; every
+    rank samples its RSS (for peak_rss_mb) and rank 0 logs all ranks' RSS to TensorBoard."""
 
     def __init__(self, out: Path, rank: int, world: int, steps: int, every: int):
         self.rank, self.world, self.steps, self.every = rank, world, steps, max(1, every)
         self.proc, self.peak = psutil.Process(), 0.0
         self.t_last, self.step_last = time.perf_counter(), 0
+        self.window = [0.0, 0.0, 0, 0]  # loss sum, correct, samples, steps since the last line
         self.writer = None
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out / "tb"))
+            sent = "; B sent/step: bytes each rank sends per step (ring algorithms)" if world > 1 else ""
+            print(f"every {self.every} steps: training loss and accuracy averaged over rank 0's batches since "
+                  f"the previous line{sent}", flush=True)
 
     def due(self, step: int) -> bool:
         return (step + 1) % self.every == 0 or step + 1 == self.steps
+
+    def add(self, loss, correct, samples: int) -> None:
+        """One step's loss (a 0-d tensor) and correct count (a 0-d tensor): summed, not synchronised."""
+        w = self.window
+        w[0], w[1], w[2], w[3] = w[0] + loss, w[1] + correct, w[2] + samples, w[3] + 1
 
     def rss_mb(self) -> float:
         mb = self.proc.memory_info().rss / 2**20
@@ -38,17 +48,21 @@ class Progress:
         self.rss_mb()
         return self.peak
 
-    def log(self, step: int, loss: float, acc: float, wire_per_step: float) -> None:
-        """One progress line; gathers every rank's RSS (one tiny all-gather, booked as 'metrics')."""
+    def log(self, step: int, wire_per_step: float) -> None:
+        """One progress line from the steps added since the last; gathers every rank's RSS (one tiny
+        all-gather, booked as 'metrics')."""
         all_rss = runtime.gather_floats(self.rss_mb()) if self.world > 1 else [self.rss_mb()]
         now = time.perf_counter()
         rate = (step + 1 - self.step_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.step_last = now, step + 1
+        total, correct, samples, steps = self.window
+        self.window = [0.0, 0.0, 0, 0]
         if self.rank != 0:
             return
-        print(f"step {step + 1:>6}/{self.steps} | loss {loss:.4f} | acc {acc:.3f} | {rate:6.1f} steps/s"
-              f" | {wire_per_step:,.0f} B sent/step", flush=True)
-        for name, value in (("train/loss", loss), ("train/batch_accuracy", acc), ("time/steps_per_s", rate),
+        loss, acc = float(total) / max(steps, 1), float(correct) / max(samples, 1)
+        print(f"step {step + 1:>6}/{self.steps} | train loss {loss:.4f} | train acc {acc:.3f} | {rate:6.1f} steps/s"
+              + (f" | {wire_per_step:,.0f} B sent/step" if self.world > 1 else ""), flush=True)
+        for name, value in (("train/loss", loss), ("train/accuracy", acc), ("time/steps_per_s", rate),
                             ("time/step_ms", 1e3 / rate),
                             ("comm/wire_bytes_per_step", wire_per_step)):
             self.scalar(name, value, step)
@@ -64,29 +78,52 @@ class Progress:
             self.writer.close()
 
 
+def method_label(s: Summary) -> str:
+    """`subspace (fastfood, d = 750)`, `lora (rank 8 on fc1, fc2)`, `full`."""
+    if s.projection:
+        return f"{s.method} ({s.projection}, d = {s.trainable_params:,})"
+    if s.method == "lora":
+        targets = (s.config.get("train", {}).get("lora_targets") or "every Linear/Conv layer").replace(",", ", ")
+        return f"lora (rank {s.lora_rank} on {targets})"
+    return s.method
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<18}{value}"
+
+
 def final_table(s: Summary, ledger_table: str) -> str:
-    """method | trainable | sent B/step | ÷ full DDP | test acc | step ms, and the per-op ledger.
-    Bytes are wire bytes (what a rank sends under ring algorithms); the ledger adds the payload."""
+    """The closing table, in words: what ran, what it reached, what one rank sent per step (wire
+    bytes: a ring all-reduce of S bytes sends 2(N−1)/N·S), time, memory, and where the files are."""
     n = s.world_size
     full = 2 * (n - 1) / n * 4 * s.total_params  # full training under DDP: ring all-reduce of D floats
     sent = (s.comm_wire_bytes_per_step or s.comm_wire_formula)["total"]
-    ratio = f"{full / sent:,.1f}×" if sent and full else "-"
-    step_ms = f"{1e3 * s.step_time_s:.2f}" if s.step_time_s else "-"
-    label = s.method + (f" ({s.projection}, d={s.trainable_params:,})" if s.projection else "")
-    measured = [f"measured on {s.comm_measured_interface}: {s.comm_measured_bytes_per_step:,.0f} B sent/step/rank "
-                f"(the interface's counters; headers and the backend's own algorithms included)"] \
-        if s.comm_measured_bytes_per_step is not None else []
-    return "\n".join([
-        f"\n{'method':<30} {'trainable':>10} {'sent B/step':>12} {'full DDP ÷ this':>16} {'test acc':>9} {'step ms':>8}",
-        f"{label:<30} {s.trainable_params:>10,} {sent:>12,.0f} {ratio:>16} {s.test_accuracy:>9.4f} {step_ms:>8}",
-        f"D = {s.total_params:,}; full training under DDP on {n} rank{'s' if n > 1 else ''} would send "
-        f"2(N−1)/N·4·D = {full:,.0f} B/step per rank (ring all-reduce).",
-        f"collectives per step on rank 0 (sent: bytes a ring algorithm sends; handed in: the tensors given to "
-        f"the op; {s.comm_steps_booked} steps booked; set-up sent {s.comm_wire_bytes_setup['total']:,.0f} B):",
-        ledger_table,
-        *measured,
-        f"world size {s.world_size} on {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend}), peak RSS {s.peak_rss_mb:.0f} MB, "
-        f"{s.flops_per_step / 1e6:.1f} MFLOP/step/rank, summary: {s.out_dir}/summary.json",
-        *([f"checkpoint {s.checkpoint}: {s.checkpoint_bytes:,} B (a full state_dict: "
-           f"{s.full_state_dict_bytes:,} B)"] if s.checkpoint_bytes else []),
-    ])
+    where = f"{s.strategy.upper()} on {n} ranks, {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend})" \
+        if n > 1 else f"one process ({s.device})"
+    lines = [f"\n{method_label(s)}, {where}, {s.steps:,} steps of global batch {s.global_batch}",
+             _row("trained numbers", f"{s.trainable_params:,} " + (f"(the adapters; the model's D = {s.total_params:,} "
+                  f"stay frozen)" if s.method == "lora" else f"of D = {s.total_params:,}")),
+             _row("test accuracy", f"{s.test_accuracy:.4f}")]
+    if n > 1:
+        more = f"{full / sent:,.1f}× this" if sent else "all of it: this run sends nothing per step"
+        lines += [_row("sent per step", f"{sent:,.0f} B by each rank; full training under DDP would send "
+                       f"{full:,.0f} B ({more})"),
+                  _row("sent at set-up", f"{s.comm_wire_bytes_setup['total']:,.0f} B by each rank, once")]
+    else:
+        lines.append(_row("sent per step", "nothing: one process"))
+    if s.comm_measured_bytes_per_step is not None:
+        lines.append(_row("measured", f"{s.comm_measured_bytes_per_step:,.0f} B/step/rank on {s.comm_measured_interface} "
+                          f"(its counters: headers and the backend's own algorithms included)"))
+    lines += [_row("step time", f"{1e3 * s.step_time_s:.2f} ms (median)" if s.step_time_s else
+                   "not timed (too few steps after the booked ones)"),
+              _row("peak memory", f"{s.peak_rss_mb:.0f} MB resident, the largest rank"),
+              _row("compute", f"{s.flops_per_step / 1e6:.1f} MFLOP per step per rank")]
+    if n > 1 and ledger_table.count("\n") > 0:
+        lines += [f"collectives per step on rank 0 ({s.comm_steps_booked} steps booked; sent: what a ring algorithm "
+                  f"sends; handed in: the tensor given to the collective):", ledger_table]
+    lines.append(f"files in {s.out_dir}/: summary.json (every figure), trainable.pt, tb/ (tensorboard --logdir "
+                 f"{s.out_dir}), checkpoints/")
+    if s.checkpoint_bytes:
+        lines.append(f"checkpoint {s.checkpoint}: {s.checkpoint_bytes:,} B (the model's full state_dict: "
+                     f"{s.full_state_dict_bytes:,} B)")
+    return "\n".join(lines)

@@ -76,7 +76,7 @@ def save(rows: dict, args, n: int, ok: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = dict(world_size=n, total_params=ref.numel(), agree=ok, runs=runs, args=vars(args))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"summary: {out}/summary.json")
+    print(f"wrote {out}/summary.json")
 
 
 def report(rows: dict, args, n: int) -> bool:

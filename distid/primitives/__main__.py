@@ -104,6 +104,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "records.json").write_text(json.dumps(everyone, indent=1))
         (out / "table.txt").write_text(table + "\n")
+        print(f"wrote {out}/table.txt (this table) and records.json (every check, every rank)")
     runtime.shutdown()
     return 1 if failed else 0
 

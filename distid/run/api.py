@@ -6,6 +6,9 @@ tests/test_train.py holds the two equal, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +43,12 @@ def run_with_model(cfg: Config, out_dir: str | None = None, resume: bool = False
 def run(cfg: Config, out_dir: str | None = None, resume: bool = False) -> Summary:
     """Train as `cfg` says; rank 0 writes summary.json (+ TensorBoard, trainable.pt) to out_dir."""
     return run_with_model(cfg, out_dir, resume)[0]
+
+
+def run_logged(cfg: Config, out_dir: str | Path) -> Summary:
+    """`run`, with what it prints (progress lines, the closing table) going to out_dir/train.log, for
+    experiments that train many runs and print one line each."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.log", "a") as log, contextlib.redirect_stdout(log):
+        return run(cfg, str(folder))

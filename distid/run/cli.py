@@ -27,11 +27,12 @@ INPUT_ERRORS = (ConfigError, runtime.BackendError, MemoryError, DataError, Check
                 MissingDependency)
 
 
-def parser(prog: str, doc: str | None, config: bool = True) -> argparse.ArgumentParser:
-    """An ArgumentParser showing the module docstring; with --config/--set/--out when `config`."""
+def parser(prog: str, doc: str | None, config: bool = True, out: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser showing the module docstring; with --config/--set/--out when `config` (out:
+    the default output folder, as the help names it)."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if config:
-        add_config_args(p)
+        add_config_args(p, *([out] if out else []))
     return p
 
 
@@ -54,10 +55,12 @@ def guarded(work, input_errors: tuple = (), every_rank=lambda: False) -> int:
     return code or 0
 
 
-def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True, every_rank=None) -> int:
+def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = True, every_rank=None,
+         out: str | None = None) -> int:
     """Parse, load the config, join the group (unless `join` is False), then body(args, cfg).
-    every_rank: a function of the config, True where each rank says its own error (see `guarded`)."""
-    p = parser(prog, doc)
+    every_rank: a function of the config, True where each rank says its own error (see `guarded`);
+    out: the default output folder as --help names it (default: runs/<config name>-<time>)."""
+    p = parser(prog, doc, out=out)
     if add_args:
         add_args(p)
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ and — when a collective fails — naming the rank that died or hangs (run/watc
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -55,6 +56,8 @@ class Job:
                                   f"size {self.n}; every rank must get the same number of samples")
             self._setup(out_dir, resume or restart_count() > 0)
         except BaseException:
+            if self.rank == 0:  # a run that never started leaves no folder behind
+                _drop_if_empty(getattr(self, "out", None))
             if self.owns_group:
                 runtime.shutdown(clean=False)
             raise
@@ -108,6 +111,7 @@ class Job:
         the ranks that did not answer; any other error is recorded for the other ranks to quote."""
         try:
             if isinstance(error, Exception):
+                _note_error(self.out, self.rank, self.step, error)
                 if self.n > 1 and is_collective_error(error):
                     raise self.watch.explain(self.step, error) from error
                 self.watch.record_error(self.step, error)
@@ -135,10 +139,10 @@ class Job:
         loss = loss.detach()
         check_finite(step + 1, loss, self.trainable, self.ckpt.last)
         self.losses.append(loss)
+        self.progress.add(loss, (logits.detach().argmax(1) == y).sum(), len(y))
         if self.progress.due(step):
             with self.ledger.phase("metrics"):
-                batch_acc = (logits.detach().argmax(1) == y).float().mean().item()
-                self.progress.log(step, loss.item(), batch_acc, self.meter.wire_per_step())
+                self.progress.log(step, self.meter.wire_per_step())
         every = self.cfg.train.eval_every
         if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
@@ -194,3 +198,18 @@ def _agree(proposal: str) -> tuple[str, str]:
         dist.broadcast_object_list(box, src=0)
     Path(box[0][0]).mkdir(parents=True, exist_ok=True)
     return box[0]
+
+
+def _drop_if_empty(out: Path | None) -> None:
+    """Remove the run folder if no file was written into it (a run that failed while setting up)."""
+    if out is not None and out.is_dir() and not any(f.is_file() for f in out.rglob("*")):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _note_error(out: Path, rank: int, step: int, error: BaseException) -> None:
+    """Append `rank r, step s: Type: message` to out/error.txt: the folder of a failed run says why."""
+    try:
+        with open(out / "error.txt", "a") as f:
+            f.write(f"rank {rank}, step {step}: {type(error).__name__}: {error}\n")
+    except OSError:
+        pass

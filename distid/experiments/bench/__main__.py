@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         (out / "bench.json").write_text(json.dumps(result, indent=2))
         md = report.to_markdown(result)
         (out / "bench.md").write_text(md)
-        print(md)
+        print(md + f"\nwrote {out}/bench.json, bench.md")
     return 0
 
 

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     (out / "gpt2.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     md = markdown(rows, meta)
     (out / "gpt2.md").write_text(md)
-    print(md)
+    print(md + f"\nwrote {out}/gpt2.json, gpt2.md")
     return 0
 
 

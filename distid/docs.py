@@ -1,0 +1,250 @@
+"""The lesson pages' output blocks, regenerated from real runs.
+
+    python -m distid.docs regenerate [--page lesson4 ...]     # rerun and rewrite (from the repo root)
+    python -m distid.docs list                                # the blocks and their commands
+
+A page marks each block it shows with the command that printed it:
+
+    <!-- regenerate: torchrun --standalone --nproc_per_node=4 -m distid.train --config C --out runs/doc_x -->
+    What `…` printed (machine, seconds, date):
+    ```
+    …output…
+    ```
+    <!-- /regenerate -->
+
+Options follow the command after ` ;; `: `from=TEXT` (start at the first line holding TEXT), `to=TEXT`
+(stop before the first line holding TEXT after that), `format=md` (the lines go in as markdown, not
+a fenced block), `exit=N` (the exit code the page expects, default 0), `copy=SRC:DEST` (a file the
+run wrote that the page shows, e.g. a chart), `gpu` (needs a CUDA GPU: kept as it is elsewhere). Everything between the two markers is rewritten; runs of five or more
+lines of one kind (progress lines, a sweep's points) keep their first and last two around `...`.
+
+tests/test_docs.py runs every marked command at a tiny size and checks that what the page shows
+still has the shape, and the figures that do not depend on the machine (FIGURES), of what the
+code prints now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distid import runtime
+
+DOCS = Path("docs")
+START = re.compile(r"^<!-- regenerate: (.*) -->$")
+END = "<!-- /regenerate -->"
+
+# Figures that depend only on the model, the config and the code, never on the machine or the run's
+# length: (regex, how many leading groups name the figure). A page's figure must be among what the
+# code prints now for the same name (tests/test_docs.py).
+FIGURES = [
+    (re.compile(r"trained numbers\s+([\d,]+)"), 0),
+    (re.compile(r"sent per step\s+([\d,]+) B by each rank; full training under DDP would send ([\d,]+) B \(([\d,.]+)×"), 0),
+    (re.compile(r"compute\s+([\d,.]+) MFLOP"), 0),
+    (re.compile(r"^(all_reduce|all_gather|reduce_scatter|broadcast)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$"), 1),
+    (re.compile(r"\| ([\d,]+) B sent/step$"), 0),
+    (re.compile(r"^(\w+)\s+(float32|int64)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)"), 3),
+    (re.compile(r"^hand ring all-reduce\s+\S+\s+\S+\s+\S+\s+([\d,]+)"), 0),
+    (re.compile(r"ring formula .*= ([\d,]+) bytes/rank/step; exact .*: ([\d,]+)"), 0),
+    (re.compile(r"^\| (full|lora|subspace) \| ([\d,]+(?: \(r=\d+\))?) \|"), 1),
+]
+
+
+@dataclass
+class Block:
+    """One marked block: its page, the marker's line index, the command and the options."""
+
+    page: Path
+    line: int
+    command: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> str | None:
+        words = shlex.split(self.command)
+        return words[words.index("--out") + 1] if "--out" in words else None
+
+
+def blocks(page: Path) -> list[Block]:
+    """The marked blocks of a page, in order."""
+    found = []
+    for i, line in enumerate(page.read_text().splitlines()):
+        m = START.match(line)
+        if m:
+            command, *opts = [part.strip() for part in m.group(1).split(" ;; ")]
+            options = dict(o.split("=", 1) if "=" in o else (o, True) for o in opts)
+            found.append(Block(page, i, command, options))
+    return found
+
+
+def argv(command: str) -> list[str]:
+    """A page's command as this Python runs it (`torchrun` → `python -m torch.distributed.run`)."""
+    words = shlex.split(command)
+    if words[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *words[1:]]
+    if words[0] == "python":
+        return [sys.executable, *words[1:]]
+    raise ValueError(f"a docs command starts with torchrun or python: {command!r}")
+
+
+def environment() -> dict:
+    """The environment of a student's shell after `. .venv/bin/activate` (launch/setup.sh)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", DISTID_THREADS="auto", PYTHONUNBUFFERED="1")
+
+
+def select(text: str, options: dict) -> list[str]:
+    """The lines a block shows: from the first holding options['from'] to before options['to']
+    (markdown: to the first blank line), trailing blank lines dropped."""
+    lines = text.splitlines()
+    if "from" in options:
+        start = next((i for i, line in enumerate(lines) if options["from"] in line), None)
+        if start is None:
+            raise ValueError(f"no line holds from={options['from']!r}")
+        lines = lines[start:]
+    if "to" in options:
+        lines = lines[:next((i for i, line in enumerate(lines) if i and options["to"] in line), len(lines))]
+    elif options.get("format") == "md":
+        lines = lines[:next((i for i, line in enumerate(lines) if not line.strip()), len(lines))]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def kind(line: str) -> str:
+    """What a line is, for eliding: its first two words with digits masked (`step #/#`, `[rank #]`)."""
+    return " ".join(re.sub(r"\d+", "#", line).split()[:2])
+
+
+def elide(lines: list[str], run: int = 5) -> list[str]:
+    """Runs of `run` or more consecutive lines of one kind keep their first and last two around `...`."""
+    out, i = [], 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j].strip() and kind(lines[j]) == kind(lines[i]):
+            j += 1
+        group = lines[i:max(j, i + 1)]
+        out += group[:2] + ["..."] + group[-2:] if len(group) >= run else group
+        i = max(j, i + 1)
+    return out
+
+
+def shape(line: str, out_dir: str | None) -> str:
+    """A line with its output folder as OUT, numbers as #, whitespace collapsed: what must not change."""
+    if out_dir:
+        line = line.replace(out_dir.rstrip("/"), "OUT")
+    line = re.sub(r"\d[\d,]*(\.\d+)?(e[+-]\d+)?", "#", line)
+    return " ".join(line.split())
+
+
+def figures(lines: list[str]) -> dict[tuple, set]:
+    """The machine-independent figures the lines show (FIGURES): {(pattern index, name): {values}}."""
+    found: dict[tuple, set] = {}
+    for line in lines:
+        for k, (rx, nkey) in enumerate(FIGURES):
+            if m := rx.search(line):
+                found.setdefault((k, m.groups()[:nkey]), set()).add(m.groups()[nkey:])
+    return found
+
+
+def shown(block: Block) -> list[str]:
+    """The output lines a page shows between the block's markers (caption, fences and `...` left out)."""
+    lines = block.page.read_text().splitlines()
+    end = next(j for j in range(block.line + 1, len(lines)) if lines[j] == END)
+    body = lines[block.line + 2:end]  # after the caption
+    return [line for line in body if line.strip() and line != "..." and not line.startswith("```")]
+
+
+def caption(block: Block, seconds: float) -> str:
+    import torch
+
+    m = runtime.machine()
+    gpu = f", {torch.cuda.get_device_name()}" if block.options.get("gpu") else ""
+    return (f"What `{block.command}` printed ({m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}; "
+            f"{seconds:.0f} s, {time.strftime('%Y-%m-%d')}):")
+
+
+def render(block: Block, lines: list[str], seconds: float) -> list[str]:
+    """The text between the markers."""
+    body = elide(lines)
+    if block.options.get("format") == "md":
+        return [caption(block, seconds), "", *body, ""]
+    return [caption(block, seconds), "", "```", *body, "```"]
+
+
+def regenerate(block: Block) -> list[str] | None:
+    """Run the block's command; the new text between its markers, or None (kept: needs a GPU)."""
+    if block.options.get("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+    t0 = time.perf_counter()
+    res = subprocess.run(argv(block.command), capture_output=True, text=True, env=environment())
+    seconds = time.perf_counter() - t0
+    if res.returncode != int(block.options.get("exit", 0)):
+        raise RuntimeError(f"{block.page}:{block.line + 1}: `{block.command}` exited {res.returncode} "
+                           f"(the page expects {block.options.get('exit', 0)}):\n{res.stderr[-2000:]}")
+    lines = select(res.stdout, block.options)
+    if "copy" in block.options:  # a file the run wrote, shown on the page: SRC:DEST
+        src, dest = block.options["copy"].split(":")
+        shutil.copyfile(src, dest)
+    return render(block, lines, seconds)
+
+
+def rewrite(page: Path, new: dict[int, list[str]]) -> None:
+    """Replace the text after each marker line (by index) up to its END marker."""
+    lines, out, i = page.read_text().splitlines(), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        if i in new:
+            end = next(j for j in range(i + 1, len(lines)) if lines[j] == END)
+            out += new[i]
+            i = end
+            continue
+        i += 1
+    page.write_text("\n".join(out) + "\n")
+
+
+def pages(names: list[str]) -> list[Path]:
+    found = sorted(DOCS.glob("*.md"))
+    chosen = [p for p in found if not names or any(p.name.startswith(n) for n in names)]
+    if names and not chosen:
+        raise SystemExit(f"error: no page in {DOCS}/ starts with {', '.join(names)}")
+    return [p for p in chosen if blocks(p)]
+
+
+def main(argv_: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distid.docs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("regenerate", "list"))
+    p.add_argument("--page", action="append", default=[], help="a page name or its prefix (lesson4); repeatable")
+    args = p.parse_args(argv_)
+    if not DOCS.is_dir():
+        print("error: run from the repository root (no docs/ here)", file=sys.stderr)
+        return 2
+    for page in pages(args.page):
+        for k in range(len(blocks(page))):
+            block = blocks(page)[k]  # read again: the blocks above may have changed length
+            if args.what == "list":
+                print(f"{page}:{block.line + 1}: {block.command}")
+                continue
+            print(f"{page}:{block.line + 1}: running `{block.command}`", flush=True)
+            text = regenerate(block)
+            if text is None:
+                print("  kept as it is: needs a CUDA GPU", flush=True)
+                continue
+            rewrite(page, {block.line: text})  # each block as it finishes: an interrupted run keeps its work
+            print(f"  wrote {page}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
