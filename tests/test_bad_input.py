@@ -53,6 +53,7 @@ def test_missing_data_names_the_fetch_command(tmp_path):
     res = train(tmp_path / "out", f"data.root={root}")
     assert_one_line_error(res, tmp_path / "out", f"mnist data not found in {root}",
                           f"`python -m distid.data fetch mnist --root {root}`")
+    assert not (tmp_path / "out").exists()  # a run that never started leaves no empty folder
 
 
 def raw_with(tmp_path: Path, spoil) -> Path:

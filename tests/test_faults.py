@@ -86,3 +86,5 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path)
     d = torch.load(tmp_path / "checkpoints" / "step_000005.pt", weights_only=True)["trainable"]["d"]
     assert torch.isfinite(d).all()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000005.pt"]
+    said = (tmp_path / "error.txt").read_text()  # the folder of a failed run says why
+    assert "step 8: Diverged:" in said and "training diverged" in said, said

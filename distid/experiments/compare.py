@@ -97,6 +97,13 @@ def to_markdown(cells: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def title(cells: list[dict]) -> str:
+    """compare.png's title: the colours, and the refused cells the chart leaves out."""
+    refused = [c["cell"] for c in cells if "refused" in c]
+    return "distid compare — blue: DDP, orange: FSDP" + (
+        f"; not shown, refused: {', '.join(refused)} (see compare.md)" if refused else "")
+
+
 def plot(cells: list[dict], path: Path) -> bool:
     """compare.png: bytes/step (log), accuracy, step time, state per rank; False without matplotlib."""
     plt = pyplot()
@@ -117,9 +124,7 @@ def plot(cells: list[dict], path: Path) -> bool:
         if log:
             ax.set_xscale("log")
         ax.invert_yaxis() if ax is axes[0] else None
-    refused = [c["cell"] for c in cells if "refused" in c]
-    fig.suptitle("distid compare — blue: DDP, orange: FSDP"
-                 + (f"; not shown, refused: {', '.join(refused)} (see compare.md)" if refused else ""))
+    fig.suptitle(title(cells))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -83,7 +83,8 @@ def method_label(s: Summary) -> str:
     if s.projection:
         return f"{s.method} ({s.projection}, d = {s.trainable_params:,})"
     if s.method == "lora":
-        targets = (s.config.get("train", {}).get("lora_targets") or "every Linear/Conv layer").replace(",", ", ")
+        names = [t.strip() for t in (s.config.get("train", {}).get("lora_targets") or "").split(",") if t.strip()]
+        targets = ", ".join(f"layer {t}" if t.isdigit() else t for t in names) or "every Linear/Conv layer"
         return f"lora (rank {s.lora_rank} on {targets})"
     return s.method
 
@@ -105,7 +106,8 @@ def final_table(s: Summary, ledger_table: str) -> str:
                   f"stay frozen)" if s.method == "lora" else f"of D = {s.total_params:,}")),
              _row("test accuracy", f"{s.test_accuracy:.4f}")]
     if n > 1:
-        more = f"{full / sent:,.1f}× this" if sent else "all of it: this run sends nothing per step"
+        more = ("this run sends nothing per step" if not sent else f"{full / sent:,.1f}× this" if full >= sent
+                else f"this run sends {sent / full:,.2f}× that")
         lines += [_row("sent per step", f"{sent:,.0f} B by each rank; full training under DDP would send "
                        f"{full:,.0f} B ({more})"),
                   _row("sent at set-up", f"{s.comm_wire_bytes_setup['total']:,.0f} B by each rank, once")]

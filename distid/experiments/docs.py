@@ -1,7 +1,7 @@
 """The lesson pages' output blocks, regenerated from real runs.
 
-    python -m distid.docs regenerate [--page lesson4 ...]     # rerun and rewrite (from the repo root)
-    python -m distid.docs list                                # the blocks and their commands
+    python -m distid.experiments.docs regenerate [--page lesson4 ...]     # rerun and rewrite (from the repo root)
+    python -m distid.experiments.docs list                                # the blocks and their commands
 
 A page marks each block it shows with the command that printed it:
 
@@ -47,7 +47,7 @@ END = "<!-- /regenerate -->"
 # code prints now for the same name (tests/test_docs.py).
 FIGURES = [
     (re.compile(r"trained numbers\s+([\d,]+)"), 0),
-    (re.compile(r"sent per step\s+([\d,]+) B by each rank; full training under DDP would send ([\d,]+) B \(([\d,.]+)×"), 0),
+    (re.compile(r"sent per step\s+([\d,]+) B by each rank; full training under DDP would send ([\d,]+) B \((?:this run sends )?([\d,.]+)×"), 0),
     (re.compile(r"compute\s+([\d,.]+) MFLOP"), 0),
     (re.compile(r"^(all_reduce|all_gather|reduce_scatter|broadcast)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$"), 1),
     (re.compile(r"\| ([\d,]+) B sent/step$"), 0),
@@ -222,7 +222,7 @@ def pages(names: list[str]) -> list[Path]:
 
 
 def main(argv_: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distid.docs", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m distid.experiments.docs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("regenerate", "list"))
     p.add_argument("--page", action="append", default=[], help="a page name or its prefix (lesson4); repeatable")

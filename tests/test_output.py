@@ -1,0 +1,90 @@
+"""What a student reads: the progress line, the closing table in words, the LoRA label, compare's
+chart title. Built from a Summary by hand, so that each line's rule is checked without a run."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from distid.experiments.compare import title
+from distid.observe.progress import Progress, final_table, method_label
+from distid.observe.summary import Summary
+
+LEDGER = ("op               calls/step  sent B/step  handed in B/step\n"
+          "all_reduce             1.00        4,500             3,000")
+
+
+def summary(**kv) -> Summary:
+    """A Summary of a 4-rank d = 750 subspace run under DDP, with `kv` changed."""
+    base = dict(method="subspace", strategy="ddp", world_size=4, nnodes=1, backend="gloo", device="cpu",
+                projection="fastfood", total_params=199_210, trainable_params=750, lora_rank=None, steps=1404,
+                global_batch=128, comm_wire_bytes_per_step={"all_reduce": 4500.0, "total": 4500.0},
+                comm_wire_formula={"all_reduce": 4500.0, "total": 4500.0},
+                comm_wire_bytes_setup={"total": 3439.0}, comm_measured_bytes_per_step=None, comm_steps_booked=10,
+                test_accuracy=0.8922, step_time_s=0.03537, peak_rss_mb=555.0, flops_per_step=130_400_000,
+                config={"train": {}}, out_dir="runs/x", checkpoint=None, checkpoint_bytes=None,
+                full_state_dict_bytes=796_840)
+    base.update(kv)
+    fields = {f.name: None for f in dataclasses.fields(Summary)}
+    return Summary(**{**fields, **base})
+
+
+def test_closing_table_of_a_ddp_run_says_what_each_rank_sent_beside_full_training():
+    text = final_table(summary(), LEDGER)
+    assert "subspace (fastfood, d = 750), DDP on 4 ranks, 1 node (gloo), 1,404 steps of global batch 128" in text
+    assert "trained numbers   750 of D = 199,210" in text
+    assert "4,500 B by each rank; full training under DDP would send 1,195,260 B (265.6× this)" in text
+    assert "sent at set-up    3,439 B by each rank, once" in text
+    assert "collectives per step on rank 0 (10 steps booked" in text and LEDGER in text
+    assert "files in runs/x/: summary.json" in text and "tensorboard --logdir runs/x" in text
+
+
+def test_closing_table_of_a_run_that_sends_more_than_full_ddp():
+    s = summary(method="full", projection=None, strategy="fsdp", trainable_params=199_210,
+                comm_wire_bytes_per_step={"total": 1_796_508.0})
+    assert "full training under DDP would send 1,195,260 B (this run sends 1.50× that)" in final_table(s, LEDGER)
+
+
+def test_one_process_prints_no_collectives_and_no_bytes():
+    text = final_table(summary(world_size=1, comm_wire_bytes_per_step={"total": 0.0}), "op  calls/step")
+    assert "one process (cpu)" in text and "sent per step     nothing: one process" in text
+    assert "collectives per step" not in text and "set-up" not in text and "op  calls/step" not in text
+
+
+@pytest.mark.parametrize("targets,said", [("3", "layer 3"), ("q,v", "q, v"), ("", "every Linear/Conv layer")])
+def test_lora_label_names_its_rank_and_targets(targets, said):
+    s = summary(method="lora", projection=None, lora_rank=2, config={"train": {"lora_targets": targets}})
+    assert method_label(s) == f"lora (rank 2 on {said})"
+    assert "(the adapters; the model's D = 199,210 stay frozen)" in final_table(s, LEDGER)
+
+
+def test_progress_line_averages_rank_0s_batches_since_the_last_line(tmp_path, capsys):
+    p = Progress(tmp_path, rank=0, world=1, steps=4, every=2)
+    assert "training loss and accuracy averaged over rank 0's batches" in capsys.readouterr().out
+    for loss, correct in ((1.0, 3), (3.0, 5)):
+        p.add(torch.tensor(loss), torch.tensor(correct), 8)
+    p.log(1, 0.0)
+    p.add(torch.tensor(0.5), torch.tensor(8), 8)
+    p.log(2, 0.0)
+    p.close()
+    first, second = capsys.readouterr().out.splitlines()
+    assert "| train loss 2.0000 | train acc 0.500 |" in first and "B sent/step" not in first  # one process
+    assert "| train loss 0.5000 | train acc 1.000 |" in second
+
+
+def test_compare_chart_names_the_cells_it_leaves_out():
+    cells = [dict(cell="full · ddp"), dict(cell="subspace/dense · fsdp", refused="no")]
+    assert title(cells).endswith("not shown, refused: subspace/dense · fsdp (see compare.md)")
+    assert "refused" not in title(cells[:1])
+
+
+@pytest.mark.parametrize("module,folder", [("compare", "runs/compare-<YYYYmmdd-HHMMSS>"),
+                                           ("frontier", "runs/frontier-<YYYYmmdd-HHMMSS>"),
+                                           ("sweep", "runs/sweep-<config name>"),
+                                           ("convergence", "runs/convergence-<config name>-<YYYYmmdd-HHMMSS>")])
+def test_help_names_the_folder_each_experiment_writes_by_default(module, folder, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"distid.experiments.{module}").main(["--help"])
+    assert folder.replace(" ", "") in "".join(capsys.readouterr().out.split())  # argparse wraps lines
