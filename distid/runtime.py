@@ -48,12 +48,19 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+_shared = False
+
+
 def share_cores() -> None:
     """With DISTID_THREADS=auto (set by the venv's activate script, with OMP_NUM_THREADS=1 so that
-    torchrun stays quiet): torch's intra-op threads = this machine's usable cores ÷ the processes on it."""
-    if os.environ.get("DISTID_THREADS") == "auto":
+    torchrun stays quiet): torch's intra-op threads = this machine's usable cores ÷ the processes
+    torchrun started on it. Once per process: the first call decides (a sweep's split mode calls it
+    before its points pose as one-process runs)."""
+    global _shared
+    if os.environ.get("DISTID_THREADS") == "auto" and not _shared:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    _shared = True
 
 
 def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:

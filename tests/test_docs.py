@@ -167,3 +167,29 @@ def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tmp_path):
                      figures=module in SAME_GRID and config not in SMALLER)
     assert not problems, (f"{page.name}:{block.line + 1} differs from what `{command}` prints now "
                           f"(`python -m distid.experiments.docs regenerate --page {page.stem}` rewrites it):\n" + "\n".join(problems))
+
+
+def test_regenerate_rewrites_only_between_the_markers(tmp_path):
+    page = tmp_path / "lesson9_x.md"
+    page.write_text("intro\n\n<!-- regenerate: python -m distid.train --out runs/a ;; from=step ;; exit=1 -->\nold\n"
+                    "<!-- /regenerate -->\n\noutro\n")
+    (block,) = docs.blocks(page)
+    assert block.command == "python -m distid.train --out runs/a" and block.options == {"from": "step", "exit": "1"}
+    assert block.out_dir == "runs/a"
+    printed = "banner\n" + "".join(f"step {k}/9 | loss 0.{k}\n" for k in range(1, 10)) + "closing\n\n"
+    lines = docs.select(printed, block.options)
+    assert lines[0] == "step 1/9 | loss 0.1" and lines[-1] == "closing"
+    docs.rewrite(page, {block.line: docs.render(block, lines, 12.0)})
+    text = page.read_text()
+    assert text.startswith("intro\n\n<!-- regenerate:") and text.endswith("<!-- /regenerate -->\n\noutro\n")
+    assert "old" not in text and "12 s" in text and "\n...\n" in text  # nine progress lines: 2, ..., 2
+    assert docs.shown(docs.blocks(page)[0]) == ["step 1/9 | loss 0.1", "step 2/9 | loss 0.2",
+                                                "step 8/9 | loss 0.8", "step 9/9 | loss 0.9", "closing"]
+
+
+def test_select_stops_at_to_and_markdown_at_its_first_blank_line():
+    text = "a\n| cell | x |\n|---|---|\n| one | 1 |\n\nwrote it\n"
+    assert docs.select(text, {"from": "| cell", "format": "md"}) == ["| cell | x |", "|---|---|", "| one | 1 |"]
+    assert docs.select(text, {"from": "| cell", "to": "wrote"}) == ["| cell | x |", "|---|---|", "| one | 1 |"]
+    with pytest.raises(ValueError, match="no line holds"):
+        docs.select(text, {"from": "nothing"})

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from distid.experiments.compare import title
+from distid.experiments.compare import chart_title, plot
 from distid.observe.progress import Progress, final_table, method_label
 from distid.observe.summary import Summary
 
@@ -72,10 +72,13 @@ def test_progress_line_averages_rank_0s_batches_since_the_last_line(tmp_path, ca
     assert "| train loss 0.5000 | train acc 1.000 |" in second
 
 
-def test_compare_chart_names_the_cells_it_leaves_out():
-    cells = [dict(cell="full · ddp"), dict(cell="subspace/dense · fsdp", refused="no")]
-    assert title(cells).endswith("not shown, refused: subspace/dense · fsdp (see compare.md)")
-    assert "refused" not in title(cells[:1])
+def test_compare_chart_names_the_cells_it_leaves_out(tmp_path):
+    cell = dict(cell="full · ddp", strategy="ddp", comm_wire_bytes_per_step={"total": 8.0}, test_accuracy=0.9,
+                step_time_s=0.01, state_bytes_per_rank=[2**20])
+    cells = [cell, dict(cell="subspace/dense · fsdp", refused="no")]
+    assert chart_title(cells).endswith("not shown, refused: subspace/dense · fsdp (see compare.md)")
+    assert "refused" not in chart_title(cells[:1])
+    assert plot(cells, tmp_path / "compare.png") and (tmp_path / "compare.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("module,folder", [("compare", "runs/compare-<YYYYmmdd-HHMMSS>"),

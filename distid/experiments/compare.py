@@ -97,7 +97,7 @@ def to_markdown(cells: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def title(cells: list[dict]) -> str:
+def chart_title(cells: list[dict]) -> str:
     """compare.png's title: the colours, and the refused cells the chart leaves out."""
     refused = [c["cell"] for c in cells if "refused" in c]
     return "distid compare — blue: DDP, orange: FSDP" + (
@@ -124,7 +124,7 @@ def plot(cells: list[dict], path: Path) -> bool:
         if log:
             ax.set_xscale("log")
         ax.invert_yaxis() if ax is axes[0] else None
-    fig.suptitle(title(cells))
+    fig.suptitle(chart_title(cells))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """The lesson pages' output blocks, regenerated from real runs.
 
-    python -m distid.experiments.docs regenerate [--page lesson4 ...]     # rerun and rewrite (from the repo root)
+    python -m distid.experiments.docs regenerate [--page lesson4 ...] [--match TEXT]   # rerun and rewrite (repo root)
     python -m distid.experiments.docs list                                # the blocks and their commands
 
 A page marks each block it shows with the command that printed it:
@@ -190,8 +190,9 @@ def regenerate(block: Block) -> list[str] | None:
     res = subprocess.run(argv(block.command), capture_output=True, text=True, env=environment())
     seconds = time.perf_counter() - t0
     if res.returncode != int(block.options.get("exit", 0)):
+        said = res.stderr[res.stderr.find("Traceback"):][:3000] if "Traceback" in res.stderr else res.stderr[-2000:]
         raise RuntimeError(f"{block.page}:{block.line + 1}: `{block.command}` exited {res.returncode} "
-                           f"(the page expects {block.options.get('exit', 0)}):\n{res.stderr[-2000:]}")
+                           f"(the page expects {block.options.get('exit', 0)}):\n{said}")
     lines = select(res.stdout, block.options)
     if "copy" in block.options:  # a file the run wrote, shown on the page: SRC:DEST
         src, dest = block.options["copy"].split(":")
@@ -226,6 +227,7 @@ def main(argv_: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("regenerate", "list"))
     p.add_argument("--page", action="append", default=[], help="a page name or its prefix (lesson4); repeatable")
+    p.add_argument("--match", default="", help="only the blocks whose command holds this text (e.g. mnist_compare)")
     args = p.parse_args(argv_)
     if not DOCS.is_dir():
         print("error: run from the repository root (no docs/ here)", file=sys.stderr)
@@ -233,6 +235,8 @@ def main(argv_: list[str] | None = None) -> int:
     for page in pages(args.page):
         for k in range(len(blocks(page))):
             block = blocks(page)[k]  # read again: the blocks above may have changed length
+            if args.match not in block.command:
+                continue
             if args.what == "list":
                 print(f"{page}:{block.line + 1}: {block.command}")
                 continue

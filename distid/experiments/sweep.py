@@ -167,6 +167,7 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
 
 def sweep(args, cfg: Config) -> None:
     rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    runtime.share_cores()  # before a split sweep's points hide torchrun's LOCAL_WORLD_SIZE
     runtime.check_backend(runtime.pick_backend() if cfg.dist.backend == "auto" else cfg.dist.backend)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
     split = cfg.sweep.mode == "split"
