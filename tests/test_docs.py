@@ -29,7 +29,7 @@ LESSONS = sorted(DOCS.glob("lesson[0-9]*_*.md"))
 TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
-    "distid.train": ["--set", "train.steps=4", "--set", "train.log_every=2"],
+    "distid.train": ["--set", "train.steps=14", "--set", "train.log_every=7"],  # 2 warm-up, 10 booked, 2 timed
     "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
     "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]"],
