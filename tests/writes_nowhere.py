@@ -6,7 +6,7 @@ DISTID_WATCH_ROOT names another folder to watch (tests/test_writes_nowhere.py us
 import os
 from pathlib import Path
 
-SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", "distid.egg-info", "data"}
+SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "distid.egg-info", "data"}  # caches, data
 ROOT = Path(os.environ.get("DISTID_WATCH_ROOT", Path(__file__).resolve().parents[1]))
 
 
