@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0  # model init, theta_0, projection and data order
     log_every: int = 50
     eval_every: int = 0  # 0 = only at the end
+    check_replicas_every: int = 0  # compare every rank's trainable state every N steps (0 = only at the end)
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
@@ -229,6 +230,7 @@ def validate(cfg: Config) -> None:
         ("train.epochs", t.epochs > 0 or t.steps > 0, "> 0 (or train.steps > 0)", t.epochs),
         ("train.log_every", t.log_every >= 1, ">= 1", t.log_every),
         ("train.eval_every", t.eval_every >= 0, ">= 0", t.eval_every),
+        ("train.check_replicas_every", t.check_replicas_every >= 0, ">= 0", t.check_replicas_every),
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),

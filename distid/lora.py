@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distid import runtime
+
 LAYERS = (nn.Linear, nn.Conv2d)
 
 
@@ -209,7 +211,7 @@ def _check_rank(chosen: dict[str, nn.Module], r: int) -> None:
 
 
 def inject(model: nn.Module, r: int, alpha: float, targets: Sequence[str] | None = None, seed: int = 0) -> nn.Module:
-    """Wrap the targeted layers in LoRA (in place), freeze everything else; A drawn from Generator(seed).
+    """Wrap the targeted layers in LoRA (in place), freeze everything else; A drawn from the generator keyed by (seed, "lora").
 
     Returns the model (the wrapper itself when the model is a single targeted layer).
     """
@@ -217,7 +219,7 @@ def inject(model: nn.Module, r: int, alpha: float, targets: Sequence[str] | None
     _check_rank(chosen, r)
     for p in model.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
+    gen = runtime.generator(seed, "lora")  # never the stream of the base model's W₀
     for name, m in chosen.items():
         wrapper = _wrapper(m)(m, r, alpha, generator=gen)
         if name == "":

@@ -7,6 +7,7 @@ can have its own GPU (cuda:LOCAL_RANK), gloo otherwise. Every collective has a b
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import timedelta
 
@@ -18,6 +19,20 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("DISTID_TIMEOUT_S", "120"))
 # torch ≥ 2.13 renames the tensor-in/tensor-out collectives; older releases have only the old names.
 all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def rng_seed(seed: int, purpose: str, *more: int) -> int:
+    """The seed of the generator for one purpose of a run: the first 63 bits of
+    sha256("seed/purpose/more…"), e.g. rng_seed(0, "data order", 3) for epoch 3's shuffle. Keyed by a
+    hash, two purposes or two (seed, epoch) pairs never share a stream the way `seed + epoch` does
+    (seed 0's epoch 1 was seed 1's epoch 0) or one seed for two purposes did (LoRA's A = rows of W₀)."""
+    key = "/".join(str(x) for x in (seed, purpose, *more)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def generator(seed: int, purpose: str, *more: int) -> torch.Generator:
+    """A CPU generator seeded by rng_seed(seed, purpose, *more): the same on every rank and machine."""
+    return torch.Generator().manual_seed(rng_seed(seed, purpose, *more))
 
 
 def pick_backend() -> str:

@@ -1,8 +1,11 @@
-"""Checkpoints (gloo, 1–2 ranks): an interrupted and resumed run ends bitwise where an uninterrupted
-one does; subspace checkpoints are kilobytes; another world size resumes; export loads into a plain
-nn.Module; the resume hash ignores only what may change."""
+"""Checkpoints (gloo, 1–2 ranks): the resume matrix — k steps + resume ends bitwise where 2k steps
+straight do, for DDP, FSDP, subspace, LoRA and PowerSGD (whose error feedback, warm start and step
+count travel in the checkpoint); a resume with other trajectory settings is refused in one line; a
+finished run resumed changes no file; subspace checkpoints are kilobytes; another world size resumes;
+export loads into a plain nn.Module; the resume hash ignores only what may change."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from torch import nn
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.run.checkpoint import find, flat_config, resume_hash
 from distid.config import load_config
+from procs import run, torchrun
 
 pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 # 20 global batches of 3,000 per epoch: 24 steps cross an epoch; checkpoints every 5 steps and at 13
@@ -21,6 +25,9 @@ CASES = {
     "lora-ddp": {"train.method": "lora", "train.lr": 1e-2},
     "full-ddp": {"train.method": "full", "train.lr": 1e-3},
     "full-fsdp": {"train.method": "full", "train.lr": 1e-3, "dist.strategy": "fsdp"},
+    "lora-fsdp": {"train.method": "lora", "train.lr": 1e-2, "dist.strategy": "fsdp"},
+    "powersgd-full-ddp": {"train.method": "full", "train.lr": 1e-3, "dist.comm_hook": "powersgd",
+                          "dist.powersgd_start_iter": 3},  # compressing, with error feedback, at the cut
 }
 
 
@@ -43,6 +50,36 @@ def test_interrupted_and_resumed_equals_uninterrupted(dist_pool, tmp_path, case)
         assert torch.equal(p_whole, p_res), "resumed run ended elsewhere"
         assert s_res["resumed_from_step"] == 13 and s_whole["resumed_from_step"] is None
         assert s_res["train_loss"] == s_whole["train_loss"]  # the last losses travel in the checkpoint
+
+
+def test_a_resume_under_another_comm_hook_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    first = cli_train(out, "train.steps=4", "dist.comm_hook=fp16")
+    assert first.returncode == 0, first.stderr
+    again = cli_train(out, "train.steps=8", "dist.comm_hook=powersgd", resume=True, nproc=1)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "another config (dist.comm_hook: 'fp16' → 'powersgd')" in again.stderr
+
+
+def test_resuming_a_finished_run_says_so_and_changes_no_file(tmp_path):
+    out = tmp_path / "run"
+    assert cli_train(out, "train.steps=4").returncode == 0
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
+    again = cli_train(out, "train.steps=4", resume=True, nproc=1)
+    assert again.returncode == 0, again.stderr
+    assert "holds a finished run (4 steps, summary.json written): nothing to do" in again.stdout
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
+
+
+def cli_train(out, *overrides, resume=False, nproc=2):
+    """`torchrun -m distid.train` (nproc ranks; 1: `python -m distid.train`) on the quickstart config
+    at d = 64, out = `out`."""
+    args = ["--config", "configs/mnist_fc_subspace.toml", "--out", str(out), "--set", f"data.root={DATA_ROOT}",
+            "--set", "train.d=64", "--set", "train.global_batch=600"]
+    args += [w for o in overrides for w in ("--set", o)] + (["--resume"] if resume else [])
+    if nproc == 1:
+        return run([sys.executable, "-m", "distid.train", *args], timeout=120)
+    return torchrun(nproc, "-m", "distid.train", *args, timeout=120)
 
 
 def test_subspace_checkpoint_is_kilobytes_and_reported(dist_pool, tmp_path):
@@ -104,11 +141,13 @@ def test_export_loads_into_the_plain_module(dist_pool, tmp_path, case):
     torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_resume_hash_ignores_only_run_length_logging_and_dist():
+def test_resume_hash_ignores_only_run_length_logging_and_how_sums_travel():
     a = load_config(None, [])
     same = load_config(None, ["train.steps=7", "train.log_every=3", "dist.strategy=fsdp", "data.root=/x",
-                              "train.ckpt_every=9"])
+                              "train.ckpt_every=9", "dist.backend=gloo", "train.check_replicas_every=5"])
     assert resume_hash(a) == resume_hash(same)
-    for change in ("train.lr=0.5", "train.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet"):
+    for change in ("train.lr=0.5", "train.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet",
+                   "train.optimizer=sgd", "train.projection=dense", "dist.comm_hook=powersgd",
+                   "dist.powersgd_rank=2", "dist.powersgd_start_iter=5"):
         assert resume_hash(load_config(None, [change])) != resume_hash(a), change
     assert "train.lr" in flat_config(a) and "train.steps" not in flat_config(a)

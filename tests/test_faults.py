@@ -1,7 +1,8 @@
 """Faults under torchrun (gloo, 2 ranks): a rank killed mid-run is restarted from the last checkpoint
 and the run ends where an uninterrupted one does; a crash between writing and renaming a checkpoint
 leaves the previous one in use; a rank that dies or hangs never hangs the other, which names it; a
-NaN loss stops the run at its step with the last good checkpoint kept. The time limit given to
+NaN loss stops the run at its step with the last good checkpoint kept; a rank that keeps its own
+gradient for one step is named by the replica check. The time limit given to
 `finish` is each test's bound: past it the test fails."""
 
 import sys
@@ -16,9 +17,9 @@ pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m
 STEPS = 16
 
 
-def torchrun(out, *extra, restarts=0, fault="", timeout=240, steps=STEPS, resume=False):
+def torchrun(out, *extra, restarts=0, fault="", timeout=240, steps=STEPS, resume=False, nproc=2):
     """distid.train on 2 ranks, d = 64, a checkpoint every 5 steps; DISTID_FAULT = `fault`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", "--monitor-interval=0.5", "-m", "distid.train",
            "--config", "configs/mnist_fc_subspace.toml", "--out", str(out)] + (["--resume"] if resume else [])
     for kv in (f"data.root={DATA_ROOT}", f"train.steps={steps}", "train.d=64", "train.ckpt_every=5",
@@ -88,3 +89,15 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000005.pt"]
     said = (tmp_path / "error.txt").read_text()  # the folder of a failed run says why
     assert "step 8: Diverged:" in said and "training diverged" in said, said
+
+
+@pytest.mark.parametrize("method,every,found_after", [("subspace", 2, 4), ("lora", 0, 8)])
+def test_a_rank_that_skips_a_synchronisation_is_named_by_the_replica_check(tmp_path, method, every, found_after):
+    res = torchrun(tmp_path, f"train.method={method}", f"train.check_replicas_every={every}",
+                   "train.global_batch=120", fault="rank=1,step=3,mode=unsynced", steps=8, nproc=3, timeout=120)
+    assert res.returncode != 0 and "rank 1: DISTID_FAULT: keeping its own gradient in step 4" in res.stderr
+    msg = errors(res.stderr)
+    assert len(msg) == 1, res.stderr[-3000:]
+    assert f"after {found_after} steps the replicas' trainable states differ: rank(s) 1 differ from the other 2" \
+        in msg[0], msg[0]
+    assert not (tmp_path / "summary.json").exists()

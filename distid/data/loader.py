@@ -1,7 +1,7 @@
 """Deterministic, rank-sharded mini-batches over a Split, independent of world size.
 
-Epoch e draws one permutation from torch.Generator().manual_seed(seed + e) (the same on every
-rank); global batch k is perm[k*B:(k+1)*B] and rank r takes its r-th contiguous piece.
+Epoch e draws one permutation from the generator keyed by (seed, "data order", e) (the same on
+every rank); global batch k is perm[k*B:(k+1)*B] and rank r takes its r-th contiguous piece.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from distid import runtime
 
 from .datasets import Split
 
@@ -67,7 +69,7 @@ class ShardedLoader:
         if self._perm is None or self._perm[0] != epoch:
             n = len(self.split)
             if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed + epoch)
+                g = runtime.generator(self.seed, "data order", epoch)
                 perm = torch.randperm(n, generator=g).numpy()
             else:
                 perm = np.arange(n, dtype=np.int64)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distid import runtime
+
 INSTALL_HINT = "pip install -e '.[hf]' (or pip install transformers)"
 
 
@@ -87,7 +89,7 @@ TEXT = (b"In a random subspace only d numbers are trained: theta = theta0 + P d.
 
 def byte_batch(batch: int, context: int = 32, seed: int = 0, text: bytes = TEXT) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of `text` (repeated): x [batch, context] bytes, y [batch·context] the next bytes."""
-    g = torch.Generator().manual_seed(seed)
+    g = runtime.generator(seed, "byte batches")
     corpus = torch.tensor(list(text * (context // len(text) + 2)), dtype=torch.int64)
     starts = torch.randint(0, len(text), (batch,), generator=g)
     windows = torch.stack([corpus[s:s + context + 1] for s in starts.tolist()])

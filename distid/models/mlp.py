@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distid import runtime
+
 
 class MLP(nn.Sequential):
     def __init__(self, in_features: int = 784, hidden: tuple[int, ...] = (200, 200), classes: int = 10):
@@ -25,9 +27,10 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def seeded(builder, seed: int) -> nn.Module:
-    """Build a model with torch's global RNG seeded: every rank gets identical weights."""
+    """Build a model with torch's global RNG seeded by (seed, "model init"): every rank gets identical
+    weights, from a stream no other purpose (P, LoRA's A, the data order) draws from."""
     state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    torch.manual_seed(runtime.rng_seed(seed, "model init"))
     try:
         return builder()
     finally:

@@ -1,7 +1,12 @@
-"""Start-up check that every rank built the same thing (θ₀, P, a model) without sending it."""
+"""Checks that ranks hold what they should: at start-up, that every rank built the same thing (θ₀,
+P, a model) without sending it; during and after training, that every replica's trainable state is
+the same (a hash per rank, all-gathered)."""
 
 from __future__ import annotations
 
+import hashlib
+
+import torch
 import torch.distributed as dist
 
 
@@ -23,3 +28,38 @@ def assert_same_across_ranks(what: dict[str, str], group: dist.ProcessGroup | No
                 f"ranks disagree on {key}: rank 0 has {values[0]}, rank(s) {bad} have "
                 f"{sorted({values[r] for r in bad})}. Every rank must regenerate it from the same seed, "
                 f"config and torch version.")
+
+
+class ReplicasDiverged(RuntimeError):
+    """Ranks that should hold the same trainable numbers (every replica after a synchronised step) do not."""
+
+
+def trainable_digest(model) -> str:
+    """16 hex digits of the sha256 of the trainable parameters' bytes, in name order (a sharded
+    parameter gathered first: a collective under FSDP)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            t = p.full_tensor() if hasattr(p, "full_tensor") else p
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_replicas(model, steps_done: int, group: dist.ProcessGroup | None = None) -> None:
+    """Every rank's trainable_digest, all-gathered; ReplicasDiverged on every rank when they differ,
+    naming the ranks outside the majority (with two ranks, or no majority, every rank's digest)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    everyone: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, trainable_digest(model), group=group)
+    common = max(dict.fromkeys(everyone), key=everyone.count)
+    if everyone.count(common) == len(everyone):
+        return
+    head = f"after {steps_done} steps the replicas' trainable states differ"
+    tail = "a synchronisation was skipped, or a rank changed its copy on its own: these are not one model"
+    if 2 * everyone.count(common) > len(everyone):
+        bad = [r for r, v in enumerate(everyone) if v != common]
+        raise ReplicasDiverged(f"{head}: rank(s) {', '.join(map(str, bad))} differ from the other "
+                               f"{everyone.count(common)} (sha256 {everyone[bad[0]]} vs {common}); {tail}")
+    raise ReplicasDiverged(f"{head}: {', '.join(f'rank {r} {v}' for r, v in enumerate(everyone))}; {tail}")

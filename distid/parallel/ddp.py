@@ -36,6 +36,8 @@ class BucketCounter:
 
     calls: int = 0
     payload: int = 0
+    state = None  # the comm hook's state (PowerSGD's), which a checkpoint must carry
+    keep_local = False  # DISTID_FAULT mode=unsynced: this step, keep the local gradient
 
     def hook(self, inner=default_hooks.allreduce_hook):
         """A comm hook that books each bucket, then runs `inner` (default: plain all-reduce)."""
@@ -44,6 +46,10 @@ class BucketCounter:
             buf = bucket.buffer()
             self.calls += 1
             self.payload += buf.numel() * buf.element_size()
-            return inner(state, bucket)
+            if not self.keep_local:
+                return inner(state, bucket)
+            mine = buf.clone()  # a fault drill: all-reduce as usual, then keep this rank's own gradient
+            self.keep_local = not bucket.is_last()
+            return inner(state, bucket).then(lambda _: mine)
 
         return counting_hook

@@ -62,8 +62,7 @@ def sgd_steps(model, loader: ShardedLoader, steps: int, lr: float, sync=None, de
             losses.append(loss.item())
             step += 1
             if step == steps:
-                break
-        loader.set_epoch(loader.epoch + 1)
+                break  # the loader moves to its next epoch when a pass ends
     return sum(losses[-10:]) / len(losses[-10:]), sorted(times)[len(times) // 2]
 
 

@@ -49,4 +49,11 @@ def ddp(model: nn.Module, device: torch.device, ignore: list[str], hook: tuple |
     counter = BucketCounter()
     state, inner = hook or compression.comm_hook("none")
     net.register_comm_hook(state, counter.hook(inner))
+    counter.state = state
+    if state is not None:  # PowerSGD keeps state per bucket index (error feedback, warm-start P, Q)
+        # DDP re-buckets once, after its first step, in the order gradients became ready; a resumed
+        # process would meet the first layout again and apply the saved state to other parameters.
+        # Fixing the layout now (parameter order, kept for the whole run) makes every step of every
+        # process use one layout. The cost: buckets no longer follow the backward's order.
+        net.reducer._push_all_rebuilt_params()
     return net, counter

@@ -45,7 +45,7 @@ class CaseResult:
 
 def make_input(numel: int, dtype: torch.dtype, seed: int, rank: int, device="cpu") -> torch.Tensor:
     """This rank's deterministic input: integers in [-100, 100) or standard normal floats."""
-    g = torch.Generator().manual_seed(seed * 10_007 + rank)
+    g = runtime.generator(seed, "collective input", rank)
     if dtype.is_floating_point:
         return torch.randn(numel, generator=g, dtype=torch.float64).to(dtype).to(device)
     return torch.randint(-100, 100, (numel,), generator=g, dtype=dtype).to(device)

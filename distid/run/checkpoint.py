@@ -31,21 +31,29 @@ from distid.config import SECTIONS, Config, timestamped_dir, to_dict
 FORMAT = 1
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
 # Keys that may change between a checkpoint and its resume: run length, logging, where data lives,
-# and every dist.* setting (no checkpoint depends on the strategy or the world size).
+# and the dist.* settings that only decide how the same sums travel (strategy, backend, timeout).
+# The comm hook and its settings decide the trajectory (PowerSGD's approximation, its warm-up).
 RESUMABLE_CHANGES = ("name", "data.root", "train.steps", "train.epochs", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.ckpt_keep", "train.max_dense_gb")
+                     "train.ckpt_every", "train.ckpt_keep", "train.max_dense_gb", "train.check_replicas_every")
+TRAJECTORY_DIST = ("dist.comm_hook", "dist.powersgd_rank", "dist.powersgd_start_iter", "dist.powersgd_error_feedback")
 DCP_OPTIONS = StateDictOptions(ignore_frozen_params=True)  # a LoRA base is rebuilt from the seed
+LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)  # so it is missing: see resume()
 
 
 class CheckpointError(ValueError):
     """A checkpoint this run cannot use: unreadable, or written by another config."""
 
 
+class AlreadyFinished(Exception):
+    """--resume of a run that has finished: nothing to do, and nothing is written."""
+
+
 def flat_config(cfg: Config | dict) -> dict:
     """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES)."""
     raw = to_dict(cfg) if isinstance(cfg, Config) else cfg
     flat = {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
-    return {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES and not k.startswith("dist.")}
+    return {k: v for k, v in sorted(flat.items())
+            if k not in RESUMABLE_CHANGES and (not k.startswith("dist.") or k in TRAJECTORY_DIST)}
 
 
 def resume_hash(cfg: Config | dict) -> str:
@@ -235,8 +243,11 @@ class Checkpointer:
             msd, osd = get_state_dict(self.model, opt, options=DCP_OPTIONS)
             state = {"model": msd, "optim": osd}
             dcp.load(state, checkpoint_id=str(path))
-            set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=DCP_OPTIONS)
+            keys = set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                                  options=LOAD_OPTIONS)
+            trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
+            if set(keys.missing_keys) & trainable:
+                raise CheckpointError(f"checkpoint {path} lacks {sorted(set(keys.missing_keys) & trainable)}")
         else:
             self._load_file(payload, opt)
         loader.load_state_dict(meta["loader"])
@@ -259,6 +270,10 @@ class Checkpointer:
             diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
             raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
                                   f"resume with the same config, or start afresh with another --out")
+        if meta["world_size"] != self.n and meta["ranks"][0].get("comm_hook"):
+            raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks under "
+                                  f"dist.comm_hook = {self.cfg.dist.comm_hook!r}, whose state (error feedback, "
+                                  f"warm start) is each rank's own: resume it on {meta['world_size']} ranks")
         if self.fingerprint and meta.get("fingerprint") and meta["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path}: θ₀/P regenerated here differ from the checkpoint's (fingerprint "

@@ -3,10 +3,11 @@ config, the process group, and one line per error with an exit code.
 
     sys.exit(cli.main(argv, "python -m distid.experiments.compare", __doc__, body, add_args))
 
-body(args, cfg) does the work and returns an exit code (None = 0). Exit codes: 0 done; 2 the input
-is wrong (config, backend, data, checkpoint, memory, a missing optional dependency), said once, by
-rank 0, since every rank finds the same; 1 training diverged, or a peer rank failed (each survivor
-says what it saw). The group is left cleanly after success, without the barrier after an error.
+body(args, cfg) does the work and returns an exit code (None = 0). Exit codes: 0 done (or, with
+--resume, found finished: said, nothing written); 2 the input is wrong (config, backend, data,
+checkpoint, memory, a missing optional dependency), said once, by rank 0, since every rank finds
+the same; 1 training diverged, or a peer rank failed (each survivor says what it saw). The group
+is left cleanly after success, without the barrier after an error.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from distid import runtime
 from distid.config import ConfigError, add_config_args, load_config
 from distid.data import DataError
 from distid.models import MissingDependency
-from distid.parallel.consistency import RanksDisagree
-from distid.run.checkpoint import CheckpointError
+from distid.parallel.consistency import RanksDisagree, ReplicasDiverged
+from distid.run.checkpoint import AlreadyFinished, CheckpointError
 from distid.run.watchdog import Diverged, PeerFailure
 
 INPUT_ERRORS = (ConfigError, runtime.BackendError, MemoryError, DataError, CheckpointError, RanksDisagree,
@@ -47,7 +48,12 @@ def guarded(work, input_errors: tuple = (), every_rank=lambda: False) -> int:
         _say(e, everyone=every_rank())
         runtime.shutdown(clean=False)
         return 2
-    except (Diverged, PeerFailure) as e:
+    except AlreadyFinished as e:  # --resume of a finished run: said, and nothing else happens
+        if os.environ.get("RANK", "0") == "0":
+            print(e, flush=True)
+        runtime.shutdown(clean=False)
+        return 0
+    except (Diverged, PeerFailure, ReplicasDiverged) as e:
         _say(e, everyone=every_rank() or isinstance(e, PeerFailure))
         runtime.shutdown(clean=False)
         return 1

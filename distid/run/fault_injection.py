@@ -4,7 +4,9 @@ When `step` steps are done (before step `step`+1 runs) on rank `rank` (every ran
   exit   — print one line and os._exit(13), no clean-up: a crashed process;
   hang   — print one line and sleep forever: a process that stops answering;
   nan    — this step's input becomes NaN, so the loss does;
-  rename — rank 0 dies after writing the checkpoint of step `step` and before renaming it into place.
+  rename — rank 0 dies after writing the checkpoint of step `step` and before renaming it into place;
+  unsynced — this rank takes part in the next step's gradient all-reduce but keeps its own gradient
+             (a replica that skipped one synchronisation; DDP only), which the replica check names.
 Only in torchrun attempt `attempt` (TORCHELASTIC_RESTART_COUNT, default 0), so a restarted group
 that replays the step does not fail again.
 """
@@ -16,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-MODES = ("exit", "hang", "nan", "rename")
+MODES = ("exit", "hang", "nan", "rename", "unsynced")
 EXIT_CODE = 13
 
 
@@ -55,8 +57,8 @@ def active(mode: str, step: int, rank: int, fault: Fault | None = None) -> bool:
 class Injector:
     """DISTID_FAULT, read once at the start of a run; called once per step: `x = inject(step, x)`."""
 
-    def __init__(self, rank: int):
-        self.rank, self.fault = rank, parse(os.environ.get("DISTID_FAULT", ""))
+    def __init__(self, rank: int, counter=None):
+        self.rank, self.fault, self.counter = rank, parse(os.environ.get("DISTID_FAULT", "")), counter
 
     def __call__(self, step: int, x):
         """Die or hang here if the fault says so; x filled with NaN for mode=nan; else x itself."""
@@ -69,6 +71,9 @@ class Injector:
                     os._exit(EXIT_CODE)
                 while True:
                     time.sleep(60)
+        if active("unsynced", step, self.rank, self.fault) and self.counter is not None:
+            print(f"rank {self.rank}: DISTID_FAULT: keeping its own gradient in step {step + 1}", file=sys.stderr, flush=True)
+            self.counter.keep_local = True
         return x * float("nan") if active("nan", step, self.rank, self.fault) else x
 
 

@@ -30,10 +30,10 @@ from distid.observe.ledger import CommLedger, to_wire
 from distid.observe.progress import Progress, final_table
 from distid.observe.summary import Summary
 from distid.parallel import compression
-from distid.parallel.consistency import assert_same_across_ranks
+from distid.parallel.consistency import assert_same_across_ranks, check_replicas
 from distid.parallel.fsdp import full_state
 from distid.run.build import build, make_optimizer, wrap
-from distid.run.checkpoint import Checkpointer, default_out_dir, restart_count, size_bytes
+from distid.run.checkpoint import AlreadyFinished, Checkpointer, default_out_dir, restart_count, size_bytes
 from distid.run.fault_injection import Injector
 from distid.run.meter import StepMeter
 from distid.run.summarize import summarize
@@ -89,6 +89,12 @@ class Job:
         with self.ledger.phase("checkpoint"):
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
         self.start = self.resumed[0] if self.resumed else 0
+        if self.resumed and self.start >= self.total_steps and _finished(self.out):
+            raise AlreadyFinished(f"{self.out} holds a finished run ({self.start} steps, summary.json written): "
+                                  f"nothing to do and nothing written; train on with --set train.steps=N "
+                                  f"(N > {self.start}), or start afresh with another --out")
+        if self.resumed and self.counter is not None and self.resumed[1].get("comm_hook") is not None:
+            compression.load_state_dict(self.counter.state, self.resumed[1]["comm_hook"])
         self.losses = [torch.tensor(v) for v in self.resumed[1].get("losses", [])] if self.resumed else []
         if restart_hazard() and restart_count() == 0:
             runtime.print0(restart_hazard())
@@ -99,7 +105,7 @@ class Job:
         plain = compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter)
         self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
                                cfg.dist.measure_interface)
-        self.inject_faults = Injector(rank)
+        self.inject_faults = Injector(rank, self.counter)
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
 
@@ -128,14 +134,15 @@ class Job:
             yield step
 
     def batches(self):
-        """Endless stream of this rank's batches, epoch after epoch, on this rank's device."""
+        """Endless stream of this rank's batches, epoch after epoch, on this rank's device (the
+        loader moves to its next epoch itself when a pass ends: one advance per pass)."""
         while True:
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            self.loader.set_epoch(self.loader.epoch + 1)
 
     def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Stop at a non-finite loss; then, when due: the progress line, an evaluation, a checkpoint."""
+        """Stop at a non-finite loss; then, when due: the progress line, an evaluation, the replica
+        check, a checkpoint."""
         loss = loss.detach()
         check_finite(step + 1, loss, self.trainable, self.ckpt.last)
         self.losses.append(loss)
@@ -147,9 +154,14 @@ class Job:
         if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
                 self.evaluate(step)
+        check = self.cfg.train.check_replicas_every
+        if check and (step + 1) % check == 0 and step + 1 < self.total_steps:
+            with self.ledger.phase("checks"):
+                check_replicas(self.model, step + 1)
         if self.ckpt.due(step + 1, self.total_steps):
             with self.ledger.phase("checkpoint"):
-                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]])
+                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]],
+                             comm_hook=compression.state_dict(self.counter.state if self.counter else None))
                 self.ckpt.save(step + 1, self.opt, self.loader, local)
 
     def evaluate(self, step: int) -> float:
@@ -164,8 +176,10 @@ class Job:
         return acc
 
     def finish(self) -> Summary:
-        """Final evaluation and the summary; rank 0 writes trainable.pt and summary.json (last: its
+        """The replica check, final evaluation and the summary; rank 0 writes trainable.pt and summary.json (last: its
         presence means "finished") and prints the closing table."""
+        with self.ledger.phase("checks"):
+            check_replicas(self.model, self.total_steps)  # every replica trained the same numbers
         with self.ledger.phase("eval"):
             self.evaluate(self.total_steps - 1)
             summary = summarize(self)
@@ -197,6 +211,14 @@ def _agree(proposal: str) -> tuple[str, str]:
     if dist.is_initialized():
         dist.broadcast_object_list(box, src=0)
     Path(box[0][0]).mkdir(parents=True, exist_ok=True)
+    return box[0]
+
+
+def _finished(out: Path) -> bool:
+    """Rank 0's answer, for every rank: does out/summary.json (written last by a finished run) exist?"""
+    box = [(out / "summary.json").is_file()]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 

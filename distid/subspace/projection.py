@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distid import runtime
 from distid.observe.memory import tensor_bytes
 
 
@@ -33,8 +34,8 @@ class Projection(nn.Module):
         self.D, self.d, self.seed = D, d, seed
 
     def generator(self, salt: int = 0) -> torch.Generator:
-        """CPU generator seeded from (seed, salt): bit-identical on every rank and machine."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+        """CPU generator keyed by (seed, "projection", salt): bit-identical on every rank and machine."""
+        return runtime.generator(self.seed, "projection", salt)
 
     def matvec(self, d: torch.Tensor) -> torch.Tensor:  # [d] → [D]
         raise NotImplementedError
