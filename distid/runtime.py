@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,23 @@ def rng_seed(seed: int, purpose: str, *more: int) -> int:
     (seed 0's epoch 1 was seed 1's epoch 0) or one seed for two purposes did (LoRA's A = rows of W₀)."""
     key = "/".join(str(x) for x in (seed, purpose, *more)).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+_code_version: str | None = None
+
+
+def code_version() -> str:
+    """"distid <version>+<12 hex>": the package version and a sha256 of every .py file under distid/
+    (path and bytes), computed once per process. Caches key results on it: any code change misses."""
+    global _code_version
+    if _code_version is None:
+        from distid import __version__
+
+        root, h = Path(__file__).resolve().parent, hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _code_version = f"distid {__version__}+{h.hexdigest()[:12]}"
+    return _code_version
 
 
 def generator(seed: int, purpose: str, *more: int) -> torch.Generator:

@@ -10,7 +10,8 @@ os.environ.setdefault("DISTID_BACKEND", "gloo")  # the suite is a CPU suite, als
 
 from distpool import DistPool  # noqa: E402
 
-pytest_plugins = ["writes_nowhere"]  # the session fails if a test wrote into the repository
+pytest_plugins = ["writes_nowhere", "ci_skips"]  # the session fails if a test wrote into the repository,
+# or (under CI) if a test skipped for a reason other than a documented gate
 
 _pools: dict[int, DistPool] = {}
 

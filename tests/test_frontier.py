@@ -62,3 +62,17 @@ def test_pareto_keeps_only_undominated_cells():
     rows = [dict(cell=c, b=b, test_accuracy=a) for c, b, a in
             [("a", 10, 0.5), ("b", 20, 0.4), ("c", 30, 0.9), ("d", 30, 0.8), ("e", 5, 0.1)]]
     assert [r["cell"] for r in pareto(rows, "b")] == ["e", "a", "c"]
+
+
+def test_a_cell_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
+    from types import SimpleNamespace
+
+    from distid import runtime
+    from distid.experiments.frontier import reusable
+
+    done = SimpleNamespace(config_hash="abc", world_size=4, code_version=runtime.code_version())
+    assert reusable(done, "abc", 4)
+    assert not reusable(done, "abd", 4)  # another config
+    assert not reusable(done, "abc", 2)  # another world size
+    monkeypatch.setattr(runtime, "_code_version", runtime.code_version() + "-edited")
+    assert not reusable(done, "abc", 4)  # another code

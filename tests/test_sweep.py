@@ -3,10 +3,11 @@
 import json
 import math
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 
-from datasets_for_tests import DATA_ROOT, have_mnist
+from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.experiments import sweep_store
 from distid.config import ConfigError, load_config
 from distid.experiments.intrinsic import analyse, crossing
@@ -142,14 +143,14 @@ def test_fingerprint_follows_what_decides_a_result():
     from distid.experiments.sweep import fingerprint
 
     def fp(*over):
-        return fingerprint(load_config("configs/mnist_fc_id.toml", list(over)), 1)
+        return fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", list(over)), 1)
 
     base = fp()
     assert fp("train.log_every=7", "sweep.seeds=9", "data.root=/elsewhere", "dist.timeout_s=5") == base
     for change in ("train.lr=0.1", "train.d=7", "data.dataset=fashion-mnist", "data.classes=[1]",
                    "model.init_from=x.pt", "train.projection=sparse"):
         assert fp(change) != base, change
-    assert fingerprint(load_config("configs/mnist_fc_id.toml"), 2) != base
+    assert fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml"), 2) != base
     assert fp("train.lora_targets=3") == base  # a subspace point does not depend on LoRA's settings
     full = ["train.method=full"]
     assert fp(*full, "train.d=7", "train.projection=sparse") == fp(*full)
@@ -160,3 +161,32 @@ def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
               timeout=60)
     assert out.returncode == 2 and "sweep.lora_ranks = [1, 16]: rank r=16 exceeds" in out.stderr
     assert ": test acc" not in out.stdout
+
+
+def test_a_point_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
+    from distid import runtime
+    from distid.experiments.sweep import fingerprint
+
+    cfg = load_config(f"{REPO}/configs/mnist_fc_id.toml", [])
+    first = fingerprint(cfg, 2)
+    assert fingerprint(cfg, 2) == first
+    assert fingerprint(cfg, 4) != first  # another world size
+    assert fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", ["train.projection=sparse"]), 2) != first
+    monkeypatch.setattr(runtime, "_code_version", runtime.code_version() + "-edited")  # a source file changed
+    assert fingerprint(cfg, 2) != first
+
+
+def test_code_version_hashes_every_source_file(tmp_path, monkeypatch):
+    import shutil
+
+    from distid import runtime
+
+    copy = tmp_path / "distid"
+    shutil.copytree(Path(runtime.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    versions = []
+    for edit in ("", "# a comment\n"):
+        (copy / "experiments" / "intrinsic.py").write_text((copy / "experiments" / "intrinsic.py").read_text() + edit)
+        monkeypatch.setattr(runtime, "__file__", str(copy / "runtime.py"))
+        monkeypatch.setattr(runtime, "_code_version", None)
+        versions.append(runtime.code_version())
+    assert versions[0] != versions[1] and versions[0].startswith("distid ")

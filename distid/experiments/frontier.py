@@ -11,7 +11,7 @@ P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N 
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
 + steps × bytes/step, at the first evaluation (train.eval_every) whose seed-mean accuracy reaches it.
 Writes frontier.json, frontier.md and frontier.png to --out; a cell already in --out with the same
-config (its summary.json) is reused, so an interrupted run resumes.
+config, world size and code (its summary.json) is reused, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -65,28 +65,35 @@ KEEP = ("trainable_params", "lora_rank", "comm_wire_formula", "comm_calls_per_st
 
 
 def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
-    """One training run of `cell` (reused from out/ when its summary.json has the same config)."""
+    """One training run of `cell` (reused from out/ when its summary.json is `reusable`)."""
     cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
-    s = _cached(where / "summary.json", config_hash(cfg)) or run_logged(cfg, where)
+    cached = _cached(where / "summary.json", config_hash(cfg))
+    s = cached or run_logged(cfg, where)
     runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
-                   f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where})")
+                   f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where}"
+                   f"{'; reused: same config, world size and code' if cached else ''})")
     return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 **{k: getattr(s, k) for k in KEEP})
 
 
 def _cached(path: Path, hash_: str) -> Summary | None:
-    """Rank 0's summary.json at `path` if it was written for this config, for every rank."""
+    """Rank 0's summary.json at `path` if it is `reusable`, for every rank."""
     box = [None]
     if dist.get_rank() == 0 and path.exists():
         try:
             s = Summary.load(path)
-            box = [s if s.config_hash == hash_ else None]
+            box = [s if reusable(s, hash_, dist.get_world_size()) else None]
         except (TypeError, ValueError):  # written by an older distid: train the cell again
             pass
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def reusable(s: Summary, hash_: str, world_size: int) -> bool:
+    """A finished run stands for this one if its config, world size and code (runtime.code_version) match."""
+    return s.config_hash == hash_ and s.world_size == world_size and s.code_version == runtime.code_version()
 
 
 def cumulative_bytes(seed_run: dict, step: int) -> float:

@@ -69,14 +69,14 @@ ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("train.d", "train.projection"
 
 
 def fingerprint(cfg: Config, ranks: int) -> str:
-    """Hash of the settings that decide a point's result (those that differ from the defaults, so
-    that a setting added to distid later leaves finished points valid) and the world size."""
+    """Hash of everything that decides a point's result: its settings (the method's own, not another
+    method's), the world size and the code (runtime.code_version: any change to distid's sources)."""
     flat = _flat(to_dict(cfg))
-    default = _flat(to_dict(Config()))
     other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != cfg.train.method for p in prefixes)
     what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in NOT_RESULT
-            and not k.startswith(other) and v != default.get(k)}
-    return hashlib.sha256(json.dumps(dict(what, ranks=ranks), sort_keys=True).encode()).hexdigest()[:16]
+            and not k.startswith(other)}
+    what.update(ranks=ranks, code=runtime.code_version())
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _flat(d: dict) -> dict:
@@ -179,6 +179,9 @@ def sweep(args, cfg: Config) -> None:
     if rank == 0:
         print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
               f"mode {cfg.sweep.mode}, {n} rank(s)", flush=True)
+        if done:
+            print(f"reused: {len(done)} points of the same settings, world size and code "
+                  f"({runtime.code_version()}); --redo trains them again", flush=True)
     t0 = time.perf_counter()
     new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n, points)
     if rank == 0:

@@ -76,6 +76,7 @@ class Summary:
     config: dict
     config_hash: str
     out_dir: str
+    code_version: str | None = None  # runtime.code_version(): the package version and a hash of its sources
     # checkpoints
     resumed_from_step: int | None = None
     checkpoint: str | None = None

@@ -102,7 +102,7 @@ class Job:
             runtime.print0(self.resumed[2] if self.resumed else f"no checkpoint in {self.ckpt.folder}: starting from step 0")
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
-        plain = compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter)
+        plain = max(compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter) - self.start, 0)
         self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
                                cfg.dist.measure_interface)
         self.inject_faults = Injector(rank, self.counter)

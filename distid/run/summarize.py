@@ -60,4 +60,5 @@ def summarize(job) -> Summary:
         projection_bytes=model.projection.nbytes() if subspace else 0,
         fingerprint=job.fingerprint, theta0=job.theta0, machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(job.out),
+        code_version=runtime.code_version(),
     )
