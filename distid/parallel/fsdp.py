@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -34,6 +32,9 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 
 def wrap_fsdp(model: nn.Module, device_type: str = "cpu", reshard_after_forward: bool = True) -> nn.Module:
     """fully_shard each unit, then the root; returns the model (now an FSDPModule) in place."""
+    from torch.distributed.device_mesh import init_device_mesh  # imported here: FSDP2 pulls in DTensor
+    from torch.distributed.fsdp import fully_shard  # (about 1 s per process, 2-core EPYC), DDP runs need not
+
     if not dist.is_initialized():
         raise RuntimeError("FSDP needs a process group: call distid.runtime.init() first")
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))

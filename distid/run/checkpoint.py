@@ -22,8 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from distid.run import fault_injection
 from distid.config import SECTIONS, Config, timestamped_dir, to_dict
@@ -36,8 +34,17 @@ NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
 RESUMABLE_CHANGES = ("name", "data.root", "train.steps", "train.epochs", "train.log_every", "train.eval_every",
                      "train.ckpt_every", "train.ckpt_keep", "train.max_dense_gb", "train.check_replicas_every")
 TRAJECTORY_DIST = ("dist.comm_hook", "dist.powersgd_rank", "dist.powersgd_start_iter", "dist.powersgd_error_feedback")
-DCP_OPTIONS = StateDictOptions(ignore_frozen_params=True)  # a LoRA base is rebuilt from the seed
-LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)  # so it is missing: see resume()
+# torch.distributed.checkpoint is imported where a DCP checkpoint is written or read: it pulls in
+# DTensor (about 1 s per process on a 2-core AMD EPYC), which runs without one need not pay.
+FROZEN_LEFT_OUT = dict(ignore_frozen_params=True)  # a LoRA base is rebuilt from the seed, not saved
+
+
+def _dcp():
+    """(torch.distributed.checkpoint, its state_dict module), imported on first use."""
+    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint.state_dict as sd
+
+    return dcp, sd
 
 
 class CheckpointError(ValueError):
@@ -206,7 +213,8 @@ class Checkpointer:
         meta = self._meta(done, loader, local)
         if self.dcp:
             dist.barrier()  # the stale temporary is gone before anyone writes into it
-            msd, osd = get_state_dict(self.model, opt, options=DCP_OPTIONS)
+            dcp, sd = _dcp()
+            msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
             if self.rank == 0:
                 _save_file(meta, tmp / "meta.pt")
@@ -240,11 +248,12 @@ class Checkpointer:
         meta = payload if self.dcp else payload["meta"]
         self._check(path, meta)
         if self.dcp:
-            msd, osd = get_state_dict(self.model, opt, options=DCP_OPTIONS)
+            dcp, sd = _dcp()
+            msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))
             state = {"model": msd, "optim": osd}
             dcp.load(state, checkpoint_id=str(path))
-            keys = set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                                  options=LOAD_OPTIONS)
+            keys = sd.set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                                     options=sd.StateDictOptions(**FROZEN_LEFT_OUT, strict=False))  # base missing
             trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
             if set(keys.missing_keys) & trainable:
                 raise CheckpointError(f"checkpoint {path} lacks {sorted(set(keys.missing_keys) & trainable)}")
