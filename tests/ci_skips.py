@@ -1,10 +1,12 @@
 """A pytest plugin: under CI (the CI environment variable set, as CI runs `.ci/run`), a skipped
-test fails the session unless its reason is a documented gate — no CUDA GPU, or the opt-in fetches
-from npm and apt (README, "Tests"). A suite whose data went missing cannot go green by skipping."""
+test fails the session unless its reason is a documented gate — no CUDA GPU (or one that keeps
+PowerSGD off CPU tensors), or the opt-in fetches from npm and apt (README). A suite whose data
+went missing cannot go green by skipping."""
 
 import os
 
-GATES = ("needs a CUDA GPU", "set DISTID_TEST_NPM=1", "set DISTID_TEST_APT=1")
+GATES = ("needs a CUDA GPU", "set DISTID_TEST_NPM=1", "set DISTID_TEST_APT=1",
+         "cannot run on a machine with a CUDA GPU")  # the last: PowerSGD on CPU tensors beside a GPU
 SKIPPED: list[str] = []  # "test id: reason" of this session's other skips
 
 
@@ -17,6 +19,10 @@ def reason(report) -> str:
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail") and not any(g in reason(report) for g in GATES):
         SKIPPED.append(f"{report.nodeid}: {reason(report)}")
+
+
+def pytest_collectreport(report):  # a whole module skipped while collecting (importorskip at the top)
+    pytest_runtest_logreport(report)
 
 
 def pytest_sessionfinish(session, exitstatus):

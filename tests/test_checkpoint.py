@@ -71,6 +71,15 @@ def test_resuming_a_finished_run_says_so_and_changes_no_file(tmp_path):
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
 
 
+def test_resuming_a_finished_run_without_checkpoints_says_so_and_changes_no_file(tmp_path):
+    out = tmp_path / "run"
+    assert cli_train(out, "train.steps=3", "train.ckpt_keep=0", nproc=1).returncode == 0
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
+    again = cli_train(out, "train.steps=3", "train.ckpt_keep=0", resume=True, nproc=1)
+    assert again.returncode == 0 and "no checkpoint to continue from: nothing to do" in again.stdout, again.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
+
+
 def cli_train(out, *overrides, resume=False, nproc=2):
     """`torchrun -m distid.train` (nproc ranks; 1: `python -m distid.train`) on the quickstart config
     at d = 64, out = `out`."""
@@ -147,7 +156,10 @@ def test_resume_hash_ignores_only_run_length_logging_and_how_sums_travel():
                               "train.ckpt_every=9", "dist.backend=gloo", "train.check_replicas_every=5"])
     assert resume_hash(a) == resume_hash(same)
     for change in ("train.lr=0.5", "train.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet",
-                   "train.optimizer=sgd", "train.projection=dense", "dist.comm_hook=powersgd",
-                   "dist.powersgd_rank=2", "dist.powersgd_start_iter=5"):
+                   "train.optimizer=sgd", "train.projection=dense", "dist.comm_hook=powersgd"):
         assert resume_hash(load_config(None, [change])) != resume_hash(a), change
     assert "train.lr" in flat_config(a) and "train.steps" not in flat_config(a)
+    powersgd = load_config(None, ["dist.comm_hook=powersgd"])  # its settings count only when it is on
+    assert resume_hash(load_config(None, ["dist.powersgd_rank=2"])) == resume_hash(a)
+    for change in ("dist.powersgd_rank=2", "dist.powersgd_start_iter=5", "dist.powersgd_error_feedback=false"):
+        assert resume_hash(load_config(None, ["dist.comm_hook=powersgd", change])) != resume_hash(powersgd), change

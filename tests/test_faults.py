@@ -91,7 +91,8 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path)
     assert "step 8: Diverged:" in said and "training diverged" in said, said
 
 
-@pytest.mark.parametrize("method,every,found_after", [("subspace", 2, 4), ("lora", 0, 8)])
+# subspace: checked every 2 steps, so after step 4; LoRA: before the checkpoint of step 5 (ckpt_every = 5)
+@pytest.mark.parametrize("method,every,found_after", [("subspace", 2, 4), ("lora", 0, 5)])
 def test_a_rank_that_skips_a_synchronisation_is_named_by_the_replica_check(tmp_path, method, every, found_after):
     res = torchrun(tmp_path, f"train.method={method}", f"train.check_replicas_every={every}",
                    "train.global_batch=120", fault="rank=1,step=3,mode=unsynced", steps=8, nproc=3, timeout=120)
@@ -101,3 +102,4 @@ def test_a_rank_that_skips_a_synchronisation_is_named_by_the_replica_check(tmp_p
     assert f"after {found_after} steps the replicas' trainable states differ: rank(s) 1 differ from the other 2" \
         in msg[0], msg[0]
     assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "checkpoints" / f"step_{found_after:06d}.pt").exists()  # no replica's copy kept

@@ -63,7 +63,8 @@ def overrides(cfg: Config, point: dict) -> list[str]:
         ([f"train.lora_rank={point['x']}"] if k == "lora" else [])
 
 
-RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy")  # what decides a point's result
+RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy", "dist.comm_hook",
+               "dist.powersgd_")  # what decides a point's result
 NOT_RESULT = ("train.log_every", "train.eval_every")
 ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("train.d", "train.projection", "train.said", "train.max_dense_gb")}
 

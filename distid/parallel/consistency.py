@@ -35,14 +35,14 @@ class ReplicasDiverged(RuntimeError):
 
 
 def trainable_digest(model) -> str:
-    """16 hex digits of the sha256 of the trainable parameters' bytes, in name order (a sharded
-    parameter gathered first: a collective under FSDP)."""
+    """16 hex digits of the sha256 of the replicated trainable parameters' bytes, in name order.
+    A parameter FSDP shards (a DTensor) is left out: each of its numbers lives on one rank, so there
+    is no replica to compare (gathering it would give every rank the same bytes by construction)."""
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        if p.requires_grad and not hasattr(p, "full_tensor"):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

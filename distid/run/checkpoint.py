@@ -26,7 +26,7 @@ import torch.distributed as dist
 from distid.run import fault_injection
 from distid.config import SECTIONS, Config, timestamped_dir, to_dict
 
-FORMAT = 1
+FORMAT = 2  # 2: random streams keyed by (seed, purpose), the comm hook's state and settings
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
 # Keys that may change between a checkpoint and its resume: run length, logging, where data lives,
 # and the dist.* settings that only decide how the same sums travel (strategy, backend, timeout).
@@ -59,8 +59,10 @@ def flat_config(cfg: Config | dict) -> dict:
     """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES)."""
     raw = to_dict(cfg) if isinstance(cfg, Config) else cfg
     flat = {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
+    hook = flat.get("dist.comm_hook", "none")
     return {k: v for k, v in sorted(flat.items())
-            if k not in RESUMABLE_CHANGES and (not k.startswith("dist.") or k in TRAJECTORY_DIST)}
+            if k not in RESUMABLE_CHANGES and (not k.startswith("dist.") or k in TRAJECTORY_DIST)
+            and not (k.startswith("dist.powersgd_") and hook != "powersgd")}
 
 
 def resume_hash(cfg: Config | dict) -> str:
@@ -272,6 +274,10 @@ class Checkpointer:
         return meta["step"], local, note
 
     def _check(self, path: Path, meta: dict) -> None:
+        if meta.get("format") in (1,):
+            raise CheckpointError(f"checkpoint {path} was written by an older distid (checkpoint format "
+                                  f"{meta['format']}, this one writes {FORMAT}): its random streams differ from "
+                                  f"this version's, so it cannot be continued; start afresh with another --out")
         if meta.get("format") != FORMAT or meta.get("dcp") != self.dcp:
             raise CheckpointError(f"checkpoint {path} is not a distid checkpoint of this kind "
                                   f"({'full/sharded' if self.dcp else 'subspace/LoRA'}); use another --out")

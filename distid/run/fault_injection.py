@@ -71,9 +71,14 @@ class Injector:
                     os._exit(EXIT_CODE)
                 while True:
                     time.sleep(60)
-        if active("unsynced", step, self.rank, self.fault) and self.counter is not None:
-            print(f"rank {self.rank}: DISTID_FAULT: keeping its own gradient in step {step + 1}", file=sys.stderr, flush=True)
-            self.counter.keep_local = True
+        if active("unsynced", step, self.rank, self.fault):
+            if self.counter is None:
+                print(f"rank {self.rank}: DISTID_FAULT: mode=unsynced needs DDP (several ranks, dist.strategy = "
+                      f"'ddp'); ignored", file=sys.stderr, flush=True)
+            else:
+                print(f"rank {self.rank}: DISTID_FAULT: keeping its own gradient in step {step + 1}",
+                      file=sys.stderr, flush=True)
+                self.counter.keep_local = True
         return x * float("nan") if active("nan", step, self.rank, self.fault) else x
 
 

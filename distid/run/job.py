@@ -89,10 +89,17 @@ class Job:
         with self.ledger.phase("checkpoint"):
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
         self.start = self.resumed[0] if self.resumed else 0
-        if self.resumed and self.start >= self.total_steps and _finished(self.out):
-            raise AlreadyFinished(f"{self.out} holds a finished run ({self.start} steps, summary.json written): "
-                                  f"nothing to do and nothing written; train on with --set train.steps=N "
-                                  f"(N > {self.start}), or start afresh with another --out")
+        if resume and _finished(self.out):
+            if not self.resumed:  # train.ckpt_keep = 0: nothing to continue from
+                raise AlreadyFinished(f"{self.out} holds a finished run (summary.json written) and no checkpoint "
+                                      f"to continue from: nothing to do and nothing written; start afresh with "
+                                      f"another --out")
+            if self.start >= self.total_steps:
+                raise AlreadyFinished(f"{self.out} holds a finished run ({self.start} steps, summary.json written): "
+                                      f"nothing to do and nothing written; train on with --set train.steps=N "
+                                      f"(N > {self.start}), or start afresh with another --out")
+            if rank == 0:  # training on: the folder no longer holds a finished run until this one ends
+                (self.out / "summary.json").unlink()
         if self.resumed and self.counter is not None and self.resumed[1].get("comm_hook") is not None:
             compression.load_state_dict(self.counter.state, self.resumed[1]["comm_hook"])
         self.losses = [torch.tensor(v) for v in self.resumed[1].get("losses", [])] if self.resumed else []
@@ -102,7 +109,8 @@ class Job:
             runtime.print0(self.resumed[2] if self.resumed else f"no checkpoint in {self.ckpt.folder}: starting from step 0")
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
-        plain = max(compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter) - self.start, 0)
+        done_by_hook = getattr(self.counter.state, "iter", 0) if self.counter else 0  # PowerSGD's restored count
+        plain = max(compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter) - done_by_hook, 0)
         self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
                                cfg.dist.measure_interface)
         self.inject_faults = Injector(rank, self.counter)
@@ -142,7 +150,8 @@ class Job:
 
     def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Stop at a non-finite loss; then, when due: the progress line, an evaluation, the replica
-        check, a checkpoint."""
+        check (every check_replicas_every steps, before every checkpoint, after the last step), a
+        checkpoint."""
         loss = loss.detach()
         check_finite(step + 1, loss, self.trainable, self.ckpt.last)
         self.losses.append(loss)
@@ -154,11 +163,11 @@ class Job:
         if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
                 self.evaluate(step)
-        check = self.cfg.train.check_replicas_every
-        if check and (step + 1) % check == 0 and step + 1 < self.total_steps:
-            with self.ledger.phase("checks"):
+        check, saving = self.cfg.train.check_replicas_every, self.ckpt.due(step + 1, self.total_steps)
+        if saving or (check and (step + 1) % check == 0) or step + 1 == self.total_steps:
+            with self.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
                 check_replicas(self.model, step + 1)
-        if self.ckpt.due(step + 1, self.total_steps):
+        if saving:
             with self.ledger.phase("checkpoint"):
                 local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]],
                              comm_hook=compression.state_dict(self.counter.state if self.counter else None))
@@ -176,10 +185,9 @@ class Job:
         return acc
 
     def finish(self) -> Summary:
-        """The replica check, final evaluation and the summary; rank 0 writes trainable.pt and summary.json (last: its
-        presence means "finished") and prints the closing table."""
-        with self.ledger.phase("checks"):
-            check_replicas(self.model, self.total_steps)  # every replica trained the same numbers
+        """Final evaluation and the summary (the replicas were compared after the last step); rank 0
+        writes trainable.pt and summary.json (last: its presence means "finished") and prints the
+        closing table."""
         with self.ledger.phase("eval"):
             self.evaluate(self.total_steps - 1)
             summary = summarize(self)
