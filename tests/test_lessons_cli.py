@@ -1,5 +1,5 @@
 """The lessons as users run them: under torchrun, with real processes and exit codes. (Lesson 2 on
-four ranks, "parameters agree" and its 1,195,256 ring bytes, is checked by tests/test_docs.py.)"""
+four ranks, its agreement lines and its 1,195,256 ring bytes, is checked by tests/test_docs.py.)"""
 
 from distid.primitives.__main__ import count_failures
 from procs import torchrun
