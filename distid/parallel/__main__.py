@@ -108,11 +108,9 @@ def report(rows: dict, first: dict, args, n: int) -> bool:
     drift = max((rows[m][0].params - ref).abs().max().item() for m in ("hand", "ddp"))
     if not ring_ddp:
         print(f"after {args.steps} steps: ring and DDP MISMATCH beyond rtol={args.rtol}, atol={args.atol}")
-    elif torch.allclose(rows["hand"][0].params, ref, **close):
-        print(f"after {args.steps} steps: parameters agree")
-    else:
-        print(f"after {args.steps} steps: ring = DDP; the single process drifted by {drift:.1e} (float32 rounding "
-              f"took another side of a ReLU kink: another trajectory, not another average)")
+    else:  # one line whatever the drift: rounding at a ReLU kink may move the single process off the path
+        print(f"after {args.steps} steps: ring = DDP; the single process is {drift:.1e} away (a drift beyond "
+              f"rounding is another trajectory, not another average)")
     return one and ring_ddp
 
 
