@@ -99,7 +99,7 @@ class Job:
                                       f"nothing to do and nothing written; train on with --set train.steps=N "
                                       f"(N > {self.start}), or start afresh with another --out")
             if rank == 0:  # training on: the folder no longer holds a finished run until this one ends
-                (self.out / "summary.json").unlink()
+                (self.out / "summary.json").unlink(missing_ok=True)
         if self.resumed and self.counter is not None and self.resumed[1].get("comm_hook") is not None:
             compression.load_state_dict(self.counter.state, self.resumed[1]["comm_hook"])
         self.losses = [torch.tensor(v) for v in self.resumed[1].get("losses", [])] if self.resumed else []
