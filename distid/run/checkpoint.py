@@ -55,14 +55,15 @@ class AlreadyFinished(Exception):
     """--resume of a run that has finished: nothing to do, and nothing is written."""
 
 
-def flat_config(cfg: Config | dict) -> dict:
-    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES)."""
+def flat_config(cfg: Config | dict, gated: bool = True) -> dict:
+    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES);
+    gated: PowerSGD's settings only when it is the hook (False: always, to show what changed)."""
     raw = to_dict(cfg) if isinstance(cfg, Config) else cfg
     flat = {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
     hook = flat.get("dist.comm_hook", "none")
     return {k: v for k, v in sorted(flat.items())
             if k not in RESUMABLE_CHANGES and (not k.startswith("dist.") or k in TRAJECTORY_DIST)
-            and not (k.startswith("dist.powersgd_") and hook != "powersgd")}
+            and not (gated and k.startswith("dist.powersgd_") and hook != "powersgd")}
 
 
 def resume_hash(cfg: Config | dict) -> str:
@@ -282,7 +283,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} is not a distid checkpoint of this kind "
                                   f"({'full/sharded' if self.dcp else 'subspace/LoRA'}); use another --out")
         if meta["resume_hash"] != resume_hash(self.cfg):
-            diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
+            diff = _diff(flat_config(meta["config"], gated=False), flat_config(self.cfg, gated=False))
             raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
                                   f"resume with the same config, or start afresh with another --out")
         if meta["world_size"] != self.n and meta["ranks"][0].get("comm_hook"):
