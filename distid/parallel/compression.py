@@ -59,7 +59,7 @@ def state_dict(state) -> dict | None:
     saved = {k: getattr(state, k) for k in STATE}
     for k in ("error_dict", "p_memory_dict", "q_memory_dict"):
         saved[k] = {i: t.detach().cpu().clone() for i, t in saved[k].items()}
-    name, keys, pos, has_gauss, gauss = state.rng.get_state()
+    _, keys, pos, has_gauss, gauss = state.rng.get_state()  # ("MT19937", key [624], pos, has_gauss, gauss)
     saved["rng"] = dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=pos, has_gauss=has_gauss, gauss=gauss)
     return saved
 

@@ -275,7 +275,7 @@ class Checkpointer:
         return meta["step"], local, note
 
     def _check(self, path: Path, meta: dict) -> None:
-        if meta.get("format") in (1,):
+        if meta.get("format") == 1:
             raise CheckpointError(f"checkpoint {path} was written by an older distid (checkpoint format "
                                   f"{meta['format']}, this one writes {FORMAT}): its random streams differ from "
                                   f"this version's, so it cannot be continued; start afresh with another --out")
