@@ -63,6 +63,8 @@ class TrainConfig:
     seed: int = 0  # model init, theta_0, projection and data order
     log_every: int = 50
     eval_every: int = 0  # 0 = only at the end
+    stop_plateau: int = 0  # stop once this many evaluations in a row gained ≤ plateau_delta on the best before (0 = never)
+    plateau_delta: float = 0.002  # test accuracy an evaluation must add to the best so far to count as progress
     check_replicas_every: int = 0  # compare every rank's trainable state every N steps (0 = only at the end)
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
     lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
@@ -100,6 +102,11 @@ class SweepConfig:
     full_lr: float = 1e-3  # Adam lr of the baseline (full training); train.lr is the subspace's
     lora_ranks: list = field(default_factory=list)  # also train LoRA at these ranks ([] = none)
     lora_lr: float = 1e-2
+    search: str = "grid"  # "grid": every d of the grid; "bisect": bisection on log d in [d_min, d_max] (experiments/bisect.py)
+    width: float = 0.1  # bisect: stop when a seed's bracket hi/lo ≤ 1 + width
+    bisect_on: str = "measured"  # bisect: the threshold the search pins down: "measured", "fixed_1.0" or "both"
+    lora_min: int = 1  # bisect over LoRA ranks in [lora_min, lora_max] (distid.probe; 0 = no LoRA search)
+    lora_max: int = 0
 
 
 @dataclass
@@ -124,6 +131,8 @@ CHOICES = {
     "dist.backend": ("auto", "gloo", "nccl"),
     "dist.comm_hook": ("none", "fp16", "bf16", "powersgd"),
     "sweep.mode": ("split", "ddp"),
+    "sweep.search": ("grid", "bisect"),
+    "sweep.bisect_on": ("measured", "fixed_1.0", "both"),
 }
 
 
@@ -230,6 +239,10 @@ def validate(cfg: Config) -> None:
         ("train.epochs", t.epochs > 0 or t.steps > 0, "> 0 (or train.steps > 0)", t.epochs),
         ("train.log_every", t.log_every >= 1, ">= 1", t.log_every),
         ("train.eval_every", t.eval_every >= 0, ">= 0", t.eval_every),
+        ("train.stop_plateau", t.stop_plateau >= 0, ">= 0 (0: never stop early)", t.stop_plateau),
+        ("train.stop_plateau", t.stop_plateau == 0 or t.eval_every > 0,
+         "0 unless train.eval_every > 0 (the plateau is over evaluations)", t.stop_plateau),
+        ("train.plateau_delta", t.plateau_delta >= 0, ">= 0", t.plateau_delta),
         ("train.check_replicas_every", t.check_replicas_every >= 0, ">= 0", t.check_replicas_every),
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
@@ -256,6 +269,10 @@ def validate(cfg: Config) -> None:
         ("sweep.full_lr", w.full_lr > 0, "> 0", w.full_lr),
         ("sweep.lora_ranks", all(r >= 1 for r in w.lora_ranks), "a list of ranks >= 1", w.lora_ranks),
         ("sweep.lora_lr", w.lora_lr > 0, "> 0", w.lora_lr),
+        ("sweep.width", w.width > 0, "> 0 (the bracket's relative width, e.g. 0.1)", w.width),
+        ("sweep.lora_min", w.lora_min >= 1, ">= 1", w.lora_min),
+        ("sweep.lora_max", w.lora_max == 0 or w.lora_max >= w.lora_min, "0 (no LoRA search) or >= sweep.lora_min",
+         w.lora_max),
     ]
     for key, ok, rule, value in checks:
         if not ok:

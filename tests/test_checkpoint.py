@@ -52,6 +52,26 @@ def test_interrupted_and_resumed_equals_uninterrupted(dist_pool, tmp_path, case)
         assert s_res["train_loss"] == s_whole["train_loss"]  # the last losses travel in the checkpoint
 
 
+def test_a_run_stopped_at_a_plateau_resumes_to_the_same_stop(dist_pool, tmp_path):
+    """With plateau_delta = 1 the third evaluation (steps 2, 4, 6) always counts as settled: the run
+    stops after step 6 of 24; cut at 5, the resume brings back the evaluations before the cut."""
+    pool = dist_pool(2)
+    kv = {"train.eval_every": 2, "train.stop_plateau": 2, "train.plateau_delta": 1.0}
+    whole = train(pool, tmp_path / "whole", **{"train.steps": 24, **kv})
+    train(pool, tmp_path / "cut", **{"train.steps": 5, **kv})
+    resumed = train(pool, tmp_path / "cut", resume=True, **{"train.steps": 24, **kv})
+    for (s_whole, p_whole), (s_res, p_res) in zip(whole, resumed):
+        assert torch.equal(p_whole, p_res), "resumed run stopped elsewhere"
+        assert (s_whole["steps"], s_whole["steps_planned"], s_whole["stopped_early"]) == (6, 24, True)
+        assert (s_res["steps"], s_res["stopped_early"], s_res["resumed_from_step"]) == (6, True, 5)
+        assert [c[0] for c in s_whole["eval_curve"]] == [2, 4, 6]
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "cut").rglob("*")}
+    proc = run([sys.executable, "-m", "distid.train", "--config", "configs/mnist_fc_subspace.toml", "--resume",
+                "--out", str(tmp_path / "cut"), *[a for kv_ in over(**{"train.steps": 24, **kv}) for a in ("--set", kv_)]])
+    assert proc.returncode == 0 and "stopped at a plateau after 6 steps" in proc.stdout, proc.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "cut").rglob("*")} == before
+
+
 def test_a_resume_under_another_comm_hook_is_refused_in_one_line(tmp_path):
     out = tmp_path / "run"
     first = cli_train(out, "train.steps=4", "dist.comm_hook=fp16")

@@ -35,7 +35,7 @@ class Summary:
     total_params: int  # D of the base model (LoRA adapters excluded)
     trainable_params: int
     lora_rank: int | None
-    steps: int
+    steps: int  # steps trained: steps_planned, or fewer where the run stopped at a plateau
     global_batch: int
     epochs: float
     # communication
@@ -78,6 +78,8 @@ class Summary:
     out_dir: str
     code_version: str | None = None  # runtime.code_version(): the package version and a hash of its sources
     # checkpoints
+    steps_planned: int | None = None  # train.steps, or train.epochs in steps
+    stopped_early: bool = False  # the test accuracy settled (train.stop_plateau) before steps_planned
     resumed_from_step: int | None = None
     checkpoint: str | None = None
     checkpoint_bytes: int | None = None

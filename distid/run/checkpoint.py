@@ -264,7 +264,7 @@ class Checkpointer:
             self._load_file(payload, opt)
         loader.load_state_dict(meta["loader"])
         same_world = meta["world_size"] == self.n
-        local = meta["ranks"][self.rank] if same_world else {}
+        local = meta["ranks"][self.rank] if same_world else {"evals": meta["ranks"][0].get("evals", [])}  # every rank's
         if len(meta["rng"]) == 1 or same_world:
             torch.set_rng_state(meta["rng"][0 if len(meta["rng"]) == 1 else self.rank])
         note = f"resuming from {path} ({meta['step']} steps done)"

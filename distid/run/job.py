@@ -89,6 +89,12 @@ class Job:
         with self.ledger.phase("checkpoint"):
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
         self.start = self.resumed[0] if self.resumed else 0
+        self.evals = list(self.resumed[1].get("evals", [])) if self.resumed else []  # test accuracies so far
+        self.settled_at = self.start if self.resumed and self._settled() else None  # steps done at a plateau
+        if resume and _finished(self.out) and self.settled_at is not None:
+            raise AlreadyFinished(f"{self.out} holds a run that stopped at a plateau after {self.start} steps "
+                                  f"(train.stop_plateau = {cfg.train.stop_plateau}): nothing to do and nothing "
+                                  f"written; start afresh with another --out")
         if resume and _finished(self.out):
             if not self.resumed:  # train.ckpt_keep = 0: nothing to continue from
                 raise AlreadyFinished(f"{self.out} holds a finished run (summary.json written) and no checkpoint "
@@ -135,9 +141,12 @@ class Job:
         return False
 
     def steps(self):
-        """Step numbers start … total_steps − 1 (start > 0 after a resume)."""
+        """Step numbers start … total_steps − 1 (start > 0 after a resume); they end early once the
+        test accuracy has settled (train.stop_plateau)."""
         self.t_loop = time.perf_counter()
         for step in range(self.start, self.total_steps):
+            if self.settled_at is not None:
+                return
             self.step = step + 1
             yield step
 
@@ -149,9 +158,9 @@ class Job:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Stop at a non-finite loss; then, when due: the progress line, an evaluation, the replica
-        check (every check_replicas_every steps, before every checkpoint, after the last step), a
-        checkpoint."""
+        """Stop at a non-finite loss; then, when due: the progress line, an evaluation (and with it
+        the plateau test that ends the run early), the replica check (every check_replicas_every
+        steps, before every checkpoint, after the last step), a checkpoint."""
         loss = loss.detach()
         check_finite(step + 1, loss, self.trainable, self.ckpt.last)
         self.losses.append(loss)
@@ -162,14 +171,19 @@ class Job:
         every = self.cfg.train.eval_every
         if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
-                self.evaluate(step)
-        check, saving = self.cfg.train.check_replicas_every, self.ckpt.due(step + 1, self.total_steps)
-        if saving or (check and (step + 1) % check == 0) or step + 1 == self.total_steps:
+                self.evals.append(self.evaluate(step))
+            if self._settled():
+                self.settled_at = step + 1
+                runtime.print0(f"stopping after step {step + 1}: the last {self.cfg.train.stop_plateau} evaluations "
+                               f"gained at most {self.cfg.train.plateau_delta:g} on the best before them")
+        last = self.settled_at or self.total_steps
+        check, saving = self.cfg.train.check_replicas_every, self.ckpt.due(step + 1, last)
+        if saving or (check and (step + 1) % check == 0) or step + 1 == last:
             with self.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
                 check_replicas(self.model, step + 1)
         if saving:
             with self.ledger.phase("checkpoint"):
-                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]],
+                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]], evals=self.evals,
                              comm_hook=compression.state_dict(self.counter.state if self.counter else None))
                 self.ckpt.save(step + 1, self.opt, self.loader, local)
 
@@ -184,12 +198,21 @@ class Job:
         self.eval_s += time.perf_counter() - t0
         return acc
 
+    def _settled(self) -> bool:
+        return settled(self.evals, self.cfg.train.stop_plateau, self.cfg.train.plateau_delta)
+
+    @property
+    def steps_done(self) -> int:
+        """Steps this run ends at: total_steps, or fewer where it stopped at a plateau."""
+        return self.settled_at or self.total_steps
+
     def finish(self) -> Summary:
         """Final evaluation and the summary (the replicas were compared after the last step); rank 0
         writes trainable.pt and summary.json (last: its presence means "finished") and prints the
         closing table."""
         with self.ledger.phase("eval"):
-            self.evaluate(self.total_steps - 1)
+            if self.settled_at is None or not self.curve:  # at a plateau the last evaluation was of this model
+                self.evaluate(self.steps_done - 1)
             summary = summarize(self)
         last = self.ckpt.last
         summary.resumed_from_step = self.start if self.resumed else None
@@ -203,6 +226,13 @@ class Job:
             print(final_table(summary, self.ledger.table("step")), flush=True)
         self.progress.close()
         return summary
+
+
+def settled(accs: list[float], k: int, delta: float) -> bool:
+    """Has the accuracy settled? The best of the last k evaluations is at most delta above the best
+    of those before them (never with k = 0, nor before k + 1 evaluations): k evaluations in a row
+    that could not beat the earlier best by more than delta."""
+    return k > 0 and len(accs) > k and max(accs[-k:]) <= max(accs[:-k]) + delta
 
 
 def _shape(model: torch.nn.Module) -> dict[str, int]:
