@@ -10,6 +10,12 @@ own alone, as a one-process run; results meet on rank 0 at the end. "ddp": every
 all ranks under DDP, one after another. A finished point is recorded in OUT/sweep.json at once;
 running the sweep again skips it (if its config is unchanged), so an interrupted sweep resumes.
 OUT defaults to runs/sweep-<config name> (not timestamped, so that re-running resumes).
+
+sweep.search = "bisect" trains, instead of the grid, the baselines and then the d values a
+bisection on log d asks for (experiments/bisect.py), one seed after another, until every seed's
+bracket of the threshold is within sweep.width; with sweep.lora_max > 0 it then does the same over
+LoRA ranks. Each round's points depend on the last round's accuracies, so every point trains on all
+ranks (sweep.mode = "ddp", or one process).
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 from distid import runtime
-from distid.experiments import intrinsic, sweep_store
+from distid.experiments import bisect, intrinsic, sweep_store
 from distid.config import Config, ConfigError, load_config, to_dict
 from distid.run import cli
 from distid.run.api import run_logged
@@ -43,11 +50,47 @@ def grid(cfg: Config) -> list[int]:
     return sorted({round(s.d_min * math.exp(i * ratio)) for i in range(s.points)})
 
 
+def seeds_of(cfg: Config) -> list[int]:
+    """The run seeds train.seed, train.seed + 1, …: each run keys its own streams by a hash of its seed."""
+    return [cfg.train.seed + i for i in range(cfg.sweep.seeds)]
+
+
 def plan(cfg: Config) -> list[dict]:
     """Every point of the sweep: {kind, x, seed}; x is d (subspace), the rank (lora) or 0 (full)."""
-    seeds = [cfg.train.seed + i for i in range(cfg.sweep.seeds)]
+    seeds = seeds_of(cfg)
     kinds = [("full", 0)] + [("subspace", d) for d in grid(cfg)] + [("lora", r) for r in cfg.sweep.lora_ranks]
     return [dict(kind=k, x=x, seed=s) for k, x in kinds for s in seeds]
+
+
+def targets(cfg: Config, baseline: float) -> list[float]:
+    """The accuracies a bisection pins down: threshold × the measured baseline and/or × 1.0."""
+    s = cfg.sweep
+    if s.bisect_on != "measured" and baseline < s.threshold:
+        raise ConfigError(f"sweep.bisect_on = {s.bisect_on!r}: full training reaches only {baseline:.4f}, below the "
+                          f"fixed target {s.threshold:g}, so no d can be expected to reach it; use "
+                          f"sweep.bisect_on = 'measured' (threshold × the measured baseline)")
+    return {"measured": [s.threshold * baseline], "fixed_1.0": [s.threshold],
+            "both": [s.threshold * baseline, s.threshold]}[s.bisect_on]
+
+
+def next_points(cfg: Config, records: list[dict]) -> list[dict]:
+    """The bisection's next round (experiments/bisect.py): the baselines first, then for each kind
+    (subspace over [d_min, d_max], LoRA over [lora_min, lora_max]) and target, the probes of the
+    first seed whose bracket is not settled; [] when all are."""
+    s, seeds = cfg.sweep, seeds_of(cfg)
+    base = [r["test_accuracy"] for r in records if r["kind"] == "full"]
+    if len(base) < len(seeds):
+        have = {r["seed"] for r in records if r["kind"] == "full"}
+        return [dict(kind="full", x=0, seed=sd) for sd in seeds if sd not in have]
+    ranges = [("subspace", s.d_min, s.d_max)] + ([("lora", s.lora_min, s.lora_max)] if s.lora_max else [])
+    for kind, lo, hi in ranges:
+        for t in targets(cfg, statistics.fmean(base)):
+            curves = [{r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd}
+                      for sd in seeds]
+            found = bisect.search(curves, t, lo, hi, s.width)
+            if found:
+                return [dict(kind=kind, x=x, seed=seeds[found[0]]) for x in found[1]]
+    return []
 
 
 def key(point: dict) -> str:
@@ -74,7 +117,8 @@ def fingerprint(cfg: Config, ranks: int) -> str:
     method's), the world size and the code (runtime.code_version: any change to distid's sources)."""
     flat = _flat(to_dict(cfg))
     other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != cfg.train.method for p in prefixes)
-    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in NOT_RESULT
+    ignored = NOT_RESULT if not cfg.train.stop_plateau else ("train.log_every",)  # evaluations decide a stop
+    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in ignored
             and not k.startswith(other)}
     what.update(ranks=ranks, code=runtime.code_version())
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -116,7 +160,8 @@ def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int
     pcfg = _point_cfg(args, cfg, point)
     t0 = time.perf_counter()
     s = run_logged(pcfg, out / "points" / key(point))
-    keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "epochs", "step_time_s",
+    keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "steps_planned",
+            "stopped_early", "epochs", "step_time_s",
             "lora_rank", "world_size", "theta0")
     rec = dict(point, key=key(point), hash=fingerprint(pcfg, ranks), wall_time_s=time.perf_counter() - t0,
                rank=rank, **{k: getattr(s, k) for k in keep})
@@ -166,11 +211,36 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
     return records
 
 
+def run_bisect(args, cfg: Config, out: Path, rank: int, n: int) -> tuple[list[dict], int]:
+    """Rounds of next_points, every point on all ranks; a point already in OUT/sweep.json with the
+    same fingerprint is taken from there. Returns (every record, in order; how many were trained)."""
+    runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
+    import torch.distributed as dist
+
+    box = [sweep_store.stored(out) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)  # rank 0's folder, for ranks on nodes that do not share it
+    records, trained = [], 0
+    while todo := next_points(cfg, records):
+        for p in todo:
+            old = box[0].get(key(p))
+            if not args.redo and old and old.get("hash") == fingerprint(_point_cfg(args, cfg, p), n):
+                records.append(old)
+                continue
+            records.append(train_point(args, cfg, p, out, n, rank))
+            trained += 1
+            if rank == 0:
+                sweep_store.record(out, records[-1])
+    return records, trained
+
+
 def sweep(args, cfg: Config) -> None:
     rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     runtime.share_cores()  # before a split sweep's points hide torchrun's LOCAL_WORLD_SIZE
     runtime.check_backend(runtime.pick_backend() if cfg.dist.backend == "auto" else cfg.dist.backend)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
+    check_range(cfg)
+    if cfg.sweep.search == "bisect":
+        return bisect_sweep(args, cfg, out, rank, n)
     split = cfg.sweep.mode == "split"
     points = plan(cfg)
     check_lora_ranks(args, cfg)
@@ -186,13 +256,44 @@ def sweep(args, cfg: Config) -> None:
     t0 = time.perf_counter()
     new = (run_split if split else run_ddp)(args, cfg, todo, out, rank, n, points)
     if rank == 0:
-        from distid.experiments import sweep_report
-
         records = [done.get(key(pt)) or next(r for r in new if r["key"] == key(pt)) for pt in points]
-        result = dict(config=to_dict(cfg), grid=grid(cfg), points=records, machine=runtime.machine(),
-                      ranks=n, mode=cfg.sweep.mode, wall_time_s=time.perf_counter() - t0, trained=len(new),
-                      analysis=intrinsic.analyse(records, cfg.sweep.threshold))
-        print(sweep_report.write(out, result, cfg), flush=True)
+        report(cfg, out, records, n, t0, len(new))
+
+
+def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, trained: int) -> None:
+    """Rank 0: the analysis, sweep.json's report fields, sweep.md and the chart, printed."""
+    from distid.experiments import sweep_report
+
+    s = cfg.sweep
+    result = dict(config=to_dict(cfg), grid=grid(cfg) if s.search == "grid" else [], points=records,
+                  machine=runtime.machine(), ranks=n, mode=s.mode, search=s.search,
+                  wall_time_s=time.perf_counter() - t0, trained=trained,
+                  analysis=intrinsic.analyse(records, s.threshold, s.search))
+    print(sweep_report.write(out, result, cfg), flush=True)
+
+
+def bisect_sweep(args, cfg: Config, out: Path, rank: int, n: int) -> None:
+    if cfg.sweep.mode == "split" and n > 1:
+        raise ConfigError(f"sweep.search = 'bisect' on {n} ranks needs sweep.mode = 'ddp': each round's points "
+                          f"depend on the last round's accuracies, so the ranks train every point together")
+    if rank == 0:
+        print(f"sweep {cfg.name}: bisection on log d in [{cfg.sweep.d_min:,}, {cfg.sweep.d_max:,}] to a width of "
+              f"{cfg.sweep.width:.0%}, {cfg.sweep.seeds} seed(s), {n} rank(s)", flush=True)
+    t0 = time.perf_counter()
+    records, trained = run_bisect(args, cfg, out, rank, n)
+    if rank == 0:
+        report(cfg, out, records, n, t0, trained)
+
+
+def check_range(cfg: Config) -> None:
+    """Refuse a d above the model's D: a subspace as large as the model itself is not a subspace."""
+    from distid.models import build_model, count_params
+
+    top = cfg.sweep.d_max if cfg.sweep.search == "bisect" else max(grid(cfg))
+    big = count_params(build_model(cfg.model.name))
+    if top > big:
+        raise ConfigError(f"sweep: d = {top:,} is above the model's D = {big:,} ({cfg.model.name}); lower "
+                          f"{'sweep.d_max' if cfg.sweep.search == 'bisect' else 'the grid (sweep.d or sweep.d_max)'}")
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,7 @@ def markdown(result: dict, cfg: Config) -> str:
         f" It is invocation {len(runs)}; wall times of all: "
         + ", ".join(f"{r['wall_time_s']:.0f} s on {r['ranks']} rank(s), {r.get('trained', '?')} points trained"
                    for r in runs) + ".")
+    bisected = result.get("search") == "bisect"
     lines = [
         f"# Intrinsic dimension — {cfg.model.name} on {cfg.data.dataset}"
         + (f", classes {cfg.data.classes}" if cfg.data.classes else "")
@@ -56,21 +57,26 @@ def markdown(result: dict, cfg: Config) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {result['ranks']} rank(s), mode "
         f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall, {result['trained']} points trained; "
         f"the points' own run times add up to {point_time:.0f} s.{history}\n",
-        f"Budget of every point: {full['epochs']:.2f} epochs = {full['steps']} steps of global batch {t.global_batch}, "
-        f"{t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({t.projection} projection)"
+        *([search_line(result, cfg)] if bisected else []),
+        budget_line(pts, cfg) + f" {t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({t.projection} projection)"
         + (f", LoRA {cfg.sweep.lora_lr:g}" if cfg.sweep.lora_ranks else "") + f"; seeds {', '.join(map(str, seeds))}.\n",
         f"Baseline (full training, D = {full['total_params']:,}): test accuracy "
         f"{a['baseline_accuracy']:.4f} (per seed {', '.join(f'{b:.4f}' for b in a['baseline_per_seed'])}).\n",
-        "| threshold | target accuracy | d_int (mean curve) | per seed | seeds reaching it |",
-        "|---|---:|---:|---|---:|",
+        f"| threshold | target accuracy | d_int ({'mean of the seeds' if bisected else 'mean curve'}) | "
+        "95 % interval (bootstrap over seeds) | per seed (between d) | seeds reaching it |",
+        "|---|---:|---:|---:|---|---:|",
     ]
     for name, label in (("measured", f"{thr:.0%} of the measured baseline"),
                         ("fixed_1.0", f"{thr:.0%} of 1.0 (the convention of Li et al.'s plots)")):
         r = a[name]
-        per = ", ".join("—" if d is None else f"{d:,.0f}" for d in r["per_seed"])
-        lines.append(f"| {label} | {r['target_accuracy']:.4f} | {r['d_int_label']} | {per} | "
+        per = ", ".join("—" if d is None else f"{d:,.0f}" + (f" ({b[0]:,}–{b[1]:,})" if b else "")
+                        for d, b in zip(r["per_seed"], r.get("brackets") or [None] * len(r["per_seed"])))
+        ci = r.get("interval")
+        ci = f"{ci[0]:,.0f}–{ci[1]:,.0f}" if ci else "— (needs ≥ 3 seeds, all reaching it)"
+        lines.append(f"| {label} | {r['target_accuracy']:.4f} | {r['d_int_label']} | {ci} | {per} | "
                      f"{r['seeds_reached']}/{r['seeds']} |")
-    lines += ["", "d_int is interpolated linearly in log d between the grid points around the crossing.", "",
+    lines += ["", "Each seed's d_int is interpolated linearly in log d between its two trained d around the crossing"
+              + (" (the bisection's final bracket for the threshold it pins down)." if bisected else "."), "",
               "| method | d / rank | trainable | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
               "|---|---:|---:|" + "---:|" * (len(seeds) + 1)]
     trainable = {(p["kind"], p["x"]): p["trainable_params"] for p in pts}
@@ -80,6 +86,31 @@ def markdown(result: dict, cfg: Config) -> str:
             lines.append(f"| {kind} | {x or '—'} | {trainable[(kind, x)]:,} | {cells} | "
                          f"{statistics.fmean(accs.values()):.4f} |")
     return "\n".join(lines) + "\n\n![accuracy against d](id_curve.png)\n"
+
+
+def search_line(result: dict, cfg: Config) -> str:
+    """What the bisection did: its range, width, threshold and the points it trained."""
+    s, pts = cfg.sweep, result["points"]
+    grid_points = s.seeds * (1 + (len(s.d) if s.d else s.points))
+    return (f"Search: bisection on log d in [{s.d_min:,}, {s.d_max:,}], each seed's bracket of the "
+            f"{'two thresholds' if s.bisect_on == 'both' else s.bisect_on.replace('_', ' ') + ' threshold'} "
+            f"narrowed to hi/lo ≤ {1 + s.width:g}: {len(pts)} points ({sum(p['kind'] == 'full' for p in pts)} "
+            f"baselines), where the grid of sweep.d/sweep.points would train {grid_points}.\n")
+
+
+def budget_line(pts: list[dict], cfg: Config) -> str:
+    """The training budget of a point, and where points stopped early, how many steps they took."""
+    t, full = cfg.train, next(p for p in pts if p["kind"] == "full")
+    planned = full.get("steps_planned") or full["steps"]
+    line = (f"Budget of every point: {planned * full['epochs'] / full['steps']:.2f} epochs = {planned} steps of "
+            f"global batch {t.global_batch},")
+    if not t.stop_plateau:
+        return line
+    steps = [p["steps"] for p in pts]
+    early = sum(p.get("stopped_early", False) for p in pts)
+    return (line + f" stopping early once {t.stop_plateau} evaluations in a row (every {t.eval_every} steps) gain "
+            f"at most {t.plateau_delta:g} test accuracy on the best before them: {early} of {len(pts)} points "
+            f"stopped early; steps trained {min(steps)}–{max(steps)} (mean {statistics.fmean(steps):.0f});")
 
 
 def plot(result: dict, cfg: Config, path: Path) -> bool:
@@ -92,9 +123,13 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
     a, pts = result["analysis"], result["points"]
     fig, ax = plt.subplots(figsize=(8, 5))
     sub = [p for p in pts if p["kind"] == "subspace"]
-    ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=14, color="tab:blue", alpha=0.35,
-               label="subspace, one seed")
-    ax.plot(a["grid"], a["mean_accuracy"], "o-", color="tab:blue", label="subspace, mean over seeds")
+    if result.get("search") == "bisect":  # each seed at its own d: no mean curve
+        ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=18, color="tab:blue",
+                   label="subspace, one seed (the d values the bisection chose)")
+    else:
+        ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=14, color="tab:blue", alpha=0.35,
+                   label="subspace, one seed")
+        ax.plot(a["grid"], a["mean_accuracy"], "o-", color="tab:blue", label="subspace, mean over seeds")
     lora = {}
     for p in pts:
         if p["kind"] == "lora":

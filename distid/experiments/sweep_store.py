@@ -52,6 +52,12 @@ def record(out: Path, *records: dict) -> None:
         _write(out, data)
 
 
+def stored(out: Path) -> dict:
+    """{key: record} of every point in OUT/sweep.json."""
+    with _locked(out):
+        return _read(out)["points"]
+
+
 def finished(out: Path, points: list[dict], key: Callable[[dict], str], fingerprint: Callable[[dict], str]) -> dict:
     """{key: record} of the planned points already in OUT/sweep.json with an unchanged config."""
     with _locked(out):

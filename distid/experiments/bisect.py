@@ -1,0 +1,87 @@
+"""Bisection on log x (x = d, or a LoRA rank): the fewest training runs that pin down where one
+seed's accuracy curve first reaches a target t.
+
+A seed's trained points (x ascending, accuracy) bracket t at (lo, hi): hi is the first point that
+reaches t, read as `intrinsic.crossing` reads a curve, and lo the point before it. The bracket is
+settled when hi/lo ≤ 1 + width, or hi − lo ≤ 1 (x is an integer). While hi/lo > WIDE the next
+probe is the bracket's middle in log x (plain bisection: a chord across a wide, curved stretch of
+the curve misplaces the crossing); then the next probes are the pair c·(1 + width)^∓0.4 around the crossing c interpolated in log x, kept a sixteenth
+of the bracket's log range away from either end: where the curve is smooth the pair settles the
+bracket in one round, and where it is not the bracket is at least a sixteenth narrower per round
+(a safeguarded regula falsi), so that noise cannot stall the search.
+Without a bracket: the first seed probes the middle of [x_min, x_max] in log x and then the end of
+the range the crossing must lie towards; a later seed starts from the previous seed's settled
+bracket (both ends, one round) and, if that misses, steps outwards by x · max(1 + width,
+top/bottom), the step doubling in log x each time, within [x_min, x_max].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+WIDE = 4.0  # brackets wider than this ratio are halved in log x before interpolating
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Where one seed's points put the crossing of t: lo < crossing ≤ hi (None: no point there)."""
+
+    lo: int | None  # the point before the first one reaching t (None: the first point already does)
+    hi: int | None  # the first point reaching t (None: none does)
+    settled: bool  # nothing more to train: narrow enough, or at the end of [x_min, x_max]
+
+
+def bracket(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float) -> Bracket:
+    """The bracket of t on curve {x: accuracy} (one seed's trained points)."""
+    xs = sorted(curve)
+    first = next((i for i, x in enumerate(xs) if curve[x] >= t), None)
+    if not xs:
+        return Bracket(None, None, False)
+    if first is None:
+        return Bracket(xs[-1], None, xs[-1] >= x_max)
+    if first == 0:
+        return Bracket(None, xs[0], xs[0] <= x_min)
+    lo, hi = xs[first - 1], xs[first]
+    return Bracket(lo, hi, hi / lo <= 1 + width or hi - lo <= 1)
+
+
+def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float,
+           start: tuple[int, int] | None = None) -> list[int]:
+    """The x values to train next for this seed and target ([] once its bracket is settled).
+    start: a settled bracket of an earlier seed, tried first by a seed with no points yet."""
+    b = bracket(curve, t, x_min, x_max, width)
+    if b.settled:
+        return []
+    if not curve:
+        if start:
+            return sorted({min(max(x, x_min), x_max) for x in start})
+        return [round(math.sqrt(x_min * x_max))]
+    xs = sorted(curve)
+    spread = max(1 + width, xs[-1] / xs[0])
+    if b.hi is None:  # every point below t: further up (from one point, to the range's end)
+        return [x_max if len(xs) == 1 else min(x_max, max(math.floor(xs[-1] * spread), xs[-1] + 1))]
+    if b.lo is None:  # every point at or above t: further down
+        return [x_min if len(xs) == 1 else max(x_min, min(math.ceil(xs[0] / spread), xs[0] - 1))]
+    if b.hi / b.lo > WIDE:
+        return [min(max(round(math.sqrt(b.lo * b.hi)), b.lo + 1), b.hi - 1)]
+    a_lo, a_hi = curve[b.lo], curve[b.hi]
+    log_lo, log_hi = math.log(b.lo), math.log(b.hi)
+    guess = log_lo + (t - a_lo) / (a_hi - a_lo) * (log_hi - log_lo)
+    margin, half = (log_hi - log_lo) / 16, 0.4 * math.log(1 + width)  # 0.4: room for rounding to integers
+    pair = (math.exp(min(max(g, log_lo + margin), log_hi - margin)) for g in (guess - half, guess + half))
+    return sorted({min(max(round(x), b.lo + 1), b.hi - 1) for x in pair})
+
+
+def search(curves: list[dict[int, float]], t: float, x_min: int, x_max: int,
+           width: float) -> tuple[int, list[int]] | None:
+    """Seeds in order: the probes of the first seed not yet settled, as (index of that seed, x
+    values), each seed starting from the previous one's bracket; None when every seed is settled."""
+    start = None
+    for i, curve in enumerate(curves):
+        todo = probes(curve, t, x_min, x_max, width, start)
+        if todo:
+            return i, todo
+        b = bracket(curve, t, x_min, x_max, width)
+        start = (b.lo, b.hi) if b.lo is not None and b.hi is not None else start
+    return None
