@@ -11,8 +11,10 @@ bracket in one round, and where it is not the bracket is at least a sixteenth na
 (a safeguarded regula falsi), so that noise cannot stall the search.
 Without a bracket: the first seed probes the middle of [x_min, x_max] in log x and then the end of
 the range the crossing must lie towards; a later seed starts from the previous seed's settled
-bracket (both ends, one round) and, if that misses, steps outwards by x · max(1 + width,
-top/bottom), the step doubling in log x each time, within [x_min, x_max].
+bracket (both ends, one round) and, if that misses, probes the pair around the crossing its two
+nearest points extrapolate to, at most a factor max(1 + width, top/bottom)² further out (a reach
+that grows geometrically in log x), within [x_min, x_max]. A bracket already within (1 + width)²
+takes one probe, its middle.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def bracket(curve: dict[int, float], t: float, x_min: int, x_max: int, width: fl
 
 
 def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float,
-           start: tuple[int, int] | None = None) -> list[int]:
+           start: tuple[int, int] | None = None, interpolate: bool = True) -> list[int]:
     """The x values to train next for this seed and target ([] once its bracket is settled).
-    start: a settled bracket of an earlier seed, tried first by a seed with no points yet."""
+    start: a settled bracket of an earlier seed, tried first by a seed with no points yet.
+    interpolate=False: plain bisection in log x (for LoRA ranks: few, and accuracy often jumps)."""
     b = bracket(curve, t, x_min, x_max, width)
     if b.settled:
         return []
@@ -57,29 +60,54 @@ def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: flo
         if start:
             return sorted({min(max(x, x_min), x_max) for x in start})
         return [round(math.sqrt(x_min * x_max))]
-    xs = sorted(curve)
-    spread = max(1 + width, xs[-1] / xs[0])
-    if b.hi is None:  # every point below t: further up (from one point, to the range's end)
-        return [x_max if len(xs) == 1 else min(x_max, max(math.floor(xs[-1] * spread), xs[-1] + 1))]
-    if b.lo is None:  # every point at or above t: further down
-        return [x_min if len(xs) == 1 else max(x_min, min(math.ceil(xs[0] / spread), xs[0] - 1))]
-    if b.hi / b.lo > WIDE:
+    if b.hi is None or b.lo is None:
+        if not interpolate:
+            return [x_max if b.hi is None else x_min]
+        return _outwards(curve, t, x_min, x_max, width, up=b.hi is None)
+    if b.hi / b.lo > WIDE or not interpolate:
         return [min(max(round(math.sqrt(b.lo * b.hi)), b.lo + 1), b.hi - 1)]
     a_lo, a_hi = curve[b.lo], curve[b.hi]
     log_lo, log_hi = math.log(b.lo), math.log(b.hi)
     guess = log_lo + (t - a_lo) / (a_hi - a_lo) * (log_hi - log_lo)
-    margin, half = (log_hi - log_lo) / 16, 0.4 * math.log(1 + width)  # 0.4: room for rounding to integers
-    pair = (math.exp(min(max(g, log_lo + margin), log_hi - margin)) for g in (guess - half, guess + half))
-    return sorted({min(max(round(x), b.lo + 1), b.hi - 1) for x in pair})
+    if log_hi - log_lo <= 1.9 * math.log(1 + width):  # one probe in the middle settles both halves
+        return [min(max(round(math.sqrt(b.lo * b.hi)), b.lo + 1), b.hi - 1)]
+    margin = (log_hi - log_lo) / 16
+    return _pair(guess, log_lo + margin, log_hi - margin, b.lo + 1, b.hi - 1, width)
 
 
-def search(curves: list[dict[int, float]], t: float, x_min: int, x_max: int,
-           width: float) -> tuple[int, list[int]] | None:
+def _pair(guess: float, log_a: float, log_b: float, a: int, b: int, width: float) -> list[int]:
+    """The probes c·(1 + width)^∓0.4 around exp(guess) (0.4: room for rounding to integers),
+    each kept within [log_a, log_b] and then [a, b]."""
+    half = 0.4 * math.log(1 + width)
+    pair = (math.exp(min(max(g, log_a), log_b)) for g in (guess - half, guess + half))
+    return sorted({min(max(round(x), a), b) for x in pair})
+
+
+def _outwards(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float, up: bool) -> list[int]:
+    """One probe beyond every point, towards t: from one point the range's end; from more, just
+    past the crossing extrapolated from the two nearest points (in log x), at least (1 + width)^0.95
+    beyond the nearest one (which settles the bracket if t lies in between) and at most
+    max(1 + width, top/bottom)²."""
+    xs = sorted(curve)
+    if len(xs) == 1:
+        return [x_max if up else x_min]
+    near, far = (xs[-1], xs[-2]) if up else (xs[0], xs[1])
+    reach = 2 * math.log(max(1 + width, xs[-1] / xs[0])) * (1 if up else -1)
+    slope = (curve[near] - curve[far]) / math.log(near / far)  # accuracy per unit of log x
+    guess = math.log(near) + ((t - curve[near]) / slope if slope * reach > 0 else reach)
+    sign, w = (1 if up else -1), math.log(1 + width)
+    past = max(sign * (guess - math.log(near)) + 0.4 * w, 0.95 * w)  # just past the guess, or settle at once
+    x = round(near * math.exp(sign * min(past, abs(reach))))
+    return [min(max(x, near + 1), x_max) if up else max(min(x, near - 1), x_min)]
+
+
+def search(curves: list[dict[int, float]], t: float, x_min: int, x_max: int, width: float,
+           interpolate: bool = True) -> tuple[int, list[int]] | None:
     """Seeds in order: the probes of the first seed not yet settled, as (index of that seed, x
     values), each seed starting from the previous one's bracket; None when every seed is settled."""
     start = None
     for i, curve in enumerate(curves):
-        todo = probes(curve, t, x_min, x_max, width, start)
+        todo = probes(curve, t, x_min, x_max, width, start, interpolate)
         if todo:
             return i, todo
         b = bracket(curve, t, x_min, x_max, width)

@@ -87,7 +87,8 @@ def next_points(cfg: Config, records: list[dict]) -> list[dict]:
         for t in targets(cfg, statistics.fmean(base)):
             curves = [{r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd}
                       for sd in seeds]
-            found = bisect.search(curves, t, lo, hi, s.width)
+            subspace = kind == "subspace"  # LoRA: plain bisection down to adjacent ranks
+            found = bisect.search(curves, t, lo, hi, s.width if subspace else 0, interpolate=subspace)
             if found:
                 return [dict(kind=kind, x=x, seed=seeds[found[0]]) for x in found[1]]
     return []
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
         p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
 
     return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False,
-                    every_rank=lambda cfg: cfg.sweep.mode == "split",  # split: each rank trains its own points
+                    every_rank=lambda cfg: cfg.sweep.mode == "split" and cfg.sweep.search == "grid",  # each its own
                     out="runs/sweep-<config name> (a rerun reuses its finished points)")
 
 

@@ -108,7 +108,8 @@ def budget_line(pts: list[dict], cfg: Config) -> str:
         return line
     steps = [p["steps"] for p in pts]
     early = sum(p.get("stopped_early", False) for p in pts)
-    return (line + f" stopping early once {t.stop_plateau} evaluations in a row (every {t.eval_every} steps) gain "
+    return (line + f" stopping early once {t.stop_plateau} evaluation{'s' * (t.stop_plateau > 1)} in a row (every "
+                   f"{t.eval_every} steps) gain "
             f"at most {t.plateau_delta:g} test accuracy on the best before them: {early} of {len(pts)} points "
             f"stopped early; steps trained {min(steps)}–{max(steps)} (mean {statistics.fmean(steps):.0f});")
 
