@@ -201,6 +201,11 @@ def _max_rank(chosen: dict[str, nn.Module]) -> int:
     return min(min(_dims(m)) for m in chosen.values())
 
 
+def max_rank(model: nn.Module, targets: Sequence[str] | None = None) -> int:
+    """The largest rank every targeted layer takes: min over them of min(in, out)."""
+    return _max_rank(_resolve(model, targets))
+
+
 def _check_rank(chosen: dict[str, nn.Module], r: int) -> None:
     if r < 1:
         raise ValueError(f"LoRA rank must be >= 1, got r={r}; pass r=1 or more")

@@ -26,6 +26,7 @@ from procs import REPO, run
 
 DOCS = Path(REPO) / "docs"
 LESSONS = sorted(DOCS.glob("lesson[0-9]*_*.md"))
+GUIDES = [DOCS / "choose_your_budget.md"]  # pages beside the lessons whose commands and outputs are checked too
 TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
@@ -34,11 +35,13 @@ TINY = {
     "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]"],
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
+    "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
 NEEDS_GPU = {"distid.experiments.bench.gpt2"}
-TAKES_CONFIG = {"distid.train", "distid.experiments.compare", "distid.experiments.sweep", "distid.experiments.convergence"}  # --set data.root, --out
+TAKES_CONFIG = {"distid.train", "distid.experiments.compare", "distid.experiments.sweep", "distid.experiments.convergence",
+                "distid.probe"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
@@ -87,7 +90,7 @@ def argv(command: str, out: Path) -> list[str]:
     return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra
 
 
-CASES = [(page, i, cmd, block) for page in LESSONS for i, (cmd, block) in enumerate(cases(page))]
+CASES = [(page, i, cmd, block) for page in LESSONS + GUIDES for i, (cmd, block) in enumerate(cases(page))]
 
 
 def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
@@ -100,7 +103,7 @@ def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
 
 
 def test_every_block_was_regenerated_and_names_its_machine():
-    for page in LESSONS:
+    for page in LESSONS + GUIDES:
         lines = page.read_text().splitlines()
         for b in docs.blocks(page):
             head = lines[b.line + 1]

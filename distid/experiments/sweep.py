@@ -212,16 +212,17 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
     return records
 
 
-def run_bisect(args, cfg: Config, out: Path, rank: int, n: int) -> tuple[list[dict], int]:
-    """Rounds of next_points, every point on all ranks; a point already in OUT/sweep.json with the
-    same fingerprint is taken from there. Returns (every record, in order; how many were trained)."""
+def run_bisect(args, cfg: Config, out: Path, rank: int, n: int, then=None) -> tuple[list[dict], int]:
+    """Rounds of next_points (and, once it is done, of then(records), if given), every point on all
+    ranks; a point already in OUT/sweep.json with the same fingerprint is taken from there.
+    Returns (every record, in order; how many were trained)."""
     runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
     import torch.distributed as dist
 
     box = [sweep_store.stored(out) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # rank 0's folder, for ranks on nodes that do not share it
     records, trained = [], 0
-    while todo := next_points(cfg, records):
+    while todo := next_points(cfg, records) or (then(records) if then else []):
         for p in todo:
             old = box[0].get(key(p))
             if not args.redo and old and old.get("hash") == fingerprint(_point_cfg(args, cfg, p), n):
@@ -261,8 +262,9 @@ def sweep(args, cfg: Config) -> None:
         report(cfg, out, records, n, t0, len(new))
 
 
-def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, trained: int) -> None:
-    """Rank 0: the analysis, sweep.json's report fields, sweep.md and the chart, printed."""
+def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, trained: int, echo: bool = True) -> str:
+    """Rank 0: the analysis, sweep.json's report fields, sweep.md and the chart; returns (and with
+    echo, prints) the report."""
     from distid.experiments import sweep_report
 
     s = cfg.sweep
@@ -270,7 +272,10 @@ def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, train
                   machine=runtime.machine(), ranks=n, mode=s.mode, search=s.search,
                   wall_time_s=time.perf_counter() - t0, trained=trained,
                   analysis=intrinsic.analyse(records, s.threshold, s.search))
-    print(sweep_report.write(out, result, cfg), flush=True)
+    text = sweep_report.write(out, result, cfg)
+    if echo:
+        print(text, flush=True)
+    return text
 
 
 def bisect_sweep(args, cfg: Config, out: Path, rank: int, n: int) -> None:
@@ -306,17 +311,19 @@ def main(argv=None) -> int:
                     out="runs/sweep-<config name> (a rerun reuses its finished points)")
 
 
-def check_lora_ranks(args, cfg: Config) -> None:
-    """Refuse, before training anything, a LoRA rank some targeted layer cannot take."""
+def check_lora_ranks(args, cfg: Config, ranks: list[int] | None = None) -> None:
+    """Refuse, before training anything, a LoRA rank (default sweep.lora_ranks) some targeted layer cannot take."""
     from distid.models import build_model
     from distid.run.build import with_lora
 
-    for r in cfg.sweep.lora_ranks:
+    for r in cfg.sweep.lora_ranks if ranks is None else ranks:
         pcfg = _point_cfg(args, cfg, dict(kind="lora", x=r, seed=cfg.train.seed))
         try:
             with_lora(build_model(pcfg.model.name), pcfg)
         except ConfigError as e:
-            raise ConfigError(f"sweep.lora_ranks = {cfg.sweep.lora_ranks}: {e}") from e
+            where = f"sweep.lora_ranks = {cfg.sweep.lora_ranks}" if ranks is None else \
+                f"sweep.lora_min/lora_max = {ranks[0]}/{ranks[-1]}"
+            raise ConfigError(f"{where}: {e}") from e
 
 
 def _point_cfg(args, cfg: Config, point: dict) -> Config:
