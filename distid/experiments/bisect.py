@@ -5,16 +5,17 @@ A seed's trained points (x ascending, accuracy) bracket t at (lo, hi): hi is the
 reaches t, read as `intrinsic.crossing` reads a curve, and lo the point before it. The bracket is
 settled when hi/lo ≤ 1 + width, or hi − lo ≤ 1 (x is an integer). While hi/lo > WIDE the next
 probe is the bracket's middle in log x (plain bisection: a chord across a wide, curved stretch of
-the curve misplaces the crossing); then the next probes are the pair c·(1 + width)^∓0.4 around the crossing c interpolated in log x, kept a sixteenth
-of the bracket's log range away from either end: where the curve is smooth the pair settles the
-bracket in one round, and where it is not the bracket is at least a sixteenth narrower per round
-(a safeguarded regula falsi), so that noise cannot stall the search.
+the curve misplaces the crossing); then the next probes are the pair c·(1 + width)^∓0.4 around
+the crossing c interpolated in log x, kept a sixteenth of the bracket's log range away from either
+end: where the curve is smooth the pair settles the bracket in one round, and where it is not the
+bracket is at least a sixteenth narrower per round (a safeguarded regula falsi), so that noise
+cannot stall the search.
 Without a bracket: the first seed probes the middle of [x_min, x_max] in log x and then the end of
-the range the crossing must lie towards; a later seed starts from the previous seed's settled
-bracket (both ends, one round) and, if that misses, probes the pair around the crossing its two
-nearest points extrapolate to, at most a factor max(1 + width, top/bottom)² further out (a reach
-that grows geometrically in log x), within [x_min, x_max]. A bracket already within (1 + width)²
-takes one probe, its middle.
+the range the crossing must lie towards; a later seed starts from a bracket of ratio (1 + width)^0.9
+around the mean crossing of the seeds before it (one round of two runs, which settles it when the
+seeds agree) and, if that misses, steps outwards by max((1 + width)^0.9, top/bottom), a reach that
+doubles in log x each step, within [x_min, x_max]. A bracket already within (1 + width)^1.9 takes one
+probe, its middle.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def bracket(curve: dict[int, float], t: float, x_min: int, x_max: int, width: fl
 def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float,
            start: tuple[int, int] | None = None, interpolate: bool = True) -> list[int]:
     """The x values to train next for this seed and target ([] once its bracket is settled).
-    start: a settled bracket of an earlier seed, tried first by a seed with no points yet.
+    start: the bracket a seed with no points yet tries first (`search` centres it on earlier seeds).
     interpolate=False: plain bisection in log x (for LoRA ranks: few, and accuracy often jumps)."""
     b = bracket(curve, t, x_min, x_max, width)
     if b.settled:
@@ -84,32 +85,34 @@ def _pair(guess: float, log_a: float, log_b: float, a: int, b: int, width: float
 
 
 def _outwards(curve: dict[int, float], t: float, x_min: int, x_max: int, width: float, up: bool) -> list[int]:
-    """One probe beyond every point, towards t: from one point the range's end; from more, just
-    past the crossing extrapolated from the two nearest points (in log x), at least (1 + width)^0.95
-    beyond the nearest one (which settles the bracket if t lies in between) and at most
-    max(1 + width, top/bottom)²."""
+    """One probe beyond every point, towards t: from one point the range's end; from more, a factor
+    max((1 + width)^0.9, top/bottom) beyond the nearest one: the first step settles the bracket
+    if t lies within it, and each further step reaches twice as far in log x."""
     xs = sorted(curve)
     if len(xs) == 1:
         return [x_max if up else x_min]
-    near, far = (xs[-1], xs[-2]) if up else (xs[0], xs[1])
-    reach = 2 * math.log(max(1 + width, xs[-1] / xs[0])) * (1 if up else -1)
-    slope = (curve[near] - curve[far]) / math.log(near / far)  # accuracy per unit of log x
-    guess = math.log(near) + ((t - curve[near]) / slope if slope * reach > 0 else reach)
-    sign, w = (1 if up else -1), math.log(1 + width)
-    past = max(sign * (guess - math.log(near)) + 0.4 * w, 0.95 * w)  # just past the guess, or settle at once
-    x = round(near * math.exp(sign * min(past, abs(reach))))
-    return [min(max(x, near + 1), x_max) if up else max(min(x, near - 1), x_min)]
+    step = max((1 + width) ** 0.9, xs[-1] / xs[0])
+    return [min(x_max, max(round(xs[-1] * step), xs[-1] + 1))] if up else \
+        [max(x_min, min(round(xs[0] / step), xs[0] - 1))]
 
 
 def search(curves: list[dict[int, float]], t: float, x_min: int, x_max: int, width: float,
            interpolate: bool = True) -> tuple[int, list[int]] | None:
-    """Seeds in order: the probes of the first seed not yet settled, as (index of that seed, x
-    values), each seed starting from the previous one's bracket; None when every seed is settled."""
-    start = None
+    """Seeds in order: (index of the first seed not yet settled, the x values it should train next);
+    None when every seed is settled. A seed with no points yet starts from a bracket of ratio
+    (1 + width)^0.9 centred on the mean crossing of the seeds before it (settled at once if its own
+    crossing lies inside; plain bisection starts from the previous seed's bracket)."""
+    crossings, start = [], None
     for i, curve in enumerate(curves):
+        if crossings and interpolate:
+            c, r = sum(crossings) / len(crossings), (1 + width) ** 0.45
+            start = (max(x_min, round(c / r)), min(x_max, round(c * r)))
         todo = probes(curve, t, x_min, x_max, width, start, interpolate)
         if todo:
             return i, todo
         b = bracket(curve, t, x_min, x_max, width)
-        start = (b.lo, b.hi) if b.lo is not None and b.hi is not None else start
+        if b.lo is not None and b.hi is not None:
+            a_lo, a_hi = curve[b.lo], curve[b.hi]
+            crossings.append(math.exp(math.log(b.lo) + (t - a_lo) / (a_hi - a_lo) * math.log(b.hi / b.lo)))
+            start = (b.lo, b.hi)
     return None
