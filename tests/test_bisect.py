@@ -13,7 +13,7 @@ from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.config import ConfigError, load_config
 from distid.experiments.bisect import bracket, probes, search
 from distid.experiments.intrinsic import interval
-from distid.experiments.sweep import next_points
+from distid.experiments.sweep_bisect import next_points
 from distid.run.job import settled
 from procs import run, torchrun
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from distid import lora, runtime
 from distid.config import Config
-from distid.experiments import bisect, sweep
+from distid.experiments import bisect, sweep, sweep_bisect
 from distid.primitives.formulas import wire_factor
 from distid.run import cli
 
@@ -50,7 +50,7 @@ def recommended(cfg: Config, records: list[dict], kind: str) -> int | None:
     """The largest of the seeds' first budgets (bracket tops) that reached the target; None if a seed never did."""
     s, seeds = cfg.sweep, sweep.seeds_of(cfg)
     base = statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full")
-    t = sweep.targets(cfg, base)[0]
+    t = sweep_bisect.targets(cfg, base)[0]
     lo, hi = (s.d_min, s.d_max) if kind == "subspace" else (s.lora_min, s.lora_max)
     tops = [bisect.bracket({r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd},
                            t, lo, hi, s.width).hi for sd in seeds]
@@ -71,7 +71,7 @@ def checks(cfg: Config, records: list[dict]) -> list[dict]:
 def table(cfg: Config, records: list[dict], n: int) -> str:
     """The markdown table of the probe's recommendations."""
     base = statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full")
-    t = sweep.targets(cfg, base)[0]
+    t = sweep_bisect.targets(cfg, base)[0]
     head = (f"| method | budget | trainable | accuracy per seed (target {t:.4f}) | wire B/step, DDP "
             + " | ".join(f"{k} ranks" for k in RANKS) + f" | step time here ({n} rank{'s' * (n > 1)}) |")
     lines = [head, "|---|---:|---:|---|" + "---:|" * (len(RANKS) + 1)]
@@ -104,7 +104,7 @@ def probe(args, cfg: Config) -> None:
               f"subspace d in [{cfg.sweep.d_min:,}, {cfg.sweep.d_max:,}], LoRA r in "
               f"[{cfg.sweep.lora_min}, {cfg.sweep.lora_max}]", flush=True)
     t0 = time.perf_counter()
-    records, trained = sweep.run_bisect(args, cfg, out, rank, n, then=lambda recs: checks(cfg, recs))
+    records, trained = sweep_bisect.run_bisect(args, cfg, out, rank, n, then=lambda recs: checks(cfg, recs))
     if rank == 0:
         md = sweep.report(cfg, out, records, n, t0, trained, echo=False).splitlines()
         first = next(i for i, line in enumerate(md) if line.startswith("Baseline ("))

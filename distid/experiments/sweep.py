@@ -11,11 +11,7 @@ all ranks under DDP, one after another. A finished point is recorded in OUT/swee
 running the sweep again skips it (if its config is unchanged), so an interrupted sweep resumes.
 OUT defaults to runs/sweep-<config name> (not timestamped, so that re-running resumes).
 
-sweep.search = "bisect" trains, instead of the grid, the baselines and then the d values a
-bisection on log d asks for (experiments/bisect.py), one seed after another, until every seed's
-bracket of the threshold is within sweep.width; with sweep.lora_max > 0 it then does the same over
-LoRA ranks. Each round's points depend on the last round's accuracies, so every point trains on all
-ranks (sweep.mode = "ddp", or one process).
+sweep.search = "bisect" trains only the d values a bisection asks for (experiments/sweep_bisect.py).
 """
 
 from __future__ import annotations
@@ -25,13 +21,12 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from distid import runtime
-from distid.experiments import bisect, intrinsic, sweep_store
+from distid.experiments import intrinsic, sweep_store
 from distid.config import Config, ConfigError, load_config, to_dict
 from distid.run import cli
 from distid.run.api import run_logged
@@ -60,38 +55,6 @@ def plan(cfg: Config) -> list[dict]:
     seeds = seeds_of(cfg)
     kinds = [("full", 0)] + [("subspace", d) for d in grid(cfg)] + [("lora", r) for r in cfg.sweep.lora_ranks]
     return [dict(kind=k, x=x, seed=s) for k, x in kinds for s in seeds]
-
-
-def targets(cfg: Config, baseline: float) -> list[float]:
-    """The accuracies a bisection pins down: threshold × the measured baseline and/or × 1.0."""
-    s = cfg.sweep
-    if s.bisect_on != "measured" and baseline < s.threshold:
-        raise ConfigError(f"sweep.bisect_on = {s.bisect_on!r}: full training reaches only {baseline:.4f}, below the "
-                          f"fixed target {s.threshold:g}, so no d can be expected to reach it; use "
-                          f"sweep.bisect_on = 'measured' (threshold × the measured baseline)")
-    return {"measured": [s.threshold * baseline], "fixed_1.0": [s.threshold],
-            "both": [s.threshold * baseline, s.threshold]}[s.bisect_on]
-
-
-def next_points(cfg: Config, records: list[dict]) -> list[dict]:
-    """The bisection's next round (experiments/bisect.py): the baselines first, then for each kind
-    (subspace over [d_min, d_max], LoRA over [lora_min, lora_max]) and target, the probes of the
-    first seed whose bracket is not settled; [] when all are."""
-    s, seeds = cfg.sweep, seeds_of(cfg)
-    base = [r["test_accuracy"] for r in records if r["kind"] == "full"]
-    if len(base) < len(seeds):
-        have = {r["seed"] for r in records if r["kind"] == "full"}
-        return [dict(kind="full", x=0, seed=sd) for sd in seeds if sd not in have]
-    ranges = [("subspace", s.d_min, s.d_max)] + ([("lora", s.lora_min, s.lora_max)] if s.lora_max else [])
-    for kind, lo, hi in ranges:
-        for t in targets(cfg, statistics.fmean(base)):
-            curves = [{r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd}
-                      for sd in seeds]
-            subspace = kind == "subspace"  # LoRA: plain bisection down to adjacent ranks
-            found = bisect.search(curves, t, lo, hi, s.width if subspace else 0, interpolate=subspace)
-            if found:
-                return [dict(kind=kind, x=x, seed=seeds[found[0]]) for x in found[1]]
-    return []
 
 
 def key(point: dict) -> str:
@@ -158,7 +121,7 @@ def share(todo: list[dict], rank: int, n: int) -> list[dict]:
 
 def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int) -> dict:
     """Train one point (train's own output goes to OUT/points/KEY/train.log) and return its record."""
-    pcfg = _point_cfg(args, cfg, point)
+    pcfg = point_cfg(args, cfg, point)
     t0 = time.perf_counter()
     s = run_logged(pcfg, out / "points" / key(point))
     keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "steps_planned",
@@ -212,29 +175,6 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
     return records
 
 
-def run_bisect(args, cfg: Config, out: Path, rank: int, n: int, then=None) -> tuple[list[dict], int]:
-    """Rounds of next_points (and, once it is done, of then(records), if given), every point on all
-    ranks; a point already in OUT/sweep.json with the same fingerprint is taken from there.
-    Returns (every record, in order; how many were trained)."""
-    runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
-    import torch.distributed as dist
-
-    box = [sweep_store.stored(out) if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)  # rank 0's folder, for ranks on nodes that do not share it
-    records, trained = [], 0
-    while todo := next_points(cfg, records) or (then(records) if then else []):
-        for p in todo:
-            old = box[0].get(key(p))
-            if not args.redo and old and old.get("hash") == fingerprint(_point_cfg(args, cfg, p), n):
-                records.append(old)
-                continue
-            records.append(train_point(args, cfg, p, out, n, rank))
-            trained += 1
-            if rank == 0:
-                sweep_store.record(out, records[-1])
-    return records, trained
-
-
 def sweep(args, cfg: Config) -> None:
     rank, n = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     runtime.share_cores()  # before a split sweep's points hide torchrun's LOCAL_WORLD_SIZE
@@ -242,12 +182,14 @@ def sweep(args, cfg: Config) -> None:
     out = Path(args.out or f"runs/sweep-{cfg.name}")
     check_range(cfg)
     if cfg.sweep.search == "bisect":
-        return bisect_sweep(args, cfg, out, rank, n)
+        from distid.experiments import sweep_bisect
+
+        return sweep_bisect.bisect_sweep(args, cfg, out, rank, n)
     split = cfg.sweep.mode == "split"
     points = plan(cfg)
     check_lora_ranks(args, cfg)
     done = {} if args.redo else sweep_store.finished(out, points, key,
-                                                     lambda pt: fingerprint(_point_cfg(args, cfg, pt), 1 if split else n))
+                                                     lambda pt: fingerprint(point_cfg(args, cfg, pt), 1 if split else n))
     todo = [pt for pt in points if key(pt) not in done]
     if rank == 0:
         print(f"sweep {cfg.name}: {len(points)} points ({len(done)} already in {out}/sweep.json), "
@@ -278,19 +220,6 @@ def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, train
     return text
 
 
-def bisect_sweep(args, cfg: Config, out: Path, rank: int, n: int) -> None:
-    if cfg.sweep.mode == "split" and n > 1:
-        raise ConfigError(f"sweep.search = 'bisect' on {n} ranks needs sweep.mode = 'ddp': each round's points "
-                          f"depend on the last round's accuracies, so the ranks train every point together")
-    if rank == 0:
-        print(f"sweep {cfg.name}: bisection on log d in [{cfg.sweep.d_min:,}, {cfg.sweep.d_max:,}] to a width of "
-              f"{cfg.sweep.width:.0%}, {cfg.sweep.seeds} seed(s), {n} rank(s)", flush=True)
-    t0 = time.perf_counter()
-    records, trained = run_bisect(args, cfg, out, rank, n)
-    if rank == 0:
-        report(cfg, out, records, n, t0, trained)
-
-
 def check_range(cfg: Config) -> None:
     """Refuse a d above the model's D: a subspace as large as the model itself is not a subspace."""
     from distid.models import build_model, count_params
@@ -317,7 +246,7 @@ def check_lora_ranks(args, cfg: Config, ranks: list[int] | None = None) -> None:
     from distid.run.build import with_lora
 
     for r in cfg.sweep.lora_ranks if ranks is None else ranks:
-        pcfg = _point_cfg(args, cfg, dict(kind="lora", x=r, seed=cfg.train.seed))
+        pcfg = point_cfg(args, cfg, dict(kind="lora", x=r, seed=cfg.train.seed))
         try:
             with_lora(build_model(pcfg.model.name), pcfg)
         except ConfigError as e:
@@ -326,7 +255,8 @@ def check_lora_ranks(args, cfg: Config, ranks: list[int] | None = None) -> None:
             raise ConfigError(f"{where}: {e}") from e
 
 
-def _point_cfg(args, cfg: Config, point: dict) -> Config:
+def point_cfg(args, cfg: Config, point: dict) -> Config:
+    """The config of one point's training run: the sweep's file and --set lines, then the point's own."""
     return load_config(args.config, [*args.overrides, *overrides(cfg, point)])
 
 
