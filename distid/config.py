@@ -105,8 +105,8 @@ class SweepConfig:
     search: str = "grid"  # "grid": every d of the grid; "bisect": bisection on log d in [d_min, d_max] (experiments/bisect.py)
     width: float = 0.1  # bisect: stop when a seed's bracket hi/lo ≤ 1 + width
     bisect_on: str = "measured"  # bisect: the threshold the search pins down: "measured", "fixed_1.0" or "both"
-    lora_min: int = 1  # bisect over LoRA ranks in [lora_min, lora_max] (distid.probe; 0 = no LoRA search)
-    lora_max: int = 0
+    lora_min: int = 1  # bisect: also search LoRA ranks in [lora_min, lora_max]
+    lora_max: int = 0  # 0: no LoRA search (distid.probe: the largest rank the targets take, at most 64)
 
 
 @dataclass
