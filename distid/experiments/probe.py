@@ -111,7 +111,8 @@ def probe(args, cfg: Config) -> None:
         last = next(i for i, line in enumerate(md) if line.startswith("Each seed's d_int"))
         text = ("\n".join(md[first:last + 1]) + f"\n\n## Recommended budgets — {cfg.model.name} on {cfg.data.dataset}\n\n"
                 f"{table(cfg, records, n)}\n\n"
-                f"Target: {cfg.sweep.threshold:.0%} of the measured baseline; a budget is the largest of the "
+                f"Target: {cfg.sweep.threshold:.0%} of "
+                f"{'1.0' if cfg.sweep.bisect_on == 'fixed_1.0' else 'the measured baseline'}; a budget is the largest of the "
                 f"seeds' first budgets reaching it, and every seed was trained there (✓: reached). "
                 f"{trained} points trained in {time.perf_counter() - t0:.0f} s "
                 f"({runtime.machine()['cpu']}, {n} rank(s)); every point: sweep.md beside this file.\n")
