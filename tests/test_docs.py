@@ -33,7 +33,7 @@ TINY = {
     "distid.train": ["--set", "train.steps=14", "--set", "train.log_every=7"],  # 2 warm-up, 10 booked, 2 timed
     "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
     "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
-                     "--set", "sweep.lora_ranks=[]"],
+                     "--set", "sweep.lora_ranks=[]", "--set", "sweep.threshold=0.4"],  # 3 steps reach ~0.5, not 0.9
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
