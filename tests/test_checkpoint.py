@@ -135,7 +135,11 @@ def test_another_world_size_resumes(dist_pool, tmp_path, case):
     (s, resumed), = dist_pool(1).run("rank_targets:train_run", over(**{"train.steps": 12, **kv}),
                                      str(tmp_path / "cut"), resume=True, timeout=180)
     assert s["resumed_from_step"] == 6
-    torch.testing.assert_close(resumed, whole, rtol=1e-4, atol=1e-6)  # equal up to reduction order
+    # Equal up to reduction order, which Adam amplifies over the steps (on an Intel Xeon a straight
+    # 2-rank run ends 2.5e-4 from the 1-rank one): the resumed run may be no further from the 1-rank
+    # run than twice the straight 2-rank run is.
+    (_, two), _ = train(dist_pool(2), tmp_path / "whole2", **{"train.steps": 12, **kv})
+    assert (resumed - whole).abs().max() <= 2 * (two - whole).abs().max() + 1e-6
 
 
 def plain_mlp() -> nn.Module:
