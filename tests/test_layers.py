@@ -116,7 +116,7 @@ def test_import_checker_sees_a_bad_import(tmp_path):
 
 def test_top_level_stays_small_and_mapped():
     entries = sorted(p.name for p in PKG.iterdir() if p.name != "__pycache__")
-    assert len(entries) - 1 <= 12, entries  # besides __init__.py
+    assert len(entries) - 1 <= 13, entries  # besides __init__.py; the 13th is probe.py, `python -m distid.probe`
     mapped = {f.rstrip("/") for _, files, _ in layer_table() for f in files}
     assert set(entries) <= mapped, f"not in docs/design.md's table: {sorted(set(entries) - mapped)}"
 
