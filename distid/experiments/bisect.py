@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from distid.experiments import intrinsic
+
 WIDE = 4.0  # brackets wider than this ratio are halved in log x before interpolating
 
 
@@ -65,15 +67,17 @@ def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: flo
         if not interpolate:
             return [x_max if b.hi is None else x_min]
         return _outwards(curve, t, x_min, x_max, width, up=b.hi is None)
-    if b.hi / b.lo > WIDE or not interpolate:
-        return [min(max(round(math.sqrt(b.lo * b.hi)), b.lo + 1), b.hi - 1)]
-    a_lo, a_hi = curve[b.lo], curve[b.hi]
     log_lo, log_hi = math.log(b.lo), math.log(b.hi)
-    guess = log_lo + (t - a_lo) / (a_hi - a_lo) * (log_hi - log_lo)
-    if log_hi - log_lo <= 1.9 * math.log(1 + width):  # one probe in the middle settles both halves
+    if not interpolate or b.hi / b.lo > WIDE or log_hi - log_lo <= 1.9 * math.log(1 + width):
+        # plain halving; or a bracket so narrow that one probe in its middle settles both halves
         return [min(max(round(math.sqrt(b.lo * b.hi)), b.lo + 1), b.hi - 1)]
     margin = (log_hi - log_lo) / 16
-    return _pair(guess, log_lo + margin, log_hi - margin, b.lo + 1, b.hi - 1, width)
+    return _pair(math.log(_crossing(curve, b, t)), log_lo + margin, log_hi - margin, b.lo + 1, b.hi - 1, width)
+
+
+def _crossing(curve: dict[int, float], b: Bracket, t: float) -> float:
+    """The crossing of t interpolated in log x between the bracket's ends (intrinsic.crossing)."""
+    return intrinsic.crossing([b.lo, b.hi], [curve[b.lo], curve[b.hi]], t).d
 
 
 def _pair(guess: float, log_a: float, log_b: float, a: int, b: int, width: float) -> list[int]:
@@ -112,7 +116,6 @@ def search(curves: list[dict[int, float]], t: float, x_min: int, x_max: int, wid
             return i, todo
         b = bracket(curve, t, x_min, x_max, width)
         if b.lo is not None and b.hi is not None:
-            a_lo, a_hi = curve[b.lo], curve[b.hi]
-            crossings.append(math.exp(math.log(b.lo) + (t - a_lo) / (a_hi - a_lo) * math.log(b.hi / b.lo)))
+            crossings.append(_crossing(curve, b, t))
             start = (b.lo, b.hi)
     return None

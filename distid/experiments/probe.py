@@ -46,11 +46,14 @@ def prepare(cfg: Config) -> Config:
     return cfg
 
 
+def target(cfg: Config, records: list[dict]) -> float:
+    """The accuracy the probe asks for: the first of sweep_bisect.targets, from the mean baseline."""
+    return sweep_bisect.targets(cfg, statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full"))[0]
+
+
 def recommended(cfg: Config, records: list[dict], kind: str) -> int | None:
     """The largest of the seeds' first budgets (bracket tops) that reached the target; None if a seed never did."""
-    s, seeds = cfg.sweep, sweep.seeds_of(cfg)
-    base = statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full")
-    t = sweep_bisect.targets(cfg, base)[0]
+    s, seeds, t = cfg.sweep, sweep.seeds_of(cfg), target(cfg, records)
     lo, hi = (s.d_min, s.d_max) if kind == "subspace" else (s.lora_min, s.lora_max)
     tops = [bisect.bracket({r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd},
                            t, lo, hi, s.width).hi for sd in seeds]
@@ -70,8 +73,7 @@ def checks(cfg: Config, records: list[dict]) -> list[dict]:
 
 def table(cfg: Config, records: list[dict], n: int) -> str:
     """The markdown table of the probe's recommendations."""
-    base = statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full")
-    t = sweep_bisect.targets(cfg, base)[0]
+    t = target(cfg, records)
     head = (f"| method | budget | trainable | accuracy per seed (target {t:.4f}) | wire B/step, DDP "
             + " | ".join(f"{k} ranks" for k in RANKS) + f" | step time here ({n} rank{'s' * (n > 1)}) |")
     lines = [head, "|---|---:|---:|---|" + "---:|" * (len(RANKS) + 1)]
