@@ -53,10 +53,9 @@ def target(cfg: Config, records: list[dict]) -> float:
 
 def recommended(cfg: Config, records: list[dict], kind: str) -> int | None:
     """The largest of the seeds' first budgets (bracket tops) that reached the target; None if a seed never did."""
-    s, seeds, t = cfg.sweep, sweep.seeds_of(cfg), target(cfg, records)
-    lo, hi = (s.d_min, s.d_max) if kind == "subspace" else (s.lora_min, s.lora_max)
-    tops = [bisect.bracket({r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd},
-                           t, lo, hi, s.width).hi for sd in seeds]
+    t = target(cfg, records)
+    _, lo, hi, width = next((r for r in sweep_bisect.searched(cfg) if r[0] == kind))
+    tops = [bisect.bracket(sweep_bisect.curve_of(records, kind, sd), t, lo, hi, width).hi for sd in sweep.seeds_of(cfg)]
     return None if None in tops else max(tops)
 
 

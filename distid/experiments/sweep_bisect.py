@@ -30,22 +30,31 @@ def targets(cfg: Config, baseline: float) -> list[float]:
             "both": [s.threshold * baseline, s.threshold]}[s.bisect_on]
 
 
+def searched(cfg: Config) -> list[tuple[str, int, int, float]]:
+    """(kind, lowest, highest, width) of each search: the subspace's d to sweep.width, then, with
+    sweep.lora_max > 0, LoRA's rank down to adjacent ranks (width 0)."""
+    s = cfg.sweep
+    return [("subspace", s.d_min, s.d_max, s.width)] + ([("lora", s.lora_min, s.lora_max, 0.0)] if s.lora_max else [])
+
+
+def curve_of(records: list[dict], kind: str, seed: int) -> dict[int, float]:
+    """{x: test accuracy} of one kind's points of one seed."""
+    return {r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == seed}
+
+
 def next_points(cfg: Config, records: list[dict]) -> list[dict]:
     """The bisection's next round (experiments/bisect.py): the baselines first, then for each kind
     (subspace over [d_min, d_max], LoRA over [lora_min, lora_max]) and target, the probes of the
     first seed whose bracket is not settled; [] when all are."""
-    s, seeds = cfg.sweep, sweep.seeds_of(cfg)
+    seeds = sweep.seeds_of(cfg)
     base = [r["test_accuracy"] for r in records if r["kind"] == "full"]
     if len(base) < len(seeds):
         have = {r["seed"] for r in records if r["kind"] == "full"}
         return [dict(kind="full", x=0, seed=sd) for sd in seeds if sd not in have]
-    ranges = [("subspace", s.d_min, s.d_max)] + ([("lora", s.lora_min, s.lora_max)] if s.lora_max else [])
-    for kind, lo, hi in ranges:
+    for kind, lo, hi, width in searched(cfg):
         for t in targets(cfg, statistics.fmean(base)):
-            curves = [{r["x"]: r["test_accuracy"] for r in records if r["kind"] == kind and r["seed"] == sd}
-                      for sd in seeds]
-            subspace = kind == "subspace"  # LoRA: plain bisection down to adjacent ranks
-            found = bisect.search(curves, t, lo, hi, s.width if subspace else 0, interpolate=subspace)
+            curves = [curve_of(records, kind, sd) for sd in seeds]
+            found = bisect.search(curves, t, lo, hi, width, interpolate=kind == "subspace")  # LoRA: plain halving
             if found:
                 return [dict(kind=kind, x=x, seed=seeds[found[0]]) for x in found[1]]
     return []
