@@ -74,6 +74,11 @@ class TrainConfig:
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
     ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
     ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
+    sync_every: int = 1  # H: 1 = DDP synchronises every gradient; H > 1 = local steps, replicas synchronised every H steps
+    outer: str = "nesterov"  # H > 1: "average" (local SGD: θ ← mean of the replicas) | "nesterov" (DiLoCo's outer step)
+    outer_lr: float = 0.7  # DiLoCo's outer learning rate (Douillard et al. 2023)
+    outer_momentum: float = 0.9  # DiLoCo's outer Nesterov momentum
+    outer_dtype: str = "float32"  # the pseudo-gradient on the wire: "float32" | "bfloat16" | "float16"
 
 
 @dataclass
@@ -127,6 +132,8 @@ CHOICES = {
     "train.method": ("full", "subspace", "lora"),
     "train.projection": ("dense", "sparse", "fastfood"),
     "train.optimizer": ("adam", "sgd"),
+    "train.outer": ("average", "nesterov"),
+    "train.outer_dtype": ("float32", "bfloat16", "float16"),
     "dist.strategy": ("ddp", "fsdp", "none"),
     "dist.backend": ("auto", "gloo", "nccl"),
     "dist.comm_hook": ("none", "fp16", "bf16", "powersgd"),
@@ -249,6 +256,9 @@ def validate(cfg: Config) -> None:
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("train.ckpt_every", t.ckpt_every >= 0, ">= 0 (0: only at the end)", t.ckpt_every),
         ("train.ckpt_keep", t.ckpt_keep >= 0, ">= 0 (0: no checkpoints)", t.ckpt_keep),
+        ("train.sync_every", t.sync_every >= 1, ">= 1 (1: synchronise every step)", t.sync_every),
+        ("train.outer_lr", t.outer_lr > 0, "> 0", t.outer_lr),
+        ("train.outer_momentum", 0 <= t.outer_momentum < 1, "in [0, 1)", t.outer_momentum),
         ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
         ("dist.comm_hook", cfg.dist.comm_hook == "none" or cfg.dist.strategy == "ddp",
          "'none' unless dist.strategy = 'ddp' (it is a DDP comm hook)", cfg.dist.comm_hook),
@@ -277,6 +287,20 @@ def validate(cfg: Config) -> None:
     for key, ok, rule, value in checks:
         if not ok:
             raise ConfigError(f"{key} must be {rule}; got {value!r}")
+    _check_local_steps(cfg)
+
+
+def _check_local_steps(cfg: Config) -> None:
+    """train.sync_every = H > 1 needs whole replicas that take local steps: DDP's, not FSDP's shards,
+    and no comm hook (it compresses a per-step gradient all-reduce that local steps do not have)."""
+    h = cfg.train.sync_every
+    if h > 1 and cfg.dist.strategy == "fsdp":
+        raise ConfigError(f"train.sync_every = {h} needs whole replicas that take local steps; dist.strategy = "
+                          f"'fsdp' shards one model over all ranks, so no rank can step alone: use 'ddp'")
+    if h > 1 and cfg.dist.comm_hook != "none":
+        raise ConfigError(f"dist.comm_hook = {cfg.dist.comm_hook!r} compresses DDP's per-step gradient all-reduce, "
+                          f"which train.sync_every = {h} does not run: use train.outer_dtype for a smaller "
+                          f"pseudo-gradient")
 
 
 def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:

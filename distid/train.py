@@ -7,8 +7,9 @@ and account for what it costs.
 One step: this rank's slice of the global batch → forward (subspace: θ = θ₀ + P·d inside the
 model) → loss → backward, during which the strategy synchronises the trainable gradients (DDP:
 all-reduce of d floats, LoRA's factors, or all D; FSDP: reduce-scatter, after all-gathering each
-layer's weights) → optimizer step. Output: runs/<name>-<time>/ (summary.json, tb/, trainable.pt,
-checkpoints/), or --out.
+layer's weights) → optimizer step. With train.sync_every = H > 1 the ranks step alone and
+synchronise every H steps (local SGD, DiLoCo: parallel/local_sgd.py). Output: runs/<name>-<time>/
+(summary.json, tb/, trainable.pt, checkpoints/), or --out.
 
 This file is the loop and nothing else; what each line calls lives in the layer that owns it
 (docs/design.md). Experiments train through `distid.run.api.run`, the same loop in one call.
@@ -39,6 +40,8 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False) -> Summ
                 loss.backward()  # DDP all-reduces the trainable gradients (d floats for a
                 # subspace) bucket by bucket during this call; FSDP reduce-scatters them
                 opt.step()  # every rank applies the same synchronised gradient
+            job.outer_sync(step)  # train.sync_every = H > 1: no DDP, each rank stepped alone; every H
+            # steps one all-reduce of θ_start − θ and an outer step (DiLoCo) make the replicas one model
             job.after_step(step, loss, logits, y)  # NaN stop; progress, evaluation, checkpoint when due
             del loss, logits  # this step's autograd graph: kept into the next step, it raised peak RSS ~1.5×
         return job.finish()  # final test accuracy, summary.json, the closing table

@@ -111,6 +111,10 @@ def final_table(s: Summary, ledger_table: str) -> str:
         lines += [_row("sent per step", f"{sent:,.0f} B by each rank; full training under DDP would send "
                        f"{full:,.0f} B ({more})"),
                   _row("sent at set-up", f"{s.comm_wire_bytes_setup['total']:,.0f} B by each rank, once")]
+        if s.sync_every > 1 and s.comm_wire_bytes_per_sync:
+            lines.append(_row("synchronised", f"every {s.sync_every} steps ({s.outer}), {s.comm_syncs} times: "
+                              f"{s.comm_wire_bytes_per_sync['total']:,.0f} B by each rank each time; "
+                              f"inner steps send nothing"))
     else:
         lines.append(_row("sent per step", "nothing: one process"))
     if s.comm_measured_bytes_per_step is not None:
@@ -121,7 +125,9 @@ def final_table(s: Summary, ledger_table: str) -> str:
               _row("peak memory", f"{s.peak_rss_mb:.0f} MB resident, the largest rank"),
               _row("compute", f"{s.flops_per_step / 1e6:.1f} MFLOP per step per rank")]
     if n > 1 and ledger_table.count("\n") > 0:
-        lines += [f"collectives per step on rank 0 ({s.comm_steps_booked} steps booked; sent: what a ring algorithm "
+        per, booked = ("synchronisation", f"{s.comm_syncs} synchronisations") if s.sync_every > 1 \
+            else ("step", f"{s.comm_steps_booked} steps")
+        lines += [f"collectives per {per} on rank 0 ({booked} booked; sent: what a ring algorithm "
                   f"sends; handed in: the tensor given to the collective):", ledger_table]
     lines.append(f"files in {s.out_dir}/: summary.json (every figure), trainable.pt, tb/ (tensorboard --logdir "
                  f"{s.out_dir}), checkpoints/")

@@ -8,7 +8,9 @@ otherwise, each named by its meaning — never add or divide two of different me
   comm_payload_*  the tensors this rank hands to collectives (all_gather: its 1/N shard);
   comm_measured_* what the network interface counted (opt-in: dist.measure_interface).
 `*_bytes_per_step` come from the ledger over `comm_steps_booked` steps, `*_formula` from the
-parameters, `*_setup` / `*_warmup` are phase totals.
+parameters, `*_setup` / `*_warmup` are phase totals. With local steps (`sync_every` = H > 1) the
+inner steps hand in nothing (`comm_payload_bytes_inner_step`, booked as usual) and
+`*_bytes_per_step` is a synchronisation's bytes (`*_bytes_per_sync`, over `comm_syncs`) / H.
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ class Summary:
     checkpoint: str | None = None
     checkpoint_bytes: int | None = None
     full_state_dict_bytes: int | None = None
+    # local steps (train.sync_every)
+    sync_every: int = 1  # H: 1 = DDP synchronises every gradient
+    outer: str | None = None  # "average" | "nesterov" when H > 1
+    comm_syncs: int = 0  # synchronisations booked (every one is)
+    comm_payload_bytes_per_sync: dict | None = None
+    comm_wire_bytes_per_sync: dict | None = None
+    comm_payload_bytes_inner_step: dict | None = None  # H > 1: what the booked inner steps handed in
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,6 +8,8 @@ are reduce-scattered with the padded full size, Σ_p ⌈p₀/N⌉·N·(|p|/p₀)
 DDP + PowerSGD (rank r, after its plain steps): a parameter viewed as [n, m] with
 (n + m)·r' · 2 < n·m (r' = min(n, m, r)) sends P [n, r'] and Q [m, r'], any other one itself:
 4·(Σ r'·(n + m) + Σ |uncompressed|). fp16/bf16 hooks: ddp_bytes(model, itemsize=2).
+Local steps (train.sync_every = H > 1): one all_reduce of the pseudo-gradient every H steps,
+4·T bytes (2·T in half precision), 4·T/H per step; inner steps hand in nothing.
 Sharded subspace: one all_gather of this rank's θ₀ slice, padded to ⌈D/N⌉ (4·⌈D/N⌉), and the
 all_reduce of 4·d.
 """
@@ -25,6 +27,12 @@ def _padded_rows(p, n: int) -> int:
 def ddp_bytes(model: nn.Module, itemsize: int = 4) -> dict[str, int]:
     t = sum(p.numel() for p in model.parameters() if p.requires_grad) * itemsize
     return {"all_reduce": t, "total": t}
+
+
+def local_sgd_bytes(model: nn.Module, every: int, itemsize: int = 4) -> dict[str, float]:
+    """Per step: the pseudo-gradient's all-reduce (T·itemsize bytes) once every `every` steps."""
+    per_sync = ddp_bytes(model, itemsize)["total"]
+    return {"all_reduce": per_sync / every, "total": per_sync / every}
 
 
 def powersgd_bytes(model: nn.Module, rank: int, min_compression_rate: float = 2, itemsize: int = 4) -> dict:

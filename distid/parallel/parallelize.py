@@ -5,6 +5,8 @@ counts DDP's gradient buckets, and the per-step payload the formulas expect.
     ddp             → DistributedDataParallel; backward all-reduces the trainable gradients
                       (4·T bytes, T trainable numbers; 2·T under the fp16/bf16 hooks)
     fsdp            → fully_shard per layer; forward all-gathers, backward reduce-scatters
+    ddp with train.sync_every = H > 1 → the model itself: the ranks take local steps and
+                      `local_sgd.OuterSync` all-reduces the pseudo-gradient every H steps (4·T/H per step)
 
 Nothing here knows about subspaces or LoRA: buffers a model regenerates from a seed (θ₀, P) come in
 as `ignore`, and the subspace's own FSDP scheme is wired one layer up (`distid.run.build`).
@@ -28,6 +30,9 @@ def parallelize(model: nn.Module, cfg: Config, n: int, device: torch.device, ign
                           f"use 'ddp' or 'fsdp', or run one process")
     if n == 1:
         return model, None, {"total": 0}
+    if cfg.train.sync_every > 1:  # config.validate refused FSDP and comm hooks with local steps
+        itemsize = torch.tensor([], dtype=getattr(torch, cfg.train.outer_dtype)).element_size()
+        return model, None, formulas.local_sgd_bytes(model, cfg.train.sync_every, itemsize)
     if cfg.dist.strategy == "fsdp":
         payload = formulas.fsdp_bytes(list(model.parameters()), n)
         return wrap_fsdp(model, device.type), None, payload

@@ -36,6 +36,7 @@ def run_with_model(cfg: Config, out_dir: str | None = None, resume: bool = False
             x = job.inject_faults(step, x)
             with job.meter.step(step):
                 loss, logits = train_step(job.net, job.opt, x, y)
+            job.outer_sync(step)
             job.after_step(step, loss, logits, y)
         return job.finish(), job.model
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distid.parallel.local_sgd import falls_due
 from distid.run import fault_injection
 from distid.config import SECTIONS, Config, timestamped_dir, to_dict
 
@@ -186,13 +187,15 @@ class Checkpointer:
 
     def __init__(self, folder: Path, cfg: Config, model: torch.nn.Module, fingerprint: dict | None = None):
         self.folder, self.cfg, self.model, self.fingerprint = Path(folder), cfg, model, fingerprint
-        self.every, self.keep = cfg.train.ckpt_every, cfg.train.ckpt_keep
+        self.every, self.keep, self.h = cfg.train.ckpt_every, cfg.train.ckpt_keep, cfg.train.sync_every
         self.rank, self.n = dist.get_rank(), dist.get_world_size()
         self.dcp = uses_dcp(cfg, model)
         self.last: Path | None = None
 
     def due(self, done: int, steps: int) -> bool:
-        return self.keep > 0 and (done == steps or (self.every > 0 and done % self.every == 0))
+        """After `done` steps of `steps`: every `every` steps (with local steps, at the first
+        synchronisation at or after each multiple) and at the end."""
+        return self.keep > 0 and (done == steps or falls_due(done, self.every, self.h))
 
     def _meta(self, done: int, loader, local: dict) -> dict | None:
         """Meta on rank 0 (None elsewhere): every rank's local state (RNG, recent losses) gathered."""
@@ -290,6 +293,10 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks under "
                                   f"dist.comm_hook = {self.cfg.dist.comm_hook!r}, whose state (error feedback, "
                                   f"warm start) is each rank's own: resume it on {meta['world_size']} ranks")
+        if meta["world_size"] != self.n and meta["ranks"][0].get("inner_optim"):
+            raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks taking local steps "
+                                  f"(train.sync_every = {self.cfg.train.sync_every}), whose inner optimizer states "
+                                  f"are each rank's own: resume it on {meta['world_size']} ranks")
         if self.fingerprint and meta.get("fingerprint") and meta["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path}: θ₀/P regenerated here differ from the checkpoint's (fingerprint "

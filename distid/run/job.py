@@ -32,6 +32,7 @@ from distid.observe.summary import Summary
 from distid.parallel import compression
 from distid.parallel.consistency import assert_same_across_ranks, check_replicas
 from distid.parallel.fsdp import full_state
+from distid.parallel.local_sgd import OuterSync, falls_due
 from distid.run.build import build, make_optimizer, wrap
 from distid.run.checkpoint import AlreadyFinished, Checkpointer, default_out_dir, restart_count, size_bytes
 from distid.run.fault_injection import Injector
@@ -82,12 +83,18 @@ class Job:
             assert_same_across_ranks({**(self.fingerprint or {}), "theta0_source": self.theta0})
             self.shape = _shape(self.model)
             self.net, self.counter, self.formula = wrap(self.model, cfg, n, self.device)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.outer = _outer(cfg, self.trainable, n)
+            if self.outer:  # no DDP start-up broadcast: the replicas must have been built equal
+                check_replicas(self.model, 0)
         self.opt = make_optimizer(cfg, self.trainable)
         self.total_steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(self.loader)))
         self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.fingerprint)
         with self.ledger.phase("checkpoint"):
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
+        if self.resumed and self.outer:  # each rank's own inner optimizer; the outer one
+            self.opt.load_state_dict(self.resumed[1]["inner_optim"])
+            self.outer.load_state_dict(self.resumed[1]["outer"])
         self.start = self.resumed[0] if self.resumed else 0
         self.evals = list(self.resumed[1].get("evals", [])) if self.resumed else []  # test accuracies so far
         self.settled_at = self.start if self.resumed and self._settled() else None  # steps done at a plateau
@@ -118,7 +125,7 @@ class Job:
         done_by_hook = getattr(self.counter.state, "iter", 0) if self.counter else 0  # PowerSGD's restored count
         plain = max(compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter) - done_by_hook, 0)
         self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
-                               cfg.dist.measure_interface)
+                               cfg.dist.measure_interface, cfg.train.sync_every)
         self.inject_faults = Injector(rank, self.counter)
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
@@ -157,6 +164,17 @@ class Job:
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def outer_sync(self, step: int) -> None:
+        """train.sync_every = H > 1: after every H-th step (and the last), the replicas' pseudo-gradients
+        are all-reduced and the outer step taken (parallel/local_sgd.py), then every rank's trainable
+        state is compared. Nothing with H = 1: DDP synchronised the gradient inside the step."""
+        if self.outer is None or not self.outer.due(step, self.total_steps):
+            return
+        with self.ledger.phase("outer", steps=1):
+            self.outer.sync()
+        with self.ledger.phase("checks"):
+            check_replicas(self.model, step + 1)
+
     def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Stop at a non-finite loss; then, when due: the progress line, an evaluation (and with it
         the plateau test that ends the run early), the replica check (every check_replicas_every
@@ -168,8 +186,8 @@ class Job:
         if self.progress.due(step):
             with self.ledger.phase("metrics"):
                 self.progress.log(step, self.meter.wire_per_step())
-        every = self.cfg.train.eval_every
-        if every and (step + 1) % every == 0 and step + 1 < self.total_steps:
+        h = self.cfg.train.sync_every  # H > 1: the replicas are one model only right after a synchronisation
+        if falls_due(step + 1, self.cfg.train.eval_every, h) and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
                 self.evals.append(self.evaluate(step))
             if self._settled():
@@ -177,14 +195,17 @@ class Job:
                 runtime.print0(f"stopping after step {step + 1}: the last {self.cfg.train.stop_plateau} evaluations "
                                f"gained at most {self.cfg.train.plateau_delta:g} on the best before them")
         last = self.settled_at or self.total_steps
-        check, saving = self.cfg.train.check_replicas_every, self.ckpt.due(step + 1, last)
-        if saving or (check and (step + 1) % check == 0) or step + 1 == last:
+        saving = self.ckpt.due(step + 1, last)
+        due = saving or falls_due(step + 1, self.cfg.train.check_replicas_every, h) or step + 1 == last
+        if due and self.outer is None:  # with local steps outer_sync compared them at each synchronisation
             with self.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
                 check_replicas(self.model, step + 1)
         if saving:
             with self.ledger.phase("checkpoint"):
                 local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]], evals=self.evals,
                              comm_hook=compression.state_dict(self.counter.state if self.counter else None))
+                if self.outer:  # each rank's inner optimizer is its own (DiLoCo); the outer one is shared
+                    local.update(inner_optim=self.opt.state_dict(), outer=self.outer.state_dict())
                 self.ckpt.save(step + 1, self.opt, self.loader, local)
 
     def evaluate(self, step: int) -> float:
@@ -223,9 +244,17 @@ class Job:
         if self.rank == 0:
             torch.save(trained, self.out / "trainable.pt")
             summary.save(self.out / "summary.json")
-            print(final_table(summary, self.ledger.table("step")), flush=True)
+            print(final_table(summary, self.ledger.table("outer" if self.outer else "step")), flush=True)
         self.progress.close()
         return summary
+
+
+def _outer(cfg: Config, trainable: list, n: int) -> OuterSync | None:
+    """The outer loop of train.sync_every = H > 1 (parallel/local_sgd.py); None for H = 1."""
+    t = cfg.train
+    if t.sync_every == 1:
+        return None
+    return OuterSync(trainable, t.sync_every, t.outer, t.outer_lr, t.outer_momentum, t.outer_dtype, n)
 
 
 def settled(accs: list[float], k: int, delta: float) -> bool:

@@ -26,8 +26,9 @@ class StepMeter:
     """Ledger phase, FLOP counter and timer of each step; `times` holds the timed steps' seconds."""
 
     def __init__(self, ledger: CommLedger, wire_formula: dict, start: int, warm: int, device: torch.device,
-                 interface: str = ""):
+                 interface: str = "", sync_every: int = 1):
         self.ledger, self.wire_formula, self.start, self.device = ledger, wire_formula, start, device
+        self.sync_every = sync_every
         self.warm = max(WARMUP_STEPS, warm)
         self.times: list[float] = []
         self.flop_counter = FlopCounterMode(display=False)
@@ -60,8 +61,11 @@ class StepMeter:
         return self.flop_counter.get_total_flops()
 
     def wire_per_step(self) -> float:
-        """Bytes this rank sends per step (wire): the ledger's once it has booked steady steps, the
-        formula's before that."""
+        """Bytes this rank sends per step (wire): the ledger's once it has booked steady steps (with
+        local steps: its synchronisations' bytes / H), the formula's before that."""
+        if self.sync_every > 1:
+            return self.ledger.wire_per_step("outer")["total"] / self.sync_every if self.ledger.steps["outer"] \
+                else self.wire_formula["total"]
         if self.ledger.steps["step"]:
             return self.ledger.wire_per_step()["total"]
         return self.wire_formula["total"]

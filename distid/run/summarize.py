@@ -33,6 +33,10 @@ def summarize(job) -> Summary:
     state = runtime.gather_floats(float(held["total"]))
     nnodes = runtime.node_count()
     booked = ledger.steps["step"]
+    h, syncs = cfg.train.sync_every, ledger.steps["outer"]
+    per_step = ledger.per_step("step") if booked else None
+    if h > 1:  # local steps: inner steps hand in nothing; a synchronisation's bytes spread over its H steps
+        per_step = {op: b / h for op, b in ledger.per_step("outer").items()} if syncs else None
     return Summary(
         method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
         world_size=n, nnodes=nnodes, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)),
@@ -42,10 +46,10 @@ def summarize(job) -> Summary:
         lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
         steps=job.steps_done, global_batch=cfg.train.global_batch, epochs=job.steps_done / len(job.loader),
         steps_planned=job.total_steps, stopped_early=job.settled_at is not None,
-        comm_wire_bytes_per_step=ledger.wire_per_step("step") if booked else None,
+        comm_wire_bytes_per_step=to_wire(per_step, n) if per_step else None,
         comm_wire_formula=to_wire(job.formula, n),
         comm_wire_bytes_setup=ledger.wire_totals("setup"), comm_wire_bytes_warmup=ledger.wire_totals("warmup"),
-        comm_payload_bytes_per_step=ledger.per_step("step") if booked else None,
+        comm_payload_bytes_per_step=per_step,
         comm_payload_formula=job.formula,
         comm_payload_bytes_setup=ledger.totals("setup"), comm_payload_bytes_warmup=ledger.totals("warmup"),
         comm_measured_bytes_per_step=job.meter.measured_per_step(),
@@ -62,4 +66,8 @@ def summarize(job) -> Summary:
         fingerprint=job.fingerprint, theta0=job.theta0, machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(job.out),
         code_version=runtime.code_version(),
+        sync_every=h, outer=cfg.train.outer if h > 1 else None, comm_syncs=syncs,
+        comm_payload_bytes_per_sync=ledger.per_step("outer") if syncs else None,
+        comm_wire_bytes_per_sync=ledger.wire_per_step("outer") if syncs else None,
+        comm_payload_bytes_inner_step=ledger.per_step("step") if h > 1 and booked else None,
     )

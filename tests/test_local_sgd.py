@@ -1,0 +1,155 @@
+"""Sync less often (train.sync_every = H, parallel/local_sgd.py; gloo, 1–4 ranks): inner steps hand
+no collective anything; a synchronisation hands in the formula's bytes (4·T, 2·T in half precision);
+the replicas agree after every one (and a rank that drifts is caught); k rounds + resume == 2k
+straight, bitwise; the outer step is DiLoCo's Nesterov step; what cannot work is refused in one line."""
+
+import sys
+
+import pytest
+import torch
+
+from datasets_for_tests import DATA_ROOT, have_mnist
+from distid.config import ConfigError, load_config
+from distid.parallel.local_sgd import OuterSync, falls_due
+from distpool import RankFailed
+from procs import run, torchrun
+
+mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
+D = 199_210
+BASE = {"data.root": DATA_ROOT, "train.global_batch": 600, "train.log_every": 100, "train.d": 64}
+METHODS = {"full": {"train.method": "full", "train.lr": 1e-3}, "subspace": {},
+           "lora": {"train.method": "lora", "train.lr": 1e-2, "train.lora_rank": 2}}
+
+
+def over(**kv):
+    return [f"{k}={v}" for k, v in {**BASE, **kv}.items()]
+
+
+def train(pool, out, resume=False, **kv):
+    return pool.run("rank_targets:train_run", over(**kv), str(out), resume=resume, timeout=240)
+
+
+@mnist
+@pytest.mark.parametrize("n,method,dtype", [(2, "full", "float32"), (4, "full", "float32"),
+                                            (2, "subspace", "float32"), (2, "lora", "bfloat16"),
+                                            (2, "full", "float16")])
+def test_inner_steps_send_nothing_and_a_sync_sends_the_formula(dist_pool, tmp_path, n, method, dtype):
+    h = 4
+    results = train(dist_pool(n), tmp_path, **{"train.steps": 12, "train.sync_every": h, "train.outer_dtype": dtype,
+                                               **METHODS[method]})
+    itemsize = 4 if dtype == "float32" else 2
+    for s, _ in results:
+        t = s["trainable_params"]
+        assert t == {"full": D, "subspace": 64}.get(method, t)
+        assert s["comm_steps_booked"] + s["comm_steps_warmup"] == 12  # every step booked by the ledger ...
+        assert s["comm_payload_bytes_inner_step"] == {"total": 0}  # ... and not one collective on any
+        assert s["comm_payload_bytes_warmup"] == {"total": 0} and s["comm_calls_per_step"] == {}
+        assert s["comm_syncs"] == 3
+        assert s["comm_payload_bytes_per_sync"] == {"all_reduce": itemsize * t, "total": itemsize * t}
+        assert s["comm_payload_bytes_per_step"]["total"] == itemsize * t / h == s["comm_payload_formula"]["total"]
+        assert s["comm_wire_bytes_per_step"]["total"] == pytest.approx(2 * (n - 1) / n * itemsize * t / h)
+        assert not s["ddp_active"] and s["sync_every"] == h and s["outer"] == "nesterov"
+    first = results[0][1]
+    assert all(torch.equal(first, p) for _, p in results[1:])  # one model again after the last sync
+
+
+@mnist
+def test_a_replica_that_drifts_is_caught_at_the_next_sync(dist_pool, tmp_path):
+    kv = {"train.steps": 8, "train.sync_every": 4, **METHODS["full"]}
+    with pytest.raises(RankFailed, match="after 4 steps the replicas' trainable states differ"):
+        dist_pool(2).run("rank_targets:train_run", over(**kv), str(tmp_path), timeout=240,
+                         rank_overrides={1: ["train.outer_lr=0.5"]})
+
+
+@mnist
+@pytest.mark.parametrize("method,outer", [("full", "nesterov"), ("subspace", "nesterov"), ("lora", "average")])
+def test_k_rounds_and_a_resume_equal_2k_rounds(dist_pool, tmp_path, method, outer):
+    """Cut after 2 rounds of H = 3 (a checkpoint is due at the first sync at or after step 5: step 6),
+    resumed to 4 rounds: bitwise the straight run. Each rank's own inner Adam state and the outer
+    momentum travel in the checkpoint; with rank 0's Adam state on both ranks the run would differ."""
+    pool = dist_pool(2)
+    kv = {"train.sync_every": 3, "train.outer": outer, "train.ckpt_every": 5, **METHODS[method]}
+    whole = train(pool, tmp_path / "whole", **{"train.steps": 12, **kv})
+    train(pool, tmp_path / "cut", **{"train.steps": 6, **kv})
+    resumed = train(pool, tmp_path / "cut", resume=True, **{"train.steps": 12, **kv})
+    for (s_whole, p_whole), (s_res, p_res) in zip(whole, resumed):
+        assert s_res["resumed_from_step"] == 6 and s_res["comm_syncs"] == 2 and s_whole["comm_syncs"] == 4
+        assert torch.equal(p_whole, p_res), "resumed run ended elsewhere"
+        assert s_res["train_loss"] == s_whole["train_loss"]
+
+
+@mnist
+def test_evaluations_fall_on_synchronisations(dist_pool, tmp_path):
+    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 20, "train.sync_every": 4, "train.eval_every": 6})
+    assert [c[0] for c in s["eval_curve"]] == [8, 12, 20]  # the first sync at or after 6, 12, 18; the end
+
+
+def test_falls_due_at_the_first_sync_at_or_after_each_multiple():
+    assert [k for k in range(1, 41) if falls_due(k, 10)] == [10, 20, 30, 40]
+    assert [k for k in range(1, 41) if falls_due(k, 10, 4)] == [12, 20, 32, 40]
+    assert [k for k in range(1, 41) if falls_due(k, 3, 8)] == [8, 16, 24, 32, 40]
+    assert not any(falls_due(k, 0, 4) for k in range(1, 41))
+
+
+def test_the_outer_step_is_diloco_s_nesterov_step_and_average_is_the_mean():
+    """One rank: θ_start = 1, the inner steps moved θ to 0.8 (Δ = 0.2), then to 0.5 (Δ = 0.3)."""
+    p = torch.nn.Parameter(torch.ones(3))
+    outer = OuterSync([p], every=2, outer="nesterov", lr=0.7, momentum=0.9)
+    with torch.no_grad():
+        p.fill_(0.8)
+    outer.sync()
+    v = 0.2
+    expect = 1 - 0.7 * (0.2 + 0.9 * v)  # v ← μ·v + Δ; θ ← θ_start − η·(Δ + μ·v)
+    assert torch.allclose(p, torch.full((3,), expect)) and torch.equal(outer.start[0], p.detach())
+    with torch.no_grad():
+        p.sub_(0.3)
+    outer.sync()
+    v = 0.9 * v + 0.3
+    expect = expect - 0.7 * (0.3 + 0.9 * v)
+    assert torch.allclose(p, torch.full((3,), expect))
+    q = torch.nn.Parameter(torch.ones(2))
+    mean = OuterSync([q], every=2, outer="average", lr=0.7, momentum=0.9)  # lr and momentum: Nesterov's only
+    with torch.no_grad():
+        q.fill_(0.25)
+    mean.sync()
+    assert torch.equal(q.detach(), torch.full((2,), 0.25)) and q.grad is None
+    assert [outer.due(s, 7) for s in range(7)] == [False, True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize("override,pattern", [
+    (["train.sync_every=0"], r"train\.sync_every must be >= 1"),
+    (["train.outer_lr=0"], r"train\.outer_lr must be > 0"),
+    (["train.outer_momentum=1.0"], r"train\.outer_momentum must be in \[0, 1\)"),
+    (["train.outer=adam"], r"train\.outer must be one of 'average', 'nesterov'"),
+    (["train.sync_every=8", "dist.strategy=fsdp"], r"shards one model over all ranks.*use 'ddp'"),
+    (["train.sync_every=8", "dist.comm_hook=fp16"], r"train\.outer_dtype for a smaller pseudo-gradient"),
+])
+def test_what_cannot_work_is_refused(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, override)
+
+
+@mnist
+def test_refusals_are_one_line_and_another_world_size_is_refused(tmp_path):
+    def cli(nproc, *sets, resume=False):
+        args = ["--config", "configs/mnist_fc_full.toml", "--out", str(tmp_path / "run"), "--set",
+                f"data.root={DATA_ROOT}", "--set", "train.global_batch=600"]
+        args += [w for o in sets for w in ("--set", o)] + (["--resume"] if resume else [])
+        if nproc == 1:
+            return run([sys.executable, "-m", "distid.train", *args], timeout=120)
+        return torchrun(nproc, "-m", "distid.train", *args, timeout=120)
+    bad = cli(1, "train.sync_every=4", "dist.strategy=fsdp")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    first = cli(2, "train.sync_every=2", "train.steps=4")
+    assert first.returncode == 0, first.stderr
+    other = cli(1, "train.sync_every=2", "train.steps=8", resume=True)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "inner optimizer states are each rank's own: resume it on 2 ranks" in other.stderr
+
+
+@mnist
+def test_train_py_and_the_run_api_are_one_loop_with_local_steps(dist_pool, tmp_path):
+    over_ = over(**{"train.steps": 10, "train.sync_every": 4, "train.eval_every": 4})
+    loop_params, api_params, loop_summary, api_summary = dist_pool(2).run(
+        "rank_targets:loop_and_api", over_, str(tmp_path), timeout=180)[0]
+    assert all(torch.equal(loop_params[k], api_params[k]) for k in loop_params) and loop_summary == api_summary
