@@ -52,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "subspace"  # "full" | "subspace" | "lora"
+    method: str = "subspace"  # "full" | "subspace" | "lora" | PEFT's "vera" | "fourierft" | "unilora"
     d: int = 750
     projection: str = "fastfood"  # "dense" | "sparse" | "fastfood"
     optimizer: str = "adam"  # "adam" | "sgd"
@@ -71,6 +71,7 @@ class TrainConfig:
     lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
     lora_targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
     lora_modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
+    n_frequency: int = 1000  # fourierft: trainable spectral coefficients per layer (PEFT's n_frequency)
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
     ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
     ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
@@ -129,7 +130,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dis
 CHOICES = {
     "model.name": ("mlp", "mlp_wide", "lenet", "vit", "hf_vit"),
     "data.dataset": ("mnist", "fashion-mnist"),
-    "train.method": ("full", "subspace", "lora"),
+    "train.method": ("full", "subspace", "lora", "vera", "fourierft", "unilora"),
     "train.projection": ("dense", "sparse", "fastfood"),
     "train.optimizer": ("adam", "sgd"),
     "train.outer": ("average", "nesterov"),
@@ -253,6 +254,7 @@ def validate(cfg: Config) -> None:
         ("train.check_replicas_every", t.check_replicas_every >= 0, ">= 0", t.check_replicas_every),
         ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
         ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
+        ("train.n_frequency", t.n_frequency >= 1, ">= 1", t.n_frequency),
         ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
         ("train.ckpt_every", t.ckpt_every >= 0, ">= 0 (0: only at the end)", t.ckpt_every),
         ("train.ckpt_keep", t.ckpt_keep >= 0, ">= 0 (0: no checkpoints)", t.ckpt_keep),

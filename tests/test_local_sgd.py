@@ -153,3 +153,27 @@ def test_train_py_and_the_run_api_are_one_loop_with_local_steps(dist_pool, tmp_p
     loop_params, api_params, loop_summary, api_summary = dist_pool(2).run(
         "rank_targets:loop_and_api", over_, str(tmp_path), timeout=180)[0]
     assert all(torch.equal(loop_params[k], api_params[k]) for k in loop_params) and loop_summary == api_summary
+
+
+@mnist
+def test_distid_s_diloco_follows_torchft_s(dist_pool, tmp_path):
+    """torchft 0.2's DiLoCo (its Manager, Lighthouse and gloo process groups, tests/torchft_diloco.py)
+    and distid's train.sync_every on the same MLP, data, seed and optimizers: the same trajectory, bit
+    for bit (torchft averages per parameter, distid over one flat buffer; on 2 ranks both are exact
+    halvings of the same sums)."""
+    pytest.importorskip("torchft", reason="needs torchft: pip install -e .[diloco] (launch/setup.sh installs it)")
+    kv = {"train.method": "full", "train.lr": 1e-3, "train.steps": 8, "train.sync_every": 4, "train.outer": "nesterov",
+          "train.outer_lr": 0.7, "train.outer_momentum": 0.9}
+    (_, ours), _ = train(dist_pool(2), tmp_path / "distid", **kv)
+    proc = run([sys.executable, "tests/torchft_diloco.py", str(tmp_path / "tft.pt"), DATA_ROOT, "8", "4", "600"],
+               timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "tft.pt")
+    assert torch.equal(theirs[0], theirs[1])
+    order = torch.load(tmp_path / "distid" / "trainable.pt")  # distid flattens in name order
+    names = sorted(order)
+    from distid.models import build_model
+    shapes = dict(build_model("mlp", seed=0).named_parameters())
+    pieces = dict(zip(list(shapes), torch.split(theirs[0], [p.numel() for p in shapes.values()])))
+    theirs_by_name = torch.cat([pieces[k] for k in names])
+    assert (ours - theirs_by_name).abs().max().item() == 0.0

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from distid import lora, runtime
 from distid.config import Config, ConfigError
-from distid.models import build_model, count_params, pretrained
+from distid.models import build_model, count_params, peft_adapters, pretrained
 from distid.parallel import formulas
 from distid.parallel.parallelize import ddp, parallelize
 from distid.subspace import SubspaceModel
@@ -32,6 +32,8 @@ def build(cfg: Config, local_world: int = 1) -> torch.nn.Module:
         return model
     if cfg.train.method == "lora":
         return with_lora(model, cfg)
+    if cfg.train.method in peft_adapters.METHODS:
+        return with_peft(model, cfg)
     D = count_params(model)
     if not 1 <= cfg.train.d <= D:
         raise ConfigError(f"train.d = {cfg.train.d} must be between 1 and D = {D:,} (the model's parameter count)")
@@ -60,6 +62,16 @@ def with_lora(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
         return model
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def with_peft(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """PEFT's VeRA, FourierFT or Uni-LoRA on train.lora_targets (every Linear by default)."""
+    t = cfg.train
+    try:
+        return peft_adapters.wrap(model, t.method, t.seed, lora.parse_targets(t.lora_targets), rank=t.lora_rank,
+                                  n_frequency=t.n_frequency, d=t.d)
+    except (ValueError, peft_adapters.MissingPeft) as e:
+        raise ConfigError(f"train.method = {t.method!r}: {str(e).splitlines()[0]}") from e
 
 
 def dense_limit(cfg: Config) -> int:

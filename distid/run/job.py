@@ -267,7 +267,8 @@ def settled(accs: list[float], k: int, delta: float) -> bool:
 def _shape(model: torch.nn.Module) -> dict[str, int]:
     """{total: D of the base model (LoRA adapters excluded), trainable}, before any wrapper shards it."""
     total = model.D if isinstance(model, SubspaceModel) else count_params(model)
-    adapters = sum(p.numel() for name, p in model.named_parameters() if name.rpartition(".")[2] in ("lora_A", "lora_B"))
+    adapters = sum(p.numel() for name, p in model.named_parameters() if name.rpartition(".")[2] in ("lora_A", "lora_B")
+                   or hasattr(model, "peft_config") and p.requires_grad)  # PEFT's VeRA, FourierFT, Uni-LoRA
     return dict(total=total - adapters, trainable=count_params(model, trainable_only=True))
 
 
