@@ -29,8 +29,9 @@ else:  # pragma: no cover - Python 3.10 only
         tomllib = None
 
 
-# Adam learning rates per method that compare and frontier use (see docs/lesson6_lora.md)
-METHOD_LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2}
+# Adam learning rates per method that compare and frontier use (see docs/lesson6_lora.md; PEFT's methods:
+# the best of 3e-3 … 3e-1 after one MNIST epoch on the MLP, docs/lesson8_sync_less_often.md)
+METHOD_LR = {"full": 1e-3, "subspace": 3e-2, "lora": 1e-2, "vera": 3e-2, "fourierft": 1e-1, "unilora": 1e-2}
 
 
 class ConfigError(ValueError):

@@ -150,7 +150,8 @@ def compare(args, cfg) -> None:
 
 
 def add_args(p) -> None:
-    for method, lr in METHOD_LR.items():
+    for method in ("full", "subspace", "lora"):
+        lr = METHOD_LR[method]
         p.add_argument(f"--lr-{method}", type=float, default=lr, help=f"Adam learning rate of {method} (default {lr})")
 
 

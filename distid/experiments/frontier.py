@@ -4,13 +4,17 @@ shrink DDP's all-reduce, measured side by side in one run.
     torchrun --nproc_per_node=4 -m distid.experiments.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
 
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
-several ranks; LoRA at several ranks; the subspace (Fastfood) at several d. Each cell is
+several ranks; LoRA at several ranks; the subspace (Fastfood) at several d; PEFT's VeRA, FourierFT
+and Uni-LoRA (DDP over the PEFT-wrapped model); and the other axis, syncing less often: DiLoCo
+(train.sync_every = H, outer Nesterov step) for full training, the subspace and LoRA. Each cell is
 `distid.run.api.run` with a few keys changed — same data, global batch, steps and seeds — and its
 bytes are wire bytes: what a rank sends for the payloads the ledger measured at the dispatcher (PowerSGD's
 P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N of the payload).
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
-+ steps × bytes/step, at the first evaluation (train.eval_every) whose seed-mean accuracy reaches it.
-Writes frontier.json, frontier.md and frontier.png to --out; a cell already in --out with the same
++ steps × bytes/step (with local steps: synchronisations × bytes per synchronisation), at the first
+evaluation (train.eval_every; with local steps the first synchronisation at or after it) whose
+seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/links.py).
+Writes frontier.json, frontier.md, frontier.png and links.png to --out; a cell already in --out with the same
 config, world size and code (its summary.json) is reused, so an interrupted run resumes.
 """
 
@@ -26,12 +30,15 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.config import METHOD_LR, ConfigError, config_hash, load_config, timestamped_dir
+from distid.experiments import links
 from distid.experiments.frontier_report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
 from distid.run.api import run_logged
 
-FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace")
+FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
+            "LoRA + DiLoCo")
+PEFT_NAMES = {"vera": "VeRA", "fourierft": "FourierFT", "unilora": "Uni-LoRA"}
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,21 @@ def cells(args) -> list[Cell]:
     out += [Cell("subspace", f"subspace d={d}", ("train.method=subspace", "train.projection=fastfood",
                                                  f"train.d={d}", f"train.lr={args.lr_subspace}",
                                                  "dist.comm_hook=none")) for d in args.dims]
+    out += [Cell("PEFT", PEFT_NAMES[m] + (f" d={args.unilora_d}" if m == "unilora" else ""),
+                 (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"train.d={args.unilora_d}",
+                  "dist.comm_hook=none")) for m in args.peft]
+    diloco = lambda h: (f"train.sync_every={h}", "train.outer=nesterov", "dist.comm_hook=none")
+    out += [Cell("DiLoCo", f"DiLoCo H={h}", (*full, *diloco(h))) for h in args.diloco_h]
+    out += [Cell("subspace + DiLoCo", f"subspace d={d} H={h}", ("train.method=subspace", "train.projection=fastfood",
+                 f"train.d={d}", f"train.lr={args.lr_subspace}", *diloco(h)))
+            for d in args.diloco_dims for h in args.diloco_dims_h]
+    out += [Cell("LoRA + DiLoCo", f"LoRA r={r} H={h}", ("train.method=lora", f"train.lora_rank={r}",
+                 f"train.lr={args.lr_lora}", *diloco(h))) for r in args.diloco_lora_ranks for h in args.diloco_lora_h]
     return out
 
 
 KEEP = ("trainable_params", "lora_rank", "comm_wire_formula", "comm_calls_per_step", "comm_steps_warmup",
-        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s")
+        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s", "sync_every")
 
 
 def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
@@ -73,9 +90,13 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
                    f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
+    calls = s.comm_calls_per_step
+    if s.sync_every > 1:  # inner steps call nothing; a synchronisation's calls spread over its H steps
+        calls = {op: c / s.sync_every for op, c in (s.comm_calls_per_sync or {}).items()}
     return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
-                **{k: getattr(s, k) for k in KEEP})
+                wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
+                **{k: getattr(s, k) for k in KEEP if k != "comm_calls_per_step"}, comm_calls_per_step=calls)
 
 
 def _cached(path: Path, hash_: str) -> Summary | None:
@@ -98,7 +119,12 @@ def reusable(s: Summary, hash_: str, world_size: int) -> bool:
 
 def cumulative_bytes(seed_run: dict, step: int) -> float:
     """Wire bytes this rank sent by the end of `step` (1-based): set-up, the warm-up steps
-    (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step."""
+    (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step; with
+    local steps (H > 1), set-up + the synchronisations done by then (every H-th step, and the last)."""
+    h = seed_run.get("sync_every", 1)
+    if h > 1:
+        syncs = step // h + (step == seed_run["steps"] and step % h > 0)
+        return seed_run["wire_setup_bytes"] + syncs * seed_run["wire_bytes_per_sync"]
     warm = seed_run["comm_steps_warmup"]
     done_warm = min(step, warm)
     warm_part = seed_run["wire_warmup_bytes"] * done_warm / warm if warm else 0.0
@@ -111,6 +137,7 @@ def summarize(cell: Cell, seeds: list[dict]) -> dict:
              for i, (step, _, _) in enumerate(seeds[0]["eval_curve"])]
     accs = [s["test_accuracy"] for s in seeds]
     return dict(cell=cell.name, family=cell.family, trainable_params=seeds[0]["trainable_params"],
+                sync_every=seeds[0].get("sync_every", 1),
                 wire_bytes_per_step=statistics.mean(s["wire_bytes_per_step"] for s in seeds),
                 wire_formula_bytes_per_step=seeds[0]["comm_wire_formula"]["total"],
                 calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
@@ -149,6 +176,19 @@ def add_args(p) -> None:
     p.add_argument("--lora-ranks", type=lambda t: _floats(t, int), default=[1, 4, 8],
                    help="LoRA ranks (the MLP's 200→10 layer allows r <= 10)")
     p.add_argument("--dims", type=lambda t: _floats(t, int), default=[250, 1000, 4000], help="subspace d values")
+    p.add_argument("--peft", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+                   default=["vera", "fourierft", "unilora"], help="PEFT methods (VeRA r=256, FourierFT n=1000 "
+                   "per layer, Uni-LoRA), through the installed peft; '' for none")
+    p.add_argument("--unilora-d", type=int, default=1000, help="Uni-LoRA's trainable vector length (default 1000)")
+    p.add_argument("--diloco-h", type=lambda t: _floats(t, int), default=[8, 32, 128],
+                   help="full-training DiLoCo cells: train.sync_every values")
+    p.add_argument("--diloco-dims", type=lambda t: _floats(t, int), default=[1000, 4000])
+    p.add_argument("--diloco-dims-h", type=lambda t: _floats(t, int), default=[8, 32],
+                   help="the subspace DiLoCo cells: every d of --diloco-dims at every H here")
+    p.add_argument("--diloco-lora-ranks", type=lambda t: _floats(t, int), default=[8])
+    p.add_argument("--diloco-lora-h", type=lambda t: _floats(t, int), default=[32])
+    p.add_argument("--links-workers", type=lambda t: _floats(t, int), default=[4, 64],
+                   help="worker counts of the time-to-accuracy model on named links (experiments/links.py)")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
     for method, lr in METHOD_LR.items():
@@ -184,13 +224,15 @@ def main_body(args, cfg) -> None:
                     global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
                     seeds=args.seeds or [cfg.train.seed], powersgd_start_iter=cfg.dist.powersgd_start_iter,
                     powersgd_error_feedback=cfg.dist.powersgd_error_feedback, machine=runtime.machine(),
-                    lr=dict(full=args.lr_full, lora=args.lr_lora, subspace=args.lr_subspace))
+                    lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR},
+                    outer=dict(lr=cfg.train.outer_lr, momentum=cfg.train.outer_momentum))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
-        md = to_markdown(rows, targets, meta)
+        md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)
         (out / "frontier.md").write_text(md)
         drew = plot(rows, out / "frontier.png", FAMILIES, targets)
+        drew = links.plot(rows, targets, n, args.links_workers, out / "links.png", FAMILIES) and drew
         print(md + f"\nwrote {out}/frontier.json, frontier.md"
-              + (", frontier.png" if drew else " (matplotlib missing: no frontier.png)")
+              + (", frontier.png, links.png" if drew else " (matplotlib missing: no frontier.png, links.png)")
               + "; each run's own output: <cell>/seed<k>/train.log")
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from distid.experiments.plotting import pyplot
 
-MARKERS = "osD^v"
-COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red")
+MARKERS = "osD^vPXp*"
+COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+          "tab:olive")
 # label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
-LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12))
+LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12),
+          (-6, 6, "right", 0), (6, -10, "left", 0), (-6, -10, "right", -12), (6, 10, "left", 0))
 
 
 def pareto(rows: list[dict], key: str) -> list[dict]:
@@ -33,6 +35,11 @@ def _reached(hit: dict | None) -> str:
     return f"{hit['wire_bytes'] / 1e6:,.1f} MB (step {hit['step']})" if hit else "not reached"
 
 
+def _peft_lrs(meta: dict) -> str:
+    names = {"vera": "VeRA", "fourierft": "FourierFT", "unilora": "Uni-LoRA"}
+    return "".join(f", {meta['lr'][m]} ({n})" for m, n in names.items() if m in meta["lr"])
+
+
 def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
     m = meta["machine"]
     base = next(r for r in rows if r["cell"] == "DDP")["wire_bytes_per_step"]
@@ -42,15 +49,19 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Every cell: the same data, global batch "
              f"{meta['global_batch']}, {meta['steps']} steps, seeds {', '.join(map(str, meta['seeds']))}; Adam at lr "
              f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
-             f"{meta['lr']['subspace']} (subspace, Fastfood). PowerSGD: PyTorch's `powerSGD_hook`, plain "
+             f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo (H = train.sync_every): "
+             f"those inner steps, then the pseudo-gradient averaged and an outer Nesterov step (lr "
+             f"{meta.get('outer', {}).get('lr')}, momentum {meta.get('outer', {}).get('momentum')}), every H "
+             f"steps. PowerSGD: PyTorch's `powerSGD_hook`, plain "
              f"all-reduce for the first {meta['powersgd_start_iter']} steps, error feedback "
              f"{'on' if meta['powersgd_error_feedback'] else 'off'}, warm start.\n",
              "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
              "tensor handed in), for the payloads the ledger measured once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "
              "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps. "
-             f"Bytes to a target: set-up + warm-up + steps × bytes/step at the first evaluation (every "
-             f"{meta['eval_every']} steps) whose seed-mean accuracy reaches it.\n",
+             f"Bytes to a target: set-up + warm-up + steps × bytes/step (DiLoCo: set-up + synchronisations × bytes each) at "
+             f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
+             f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: a synchronisation's / H.\n",
              "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
              f"{heads} |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]

@@ -92,6 +92,7 @@ class Summary:
     comm_syncs: int = 0  # synchronisations booked (every one is)
     comm_payload_bytes_per_sync: dict | None = None
     comm_wire_bytes_per_sync: dict | None = None
+    comm_calls_per_sync: dict | None = None
     comm_payload_bytes_inner_step: dict | None = None  # H > 1: what the booked inner steps handed in
 
     def to_dict(self) -> dict:

@@ -69,5 +69,6 @@ def summarize(job) -> Summary:
         sync_every=h, outer=cfg.train.outer if h > 1 else None, comm_syncs=syncs,
         comm_payload_bytes_per_sync=ledger.per_step("outer") if syncs else None,
         comm_wire_bytes_per_sync=ledger.wire_per_step("outer") if syncs else None,
+        comm_calls_per_sync=ledger.calls_per_step("outer") if syncs else None,
         comm_payload_bytes_inner_step=ledger.per_step("step") if h > 1 and booked else None,
     )

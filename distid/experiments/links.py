@@ -1,0 +1,144 @@
+"""Time to accuracy on real links: a model, labelled as one.
+
+Each frontier cell's measured figures are turned into wall-clock time on named links with the
+α–β (Hockney) model of a ring all-reduce (Thakur, Rabenseifner & Gropp 2005):
+    t(S, N) = 2(N−1)·α + 2(N−1)/N · S/β     per all-reduce of S bytes handed in,
+N workers, α the one-way latency of a message, β the bandwidth. A cell's time to a target is
+    steps × step time  +  set-up bytes / β  +  Σ over its all-reduces up to that step of t(S, N),
+with steps, step time (median, measured here), set-up bytes, the all-reduce calls and the bytes
+handed in all measured by the frontier run (PowerSGD's plain warm-up steps included, DiLoCo's
+synchronisations counted as they happened). Assumptions, all of them the model's, none measured:
+compute does not overlap communication; the step time measured here (where the loopback
+all-reduce is part of a DDP step) is the compute on every link; the accuracy reached after a given
+number of steps at 4 workers holds at 64 (each worker keeps its batch, so the global batch grows);
+a link carries one all-reduce at a time at its full bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from distid.experiments.plotting import pyplot
+from distid.primitives.formulas import wire_factor
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    bits_per_s: float  # β in bits per second
+    alpha_s: float  # one-way latency of one message, seconds
+    source: str  # where β and α come from
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bits_per_s / 8
+
+
+LINKS = (  # β: the link's line rate; α: one-way latency of a small message, from the named source
+    Link("internet 100 Mb/s", 100e6, 40e-3, "half the 80.55 ms between AWS US East (N. Virginia) and EU "
+         "(Ireland) in “Latency Between AWS Global Regions” (acomputerscientistlearnsaws.blogspot.com, 2017)"),
+    Link("1 GbE", 1e9, 25e-6, "NW-GRID Liverpool, “Gigabit Ethernet MPI Performance Tests”: minimum MPI "
+         "latency 23.6 µs, 118.2 MB/s (nw-grid.ac.uk/LivMPI)"),
+    Link("10 GbE", 10e9, 10e-6, "Dive into Deep Learning, “Hardware”: “Send 4KB over 10 Gbps ethernet: 10 μs” "
+         "(d2l.ai/chapter_computational-performance/hardware.html)"),
+    Link("InfiniBand 100 Gb/s", 100e9, 1e-6, "D. K. Panda, “The MVAPICH2 Project”, SC'18: InfiniBand "
+         "“<1usec latency, 100Gbps Bandwidth”"),
+)
+
+
+def allreduce_s(payload: float, n: int, link: Link, calls: float = 1.0) -> float:
+    """Seconds for `calls` ring all-reduces handing in `payload` bytes in all, on n workers."""
+    if n < 2:
+        return 0.0
+    return calls * 2 * (n - 1) * link.alpha_s + 2 * (n - 1) / n * payload / link.bytes_per_s
+
+
+def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> float | None:
+    """Model seconds for the frontier cell `row` to reach targets[target] on n workers over `link`
+    (None if the run never reached it)."""
+    hit = row["to_target"][target]
+    if hit is None:
+        return None
+    step, seeds = hit["step"], row["seeds"]
+    setup = sum(s["wire_setup_bytes"] for s in seeds) / len(seeds)
+    payload = (hit["wire_bytes"] - setup) / wire_factor("all_reduce", measured_n)  # handed in, warm-up included
+    calls = step * row["calls_per_step"].get("all_reduce", 0)
+    return step * row["step_time_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link, calls)
+
+
+def _target(targets: list[dict], fraction: float = 0.90) -> int:
+    return min(range(len(targets)), key=lambda i: abs(targets[i]["fraction"] - fraction))
+
+
+def _fmt(t: float | None) -> str:
+    if t is None:
+        return "not reached"
+    return f"{1e3 * t:,.0f} ms" if t < 1 else f"{t:,.1f} s" if t < 600 else f"{t / 60:,.1f} min"
+
+
+def _rate(link: Link) -> str:
+    b, a = link.bits_per_s, link.alpha_s
+    return (f"β {b / 1e9:g} Gb/s" if b >= 1e9 else f"β {b / 1e6:g} Mb/s") + \
+        (f", α {1e3 * a:g} ms" if a >= 1e-3 else f", α {1e6 * a:g} µs")
+
+
+def to_markdown(rows: list[dict], targets: list[dict], measured_n: int, workers: list[int]) -> str:
+    """The model's table: time to 90 % of DDP's accuracy per cell, link and worker count."""
+    i = _target(targets)
+    ok = [r for r in rows if "refused" not in r and r["to_target"][i] is not None]
+    cols = [(n, link) for n in workers for link in LINKS]
+    times = {(r["cell"], n, link.name): time_to(r, i, measured_n, n, link) for r in ok for n, link in cols}
+    best = {(n, link.name): min(ok, key=lambda r: times[r["cell"], n, link.name])["cell"] for n, link in cols}
+    lines = [f"## Time to {targets[i]['fraction']:.0%} of DDP's accuracy on named links — a model\n",
+             "Ring all-reduce t = 2(N−1)·α + 2(N−1)/N·S/β per call (α–β model), plus steps × the step time "
+             f"measured here and the set-up bytes / β; steps, calls and bytes as measured on {measured_n} ranks. "
+             "Bold: the fastest cell in the column. Links: "
+             + "; ".join(f"{k.name} ({_rate(k)}; {k.source})" for k in LINKS) + ".\n",
+             "| cell | " + " | ".join(f"{k.name}, N={n}" for n, k in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for r in ok:
+        cells = [_fmt(times[r["cell"], n, k.name]) for n, k in cols]
+        cells = [f"**{c}**" if best[n, k.name] == r["cell"] else c for c, (n, k) in zip(cells, cols)]
+        lines.append(f"| {r['cell']} | " + " | ".join(cells) + " |")
+    never = [r["cell"] for r in rows if "refused" not in r and r["to_target"][i] is None]
+    if never:
+        lines.append(f"\nNot reached within the run: {', '.join(never)}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[int], path: Path,
+         families: tuple) -> bool:
+    """links.png: model time to 90 % of DDP's accuracy against link bandwidth, one panel per worker
+    count, one line per cell (colour: family); False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    i = _target(targets)
+    ok = [r for r in rows if "refused" not in r and r["to_target"][i] is not None]
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(workers), figsize=(7.5 * len(workers), 6.5), sharey=True, squeeze=False)
+    xs = [k.bits_per_s for k in LINKS]
+    for ax, n in zip(axes[0], workers):
+        for r in ok:
+            f = families.index(r["family"]) if r["family"] in families else 0
+            ys = [time_to(r, i, measured_n, n, k) for k in LINKS]
+            ax.plot(xs, ys, marker="osD^v<>ph"[f % 9], color=colors(f % 10), lw=1, ms=5,
+                    label=r["family"] if r is next(q for q in ok if q["family"] == r["family"]) else None)
+            ax.annotate(r["cell"], (xs[0], ys[0]), textcoords="offset points", xytext=(-4, 0), ha="right",
+                        va="center", fontsize=7, color=colors(f % 10))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [k.name.replace(" ", "\n", 1) for k in LINKS], fontsize=8)
+        ax.set_xlim(xs[0] / 12, xs[-1] * 2)
+        ax.set_title(f"{n} workers")
+        ax.set_xlabel("link (bandwidth, log)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(f"time to {targets[i]['fraction']:.0%} of DDP's accuracy, s (model; log)")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("Time to accuracy on named links — the α–β model applied to the frontier's measured steps, "
+                 "step times and bytes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
