@@ -14,8 +14,8 @@ A page marks each block it shows with the command that printed it:
 
 Options follow the command after ` ;; `: `from=TEXT` (start at the first line holding TEXT), `to=TEXT`
 (stop before the first line holding TEXT after that), `format=md` (the lines go in as markdown, not
-a fenced block), `exit=N` (the exit code the page expects, default 0), `copy=SRC:DEST` (a file the
-run wrote that the page shows, e.g. a chart), `gpu` (needs a CUDA GPU: kept as it is elsewhere). Everything between the two markers is rewritten; runs of five or more
+a fenced block), `exit=N` (the exit code the page expects, default 0), `copy=SRC:DEST[,SRC:DEST…]` (files the
+run wrote that the page shows, e.g. a chart), `keep` (every line, none elided), `gpu` (needs a CUDA GPU: kept as it is elsewhere). Everything between the two markers is rewritten; runs of five or more
 lines of one kind (progress lines, a sweep's points) keep their first and last two around `...`.
 
 tests/test_docs.py runs every marked command at a tiny size and checks that what the page shows
@@ -173,7 +173,7 @@ def caption(block: Block, seconds: float) -> str:
 
 def render(block: Block, lines: list[str], seconds: float) -> list[str]:
     """The text between the markers."""
-    body = elide(lines)
+    body = lines if block.options.get("keep") else elide(lines)
     if block.options.get("format") == "md":
         return [caption(block, seconds), "", *body, ""]
     return [caption(block, seconds), "", "```", *body, "```"]
@@ -194,9 +194,10 @@ def regenerate(block: Block) -> list[str] | None:
         raise RuntimeError(f"{block.page}:{block.line + 1}: `{block.command}` exited {res.returncode} "
                            f"(the page expects {block.options.get('exit', 0)}):\n{said}")
     lines = select(res.stdout, block.options)
-    if "copy" in block.options:  # a file the run wrote, shown on the page: SRC:DEST
-        src, dest = block.options["copy"].split(":")
-        shutil.copyfile(src, dest)
+    if "copy" in block.options:  # files the run wrote, shown on the page: SRC:DEST[,SRC:DEST…]
+        for pair in block.options["copy"].split(","):
+            src, dest = pair.split(":")
+            shutil.copyfile(src, dest)
     return render(block, lines, seconds)
 
 
