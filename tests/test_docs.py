@@ -37,11 +37,15 @@ TINY = {
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
+    "distid.experiments.frontier": ["--seeds", "0", "--set", "train.steps=26", "--set", "dist.powersgd_start_iter=3",
+                                    "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "250", "--diloco-h", "8",
+                                    "--diloco-dims", "250", "--diloco-dims-h", "8", "--diloco-lora-ranks", "1",
+                                    "--diloco-lora-h", "8"],  # every family, one cell each, two evaluations
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
 NEEDS_GPU = {"distid.experiments.bench.gpt2"}
 TAKES_CONFIG = {"distid.train", "distid.experiments.compare", "distid.experiments.sweep", "distid.experiments.convergence",
-                "distid.probe"}  # --set data.root, --out
+                "distid.probe", "distid.experiments.frontier"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
@@ -94,7 +98,7 @@ CASES = [(page, i, cmd, block) for page in LESSONS + GUIDES for i, (cmd, block) 
 
 
 def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
-    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 8)]
+    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 9)]
     for page in LESSONS:
         text = page.read_text()
         assert commands(page), f"{page.name} shows no command"

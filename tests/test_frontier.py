@@ -1,5 +1,6 @@
 """distid.experiments.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
-(cumulative bytes, targets, Pareto front) on hand-made rows."""
+(cumulative bytes, with and without local steps, targets, Pareto front) and the link model's time
+to a target on hand-made rows."""
 
 import json
 
@@ -8,6 +9,7 @@ import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE
+from distid.experiments import links
 from distid.experiments.frontier import FAMILIES, cumulative_bytes, reach
 from distid.experiments.frontier_report import pareto
 from procs import torchrun
@@ -18,23 +20,30 @@ from procs import torchrun
 def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     args = ["-m", "distid.experiments.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
             "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "dist.powersgd_start_iter=2",
-            "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--out", str(tmp_path)]
+            "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--peft", "vera", "--diloco-h", "7",
+            "--diloco-dims", "100", "--diloco-dims-h", "7", "--diloco-lora-ranks", "1", "--diloco-lora-h", "7",
+            "--out", str(tmp_path)]
     res = torchrun(2, *args, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "frontier.json").read_text())
     cells = {c["cell"]: c for c in out["cells"]}
-    assert set(cells) == {"DDP", "DDP + fp16", "DDP + bf16", "DDP + PowerSGD r=1", "LoRA r=1", "subspace d=100"}
+    assert set(cells) == {"DDP", "DDP + fp16", "DDP + bf16", "DDP + PowerSGD r=1", "LoRA r=1", "subspace d=100", "VeRA",
+                          "DiLoCo H=7", "subspace d=100 H=7", "LoRA r=1 H=7"}
     assert {c["family"] for c in cells.values()} == set(FAMILIES)
     full = cells["DDP"]["wire_bytes_per_step"]  # 2 ranks: a ring all-reduce sends 2(N−1)/N = 1× the payload
     assert cells["DDP + fp16"]["wire_bytes_per_step"] == full / 2
     assert cells["DDP + PowerSGD r=1"]["wire_bytes_per_step"] == 4 * (1 * (410 + 1184) + 410)
     assert cells["subspace d=100"]["wire_bytes_per_step"] == 400
+    assert cells["DiLoCo H=7"]["wire_bytes_per_step"] == pytest.approx(full / 7)  # one all-reduce every 7 steps
+    assert cells["subspace d=100 H=7"]["wire_bytes_per_step"] == pytest.approx(400 / 7)
+    assert cells["VeRA"]["wire_bytes_per_step"] == 4 * 1178
     for c in cells.values():
         assert c["wire_bytes_per_step"] == c["wire_formula_bytes_per_step"]
         assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2
     md = (tmp_path / "frontier.md").read_text()
     assert all(f"| {name} |" in md for name in cells) and "Pareto front" in md
-    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000 and (tmp_path / "links.png").stat().st_size > 10_000
+    assert "Time to 90% of DDP's accuracy on named links — a model" in md
     # a second run with the same --out reuses every cell's summary.json instead of training again
     stamp = (tmp_path / "DDP" / "seed0" / "summary.json").stat().st_mtime_ns
     again = torchrun(2, *args, timeout=300)
@@ -76,3 +85,22 @@ def test_a_cell_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
     assert not reusable(done, "abc", 2)  # another world size
     monkeypatch.setattr(runtime, "_code_version", runtime.code_version() + "-edited")
     assert not reusable(done, "abc", 4)  # another code
+
+
+def test_cumulative_bytes_with_local_steps_counts_the_synchronisations_done():
+    r = dict(run_(), sync_every=4, wire_bytes_per_sync=1000.0, steps=10)
+    assert cumulative_bytes(r, 3) == 100  # set-up only: no synchronisation yet
+    assert cumulative_bytes(r, 8) == 100 + 2 * 1000
+    assert cumulative_bytes(r, 10) == 100 + 3 * 1000  # the last step synchronises too
+
+
+def test_the_link_model_is_the_alpha_beta_ring_formula():
+    link = links.Link("test", 8e6, 1e-3, "a test")  # 1 MB/s, 1 ms
+    assert links.allreduce_s(1e6, 4, link) == pytest.approx(2 * 3 * 1e-3 + 2 * 3 / 4 * 1.0)
+    assert links.allreduce_s(1e6, 1, link) == 0
+    seed = dict(wire_setup_bytes=100.0)
+    row = dict(seeds=[seed], compute_step_s=0.01, calls_per_step={"all_reduce": 0.25},
+               to_target=[dict(step=8, wire_bytes=100.0 + 1.5 * 2e6)])  # 2 MB handed in, sent 1.5× on 4 ranks
+    expect = 8 * 0.01 + 100 / 1e6 + 2 * 2 * 63 * 1e-3 + 2 * 63 / 64 * 2.0  # 2 calls on 64 workers
+    assert links.time_to(row, 0, 4, 64, link) == pytest.approx(expect)
+    assert links.time_to(dict(row, to_target=[None]), 0, 4, 64, link) is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,10 @@ from distid.experiments import links
 from distid.experiments.frontier_report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
-from distid.run.api import run_logged
+from distid.data import ShardedLoader
+from distid.data.datasets import load_split
+from distid.run.api import run_logged, train_step
+from distid.run.build import build, make_optimizer
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
             "LoRA + DiLoCo")
@@ -97,6 +101,35 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
                 **{k: getattr(s, k) for k in KEEP if k != "comm_calls_per_step"}, comm_calls_per_step=calls)
+
+
+def compute_step_s(cfg, n: int, steps: int = 30, warm: int = 5) -> float:
+    """Median seconds of one optimizer step of `cfg`'s model (plain, LoRA, PEFT or subspace; never
+    wrapped) on this process alone, on one rank's batch (global_batch / n), calling no collective:
+    what a step computes, for the link model (a DDP step timed among 4 ranks sharing 2 cores also
+    waits for its peers)."""
+    model = build(cfg)
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    train = load_split(cfg.data.dataset, cfg.data.root, "train", verify=False).only(cfg.data.classes)  # no collective:
+    # the other ranks are waiting; the cell's runs checked the files
+    times = []
+    for i, (x, y) in zip(range(warm + steps), ShardedLoader(train, cfg.train.global_batch, 0, n, seed=cfg.train.seed)):
+        t0 = time.perf_counter()
+        train_step(model, opt, x, y)
+        if i >= warm:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_compute(args, cell: Cell) -> float:
+    """compute_step_s of the cell's first seed, timed on rank 0 while the other ranks wait; every rank's answer."""
+    box = [None]
+    if dist.get_rank() == 0:
+        seed = (args.seeds or [None])[0]
+        over = [*args.overrides, "dist.strategy=ddp", *cell.overrides] + ([f"train.seed={seed}"] if seed is not None else [])
+        box = [compute_step_s(load_config(args.config, over), dist.get_world_size())]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _cached(path: Path, hash_: str) -> Summary | None:
@@ -205,7 +238,7 @@ def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
             runtime.print0(f"{cell.name}: refused — {e}")
             rows.append(dict(cell=cell.name, family=cell.family, refused=str(e)))
             continue
-        rows.append(summarize(cell, seeds))
+        rows.append(dict(summarize(cell, seeds), compute_step_s=measure_compute(args, cell)))
     return rows, add_targets(rows, args.targets)
 
 

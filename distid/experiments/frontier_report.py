@@ -32,7 +32,10 @@ def _acc(r: dict) -> str:
 
 
 def _reached(hit: dict | None) -> str:
-    return f"{hit['wire_bytes'] / 1e6:,.1f} MB (step {hit['step']})" if hit else "not reached"
+    if not hit:
+        return "not reached"
+    b = hit["wire_bytes"]
+    return (f"{b / 1e6:,.1f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB") + f" (step {hit['step']})"
 
 
 def _peft_lrs(meta: dict) -> str:
@@ -58,21 +61,22 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
              "tensor handed in), for the payloads the ledger measured once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "
-             "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps. "
+             "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps; compute ms: one step "
+             "on one process, one rank's batch, no collective (what the link model below uses). "
              f"Bytes to a target: set-up + warm-up + steps × bytes/step (DiLoCo: set-up + synchronisations × bytes each) at "
              f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
              f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: a synchronisation's / H.\n",
              "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
-             f"{heads} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
+             f"compute ms | {heads} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (8 + len(targets)))
+            lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (9 + len(targets)))
             continue
         calls = r["calls_per_step"].get("all_reduce", 0)
         lines.append(f"| {r['cell']} | {r['trainable_params']:,} | {r['wire_bytes_per_step']:,.0f} | "
-                     f"{r['wire_formula_bytes_per_step']:,.0f} | {r['wire_bytes_per_step'] / base:.4f} | {calls:g} | {_acc(r)} | "
-                     f"{1e3 * r['step_time_s']:.2f} | {r['train_time_s']:.1f} | "
+                     f"{r['wire_formula_bytes_per_step']:,.0f} | {r['wire_bytes_per_step'] / base:.4f} | {calls:.4g} | {_acc(r)} | "
+                     f"{1e3 * r['step_time_s']:.2f} | {r['train_time_s']:.1f} | {1e3 * r['compute_step_s']:.2f} | "
                      + " | ".join(_reached(h) for h in r["to_target"]) + " |")
     front = " → ".join(r["cell"] for r in pareto([r for r in rows if "refused" not in r], "wire_bytes_per_step"))
     return "\n".join(lines) + f"\n\nPareto front (fewest bytes/step → highest accuracy): {front}\n"

@@ -4,12 +4,13 @@ Each frontier cell's measured figures are turned into wall-clock time on named l
 α–β (Hockney) model of a ring all-reduce (Thakur, Rabenseifner & Gropp 2005):
     t(S, N) = 2(N−1)·α + 2(N−1)/N · S/β     per all-reduce of S bytes handed in,
 N workers, α the one-way latency of a message, β the bandwidth. A cell's time to a target is
-    steps × step time  +  set-up bytes / β  +  Σ over its all-reduces up to that step of t(S, N),
-with steps, step time (median, measured here), set-up bytes, the all-reduce calls and the bytes
-handed in all measured by the frontier run (PowerSGD's plain warm-up steps included, DiLoCo's
-synchronisations counted as they happened). Assumptions, all of them the model's, none measured:
-compute does not overlap communication; the step time measured here (where the loopback
-all-reduce is part of a DDP step) is the compute on every link; the accuracy reached after a given
+    steps × compute per step  +  set-up bytes / β  +  Σ over its all-reduces up to that step of t(S, N),
+with steps, set-up bytes, the all-reduce calls and the bytes handed in measured by the frontier run
+(PowerSGD's plain warm-up steps included, DiLoCo's synchronisations counted as they happened), and
+the compute per step measured by the frontier on one process, one rank's batch, no collective
+(`frontier.compute_step_s`). Assumptions, all of them the model's, none measured: compute does not
+overlap communication; a comm hook's own compute (PowerSGD's matmuls and orthogonalisation, the
+casts to 16 bits) is left out; the accuracy reached after a given
 number of steps at 4 workers holds at 64 (each worker keeps its batch, so the global batch grows);
 a link carries one all-reduce at a time at its full bandwidth.
 """
@@ -64,7 +65,7 @@ def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> floa
     setup = sum(s["wire_setup_bytes"] for s in seeds) / len(seeds)
     payload = (hit["wire_bytes"] - setup) / wire_factor("all_reduce", measured_n)  # handed in, warm-up included
     calls = step * row["calls_per_step"].get("all_reduce", 0)
-    return step * row["step_time_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link, calls)
+    return step * row["compute_step_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link, calls)
 
 
 def _target(targets: list[dict], fraction: float = 0.90) -> int:
@@ -91,8 +92,10 @@ def to_markdown(rows: list[dict], targets: list[dict], measured_n: int, workers:
     times = {(r["cell"], n, link.name): time_to(r, i, measured_n, n, link) for r in ok for n, link in cols}
     best = {(n, link.name): min(ok, key=lambda r: times[r["cell"], n, link.name])["cell"] for n, link in cols}
     lines = [f"## Time to {targets[i]['fraction']:.0%} of DDP's accuracy on named links — a model\n",
-             "Ring all-reduce t = 2(N−1)·α + 2(N−1)/N·S/β per call (α–β model), plus steps × the step time "
-             f"measured here and the set-up bytes / β; steps, calls and bytes as measured on {measured_n} ranks. "
+             "Ring all-reduce t = 2(N−1)·α + 2(N−1)/N·S/β per call (α–β model), plus steps × the compute per "
+             "step (one process, one rank's batch, no collective: the table's compute ms) and the set-up bytes / "
+             f"β; steps, calls and bytes as measured on {measured_n} ranks; accuracy after s steps assumed the same "
+             "at 64 workers. "
              "Bold: the fastest cell in the column. Links: "
              + "; ".join(f"{k.name} ({_rate(k)}; {k.source})" for k in LINKS) + ".\n",
              "| cell | " + " | ".join(f"{k.name}, N={n}" for n, k in cols) + " |",

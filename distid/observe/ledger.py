@@ -139,9 +139,10 @@ class CommLedger:
         """{op: wire bytes per step, ..., 'total'}: what this rank sends per step for these payloads."""
         return to_wire(self.per_step(phase), self.world_size)
 
-    def table(self, phase: str = "step") -> str:
-        """op | calls/step | wire B/step | payload B/step — rows only for the ops that ran."""
-        lines = [f"{'op':<16} {'calls/step':>10} {'sent B/step':>12} {'handed in B/step':>17}"]
+    def table(self, phase: str = "step", per: str = "step") -> str:
+        """op | calls/step | wire B/step | payload B/step — rows only for the ops that ran; `per` names
+        what the phase's count counts (a step, or a synchronisation: "sync")."""
+        lines = [f"{'op':<16} {'calls/' + per:>10} {'sent B/' + per:>12} {'handed in B/' + per:>17}"]
         calls, pay, wire = self.calls_per_step(phase), self.per_step(phase), self.wire_per_step(phase)
         for op in calls:
             lines.append(f"{op:<16} {calls[op]:>10.2f} {wire[op]:>12,.0f} {pay[op]:>17,.0f}")

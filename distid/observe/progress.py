@@ -99,7 +99,9 @@ def final_table(s: Summary, ledger_table: str) -> str:
     n = s.world_size
     full = 2 * (n - 1) / n * 4 * s.total_params  # full training under DDP: ring all-reduce of D floats
     sent = (s.comm_wire_bytes_per_step or s.comm_wire_formula)["total"]
-    where = f"{s.strategy.upper()} on {n} ranks, {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend})" \
+    how = s.strategy.upper() if s.sync_every == 1 else \
+        f"{'DiLoCo' if s.outer == 'nesterov' else 'local SGD'} (H = {s.sync_every})"
+    where = f"{how} on {n} ranks, {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend})" \
         if n > 1 else f"one process ({s.device})"
     lines = [f"\n{method_label(s)}, {where}, {s.steps:,} steps of global batch {s.global_batch}",
              _row("trained numbers", f"{s.trainable_params:,} " + (f"(the adapters; the model's D = {s.total_params:,} "

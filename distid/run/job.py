@@ -244,7 +244,8 @@ class Job:
         if self.rank == 0:
             torch.save(trained, self.out / "trainable.pt")
             summary.save(self.out / "summary.json")
-            print(final_table(summary, self.ledger.table("outer" if self.outer else "step")), flush=True)
+            print(final_table(summary, self.ledger.table(*(("outer", "sync") if self.outer else ("step",)))),
+                  flush=True)
         self.progress.close()
         return summary
 
