@@ -126,7 +126,7 @@ def test_type_errors(tmp_path, text, pattern):
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora'; got 'half'"),
+    ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora', 'vera', 'fourierft', 'unilora'; got 'half'"),
     ("train.projection=gauss", r"train\.projection must be one of 'dense', 'sparse', 'fastfood'"),
     ("train.optimizer=rmsprop", r"train\.optimizer must be one of 'adam', 'sgd'"),
     ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'none'"),
