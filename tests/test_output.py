@@ -25,7 +25,7 @@ def summary(**kv) -> Summary:
                 config={"train": {}}, out_dir="runs/x", checkpoint=None, checkpoint_bytes=None,
                 full_state_dict_bytes=796_840)
     base.update(kv)
-    fields = {f.name: None for f in dataclasses.fields(Summary)}
+    fields = {f.name: None for f in dataclasses.fields(Summary) if f.default is dataclasses.MISSING}
     return Summary(**{**fields, **base})
 
 
