@@ -31,12 +31,12 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.config import METHOD_LR, ConfigError, config_hash, load_config, timestamped_dir
+from distid.data import ShardedLoader
+from distid.data.datasets import load_split
 from distid.experiments import links
 from distid.experiments.frontier_report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
-from distid.data import ShardedLoader
-from distid.data.datasets import load_split
 from distid.run.api import run_logged, train_step
 from distid.run.build import build, make_optimizer
 
