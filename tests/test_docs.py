@@ -37,10 +37,10 @@ TINY = {
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
-    "distid.experiments.frontier": ["--seeds", "0", "--set", "train.steps=26", "--set", "dist.powersgd_start_iter=3",
-                                    "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "250", "--diloco-h", "8",
-                                    "--diloco-dims", "250", "--diloco-dims-h", "8", "--diloco-lora-ranks", "1",
-                                    "--diloco-lora-h", "8"],  # every family, one cell each, two evaluations
+    "distid.experiments.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
+                                    "--set", "dist.powersgd_start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
+                                    "--dims", "250", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
+                                    "--diloco-lora-ranks", "1", "--diloco-lora-h", "7"],  # every family, one cell each
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
 NEEDS_GPU = {"distid.experiments.bench.gpt2"}

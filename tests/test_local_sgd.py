@@ -30,9 +30,8 @@ def train(pool, out, resume=False, **kv):
 
 
 @mnist
-@pytest.mark.parametrize("n,method,dtype,h", [(2, "full", "float32", 4), (4, "full", "float32", 32),
-                                              (4, "subspace", "float32", 4), (2, "lora", "bfloat16", 4),
-                                              (2, "full", "float16", 4)])
+@pytest.mark.parametrize("n,method,dtype,h", [(4, "full", "float32", 32), (4, "subspace", "float16", 4),
+                                              (2, "lora", "bfloat16", 4)])
 def test_inner_steps_send_nothing_and_a_sync_sends_the_formula(dist_pool, tmp_path, n, method, dtype, h):
     """4 ranks, H = 32, full training: 796,840 / 32 bytes handed in per step, measured."""
     results = train(dist_pool(n), tmp_path, **{"train.steps": 3 * h, "train.sync_every": h, "train.outer_dtype": dtype,
@@ -130,7 +129,7 @@ def test_what_cannot_work_is_refused(override, pattern):
 
 
 @mnist
-def test_refusals_are_one_line_and_another_world_size_is_refused(tmp_path):
+def test_another_world_size_is_refused_in_one_line(tmp_path):
     def cli(nproc, *sets, resume=False):
         args = ["--config", "configs/mnist_fc_full.toml", "--out", str(tmp_path / "run"), "--set",
                 f"data.root={DATA_ROOT}", "--set", "train.global_batch=600"]
@@ -138,8 +137,6 @@ def test_refusals_are_one_line_and_another_world_size_is_refused(tmp_path):
         if nproc == 1:
             return run([sys.executable, "-m", "distid.train", *args], timeout=120)
         return torchrun(nproc, "-m", "distid.train", *args, timeout=120)
-    bad = cli(1, "train.sync_every=4", "dist.strategy=fsdp")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     first = cli(2, "train.sync_every=2", "train.steps=4")
     assert first.returncode == 0, first.stderr
     other = cli(1, "train.sync_every=2", "train.steps=8", resume=True)
