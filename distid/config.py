@@ -111,6 +111,7 @@ class SweepConfig:
     lora_lr: float = 1e-2
     search: str = "grid"  # "grid": every d of the grid; "bisect": bisection on log d in [d_min, d_max] (experiments/bisect.py)
     width: float = 0.1  # bisect: stop when a seed's bracket hi/lo ≤ 1 + width
+    fit_window: float = 1.5  # d_int: the line in log d goes through the points within this factor of the crossing
     bisect_on: str = "measured"  # bisect: the threshold the search pins down: "measured", "fixed_1.0" or "both"
     lora_min: int = 1  # bisect: also search LoRA ranks in [lora_min, lora_max]
     lora_max: int = 0  # 0: no LoRA search (distid.probe: the largest rank the targets take, at most 64)
@@ -283,6 +284,8 @@ def validate(cfg: Config) -> None:
         ("sweep.lora_ranks", all(r >= 1 for r in w.lora_ranks), "a list of ranks >= 1", w.lora_ranks),
         ("sweep.lora_lr", w.lora_lr > 0, "> 0", w.lora_lr),
         ("sweep.width", w.width > 0, "> 0 (the bracket's relative width, e.g. 0.1)", w.width),
+        ("sweep.fit_window", w.fit_window > 1, "> 1 (a factor of d either side of the crossing, e.g. 1.5)",
+         w.fit_window),
         ("sweep.lora_min", w.lora_min >= 1, ">= 1", w.lora_min),
         ("sweep.lora_max", w.lora_max == 0 or w.lora_max >= w.lora_min, "0 (no LoRA search) or >= sweep.lora_min",
          w.lora_max),

@@ -1,10 +1,11 @@
 """The intrinsic-dimension search (experiments/bisect.py), the plateau stop (run/job.py `settled`)
-and the interval (experiments/intrinsic.py `interval`), on synthetic accuracy curves; then one
+and the interval (experiments/intrinsic.py `resampled`), on synthetic accuracy curves; then one
 bisection sweep on MNIST, resumed; and the refusals of bad input, one line each."""
 
 import hashlib
 import json
 import math
+import statistics
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.config import ConfigError, load_config
 from distid.experiments.bisect import bracket, probes, search
-from distid.experiments.intrinsic import interval
+from distid.experiments.intrinsic import resampled
 from distid.experiments.sweep_bisect import next_points
 from distid.run.job import settled
 from procs import run, torchrun
@@ -102,12 +103,13 @@ def test_the_plateau_rule_stops_only_after_k_evaluations_without_a_gain():
     assert settled([0.7, 0.95, 0.94, 0.93], 2, 0.0)  # falling counts as no gain
 
 
-def test_the_interval_is_of_the_mean_and_reproducible():
+def test_the_interval_is_of_the_statistic_and_reproducible():
     values = [487.0, 513.0, 498.0]
-    lo, hi = interval(values)
+    lo, hi = resampled(values, statistics.fmean)
     assert min(values) <= lo < sum(values) / 3 < hi <= max(values)
-    assert interval(values) == (lo, hi) and interval([1.0, 2.0]) is None
-    assert interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert resampled(values, statistics.fmean) == (lo, hi) and resampled([1.0, 2.0], statistics.fmean) is None
+    assert resampled([5.0, 5.0, 5.0], statistics.fmean) == (5.0, 5.0)
+    assert resampled(values, max) == (487.0, 513.0)  # three draws of 487: 1/27 = 3.7 % of resamples, over 2.5 %
 
 
 def _recs(*rows):

@@ -3,6 +3,8 @@
 import json
 import math
 import multiprocessing as mp
+import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.experiments import sweep_store
 from distid.config import ConfigError, load_config
-from distid.experiments.intrinsic import analyse, crossing
+from distid.experiments.intrinsic import Crossing, analyse, crossing, fitted
 from distid.experiments.sweep import grid, key, plan, share
 import sys
 
@@ -34,6 +36,55 @@ def test_crossing_takes_the_first_rise_past_the_target():
 
 def _rec(kind, x, seed, acc):
     return dict(kind=kind, x=x, seed=seed, test_accuracy=acc)
+
+
+def _line(c):
+    """Accuracy rising 0.05 per e-fold of d, crossing 0.88 at d = c."""
+    return lambda d: 0.88 + 0.05 * math.log(d / c)
+
+
+def test_the_fitted_line_finds_the_crossing_of_points_on_a_line():
+    ds = [300, 400, 450, 500, 560, 700, 5000]
+    pts = [(d, _line(517)(d)) for d in ds[:-1]] + [(5000, 0.2)]  # 5000: outside the window, ignored
+    start = crossing([450, 560], [_line(517)(450), _line(517)(560)], 0.88)
+    got = fitted(pts, 0.88, Crossing(480.0, bracket=(450, 560)), window=1.5)
+    assert got.d == pytest.approx(517) and start.d == pytest.approx(517)
+    assert got.fit == (5, 400, 700) and got.bracket == (450, 560)  # re-centred on 517: 300 falls out
+
+
+def test_the_fitted_line_averages_the_scatter_of_single_runs():
+    rng, err_line, err_interp = random.Random(0), [], []
+    for _ in range(200):
+        ds = [400, 450, 480, 500, 530, 560, 600]
+        pts = [(d, _line(500)(d) + rng.gauss(0, 0.004)) for d in ds]
+        c = crossing(*zip(*pts), 0.88)
+        if c.d is None or c.below_grid:
+            continue
+        err_line.append(abs(math.log(fitted(pts, 0.88, c).d / 500)))
+        err_interp.append(abs(math.log(c.d / 500)))
+    assert len(err_line) > 150 and statistics.fmean(err_line) < 0.5 * statistics.fmean(err_interp)
+
+
+@pytest.mark.parametrize("pts, why", [([(400, 0.85), (500, 0.89)], "two points"),
+                                      ([(400, 0.85), (400, 0.86), (400, 0.89)], "one d"),
+                                      ([(400, 0.89), (450, 0.85), (500, 0.84)], "falling"),
+                                      ([(400, 0.87), (500, 0.871), (600, 0.872)], "crossing far outside the window")])
+def test_the_interpolation_stands_where_a_line_cannot_be_trusted(pts, why):
+    start = Crossing(450.0, bracket=(400, 500))
+    assert fitted(pts, 0.88, start) == start, why
+    assert fitted(pts, 0.88, Crossing(400.0, below_grid=True)).d == 400.0
+
+
+def test_a_bisections_headline_is_one_line_through_every_seeds_points():
+    noise = {0: 0.003, 1: -0.006, 2: 0.0}  # seed 0 lucky, seed 1 unlucky: their own lines miss 500 both ways
+    pts = [_rec("full", 0, s, 0.98) for s in range(3)] + [
+        _rec("subspace", d, s, _line(500)(d) + noise[s]) for s, ds in
+        ((0, [420, 470, 520, 610]), (1, [480, 560, 640]), (2, [380, 490, 505, 560])) for d in ds]
+    m = analyse(pts, 0.88 / 0.98, search="bisect")["measured"]
+    assert m["per_seed"][0] < 500 < m["per_seed"][1] and m["per_seed"][2] == pytest.approx(500)
+    assert m["d_int"] == pytest.approx(500, rel=0.015) and m["seed_min"] < m["d_int"] < m["seed_max"]
+    assert abs(m["d_int"] - 500) < abs(statistics.fmean(m["per_seed"]) - 500)  # 11 points weigh more than 3 lines
+    assert m["interval"][0] <= m["d_int"] <= m["interval"][1] and m["fits"][1] == (3, 480, 640)
 
 
 def test_analyse_reports_both_baselines_and_the_seed_spread():

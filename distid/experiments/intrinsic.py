@@ -1,19 +1,31 @@
 """Intrinsic dimension from a sweep's accuracies (Li et al. 2018).
 
 d_int = the smallest d whose test accuracy reaches t = threshold × baseline, where baseline is
-full training's accuracy. Between grid points d_i < d_{i+1} (acc a_i < t ≤ a_{i+1}) the crossing
-is interpolated linearly in log d:  log d_int = log d_i + (t − a_i)/(a_{i+1} − a_i) · (log d_{i+1} − log d_i).
-Two baselines are reported because the paper's plotted numbers use the second: the measured
-full-training accuracy, and 1.0 (then t = threshold, e.g. 0.90 accuracy).
+full training's accuracy. Two baselines are reported because the paper's plotted numbers use the
+second: the measured full-training accuracy, and 1.0 (then t = threshold, e.g. 0.90 accuracy).
 
-The interval: each seed's own crossing c_s, and the 95 % bootstrap interval of their mean (the
-2.5th and 97.5th percentiles of the mean over BOOTSTRAP resamples of the seeds, with replacement),
-given for 3 or more seeds that all cross. A bisection (sweep.search = "bisect") trains each seed at
-its own d values, so its headline d_int is the mean of the c_s rather than the mean curve's crossing.
+Where a curve crosses t, in two steps:
+1. `crossing`: between the trained d_i < d_{i+1} around the first rise past t (a_i < t ≤ a_{i+1}),
+   linearly in log d:  log c = log d_i + (t − a_i)/(a_{i+1} − a_i) · (log d_{i+1} − log d_i).
+2. `fitted`: the least-squares line a = α + β·log d through every trained point within a factor
+   `window` of c (default 1.5), solved for t:  log d_int = (t − α)/β, and the window re-centred on
+   the answer (at most REFIT times). Every d draws its own projection, so one run's accuracy
+   scatters by a few thousandths while the curve rises by about 0.01 per 10 % of d: two points
+   alone place the crossing by their noise; the line averages it. With fewer than 3 points in the
+   window, a slope ≤ 0 or an answer outside the window, c stands. A window much wider than
+   1.5 lets the curve's bend in log d pull the line (measured in docs/lesson5_intrinsic_dimension.md).
+Each seed's d_int is its own points' estimate. The headline is the same line through every seed's
+points (a grid's mean curve fitted; a bisection's seeds, each at its own d, together), starting
+from the mean curve's crossing (grid) or the mean of the seeds' (bisect).
+
+The interval: the 95 % bootstrap interval of the headline over the seeds (the 2.5th and 97.5th
+percentiles of the headline recomputed on BOOTSTRAP resamples of the seeds, with replacement),
+given for 3 or more seeds that all cross.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
@@ -22,6 +34,8 @@ from dataclasses import asdict, dataclass
 from distid import runtime
 
 BOOTSTRAP = 10_000  # resamples of the seeds
+WINDOW = 1.5  # sweep.fit_window's default: the line goes through points within this factor of the crossing
+REFIT = 3  # re-centrings of the window on the line's own crossing
 
 
 @dataclass
@@ -31,6 +45,7 @@ class Crossing:
     d: float | None
     below_grid: bool = False  # the first grid point already reaches t: d_int ≤ d[0]
     bracket: tuple | None = None  # (d before, d after) the interpolation ran between
+    fit: tuple | None = None  # (points, lowest d, highest d) the line went through; None: the interpolation stands
 
     def label(self, grid_max: int) -> str:
         if self.d is None:
@@ -50,6 +65,27 @@ def crossing(ds: list[int], accs: list[float], t: float) -> Crossing:
     return Crossing(None)
 
 
+def fitted(points: list[tuple[int, float]], t: float, start: Crossing, window: float = WINDOW) -> Crossing:
+    """start, refined by the least-squares line a = α + β·log d through the (d, accuracy) points
+    within a factor `window` of it (re-centred up to REFIT times); start itself when the line
+    cannot be trusted (< 3 points or one d, β ≤ 0, the answer outside the window)."""
+    if start.d is None or start.below_grid:
+        return start
+    c, fit = start.d, None
+    for _ in range(REFIT):
+        near = [(math.log(d), a) for d, a in points if abs(math.log(d / c)) <= math.log(window)]
+        if len(near) < 3 or len({x for x, _ in near}) < 2:
+            break
+        mx, ma = statistics.fmean(x for x, _ in near), statistics.fmean(a for _, a in near)
+        sxx = sum((x - mx) ** 2 for x, _ in near)
+        beta = sum((x - mx) * (a - ma) for x, a in near) / sxx
+        if beta <= 0 or abs(mx + (t - ma) / beta - math.log(c)) > math.log(window):
+            break
+        lo, hi = min(x for x, _ in near), max(x for x, _ in near)
+        c, fit = math.exp(mx + (t - ma) / beta), (len(near), round(math.exp(lo)), round(math.exp(hi)))
+    return Crossing(c, bracket=start.bracket, fit=fit) if fit else start
+
+
 def curve(points: list[dict], seed: int | None = None) -> tuple[list[int], list[float]]:
     """(d ascending, accuracy) of the subspace points; mean over seeds, or one seed's values."""
     by_d: dict[int, list[float]] = {}
@@ -60,40 +96,62 @@ def curve(points: list[dict], seed: int | None = None) -> tuple[list[int], list[
     return ds, [statistics.fmean(by_d[d]) for d in ds]
 
 
-def interval(values: list[float], seed: int = 0) -> tuple[float, float] | None:
-    """95 % bootstrap interval of the mean of `values` (one per seed); None for fewer than 3."""
-    if len(values) < 3:
+def pairs(points: list[dict], seed: int) -> list[tuple[int, float]]:
+    """One seed's subspace points as (d, accuracy)."""
+    return [(p["x"], p["test_accuracy"]) for p in points if p["kind"] == "subspace" and p["seed"] == seed]
+
+
+def resampled(items: list, stat, seed: int = 0) -> tuple[float, float] | None:
+    """95 % bootstrap interval of stat(resample) over BOOTSTRAP resamples of `items` with
+    replacement (stat sees a sorted tuple of indices' items; each distinct resample computed once);
+    None for fewer than 3 items."""
+    if len(items) < 3:
         return None
     rng = random.Random(runtime.rng_seed(seed, "bootstrap"))
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP))
-    return means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
+    once = functools.lru_cache(maxsize=None)(lambda idx: stat([items[i] for i in idx]))
+    values = sorted(once(tuple(sorted(rng.choices(range(len(items)), k=len(items))))) for _ in range(BOOTSTRAP))
+    return values[int(0.025 * BOOTSTRAP)], values[int(0.975 * BOOTSTRAP) - 1]
 
 
-def analyse(points: list[dict], threshold: float, search: str = "grid") -> dict:
-    """d_int for both baselines: from the mean curve (grid) or the mean of the seeds' crossings
-    (bisect), each seed's crossing, and the interval of their mean."""
+def pooled(seeds: list[tuple[list[tuple[int, float]], Crossing]], t: float, window: float) -> float:
+    """The headline of seeds given as (points, own crossing): the line through all their points,
+    from the mean of their crossings."""
+    start = Crossing(statistics.fmean(c.d for _, c in seeds))
+    return fitted([p for pts, _ in seeds for p in pts], t, start, window).d
+
+
+def analyse(points: list[dict], threshold: float, search: str = "grid", window: float = WINDOW) -> dict:
+    """d_int for both baselines: the line through every seed's points near the crossing of the mean
+    curve (grid) or of the seeds' mean crossing (bisect), each seed's own estimate, and the interval."""
     base = [p["test_accuracy"] for p in points if p["kind"] == "full"]
     if not base:
         raise ValueError("no full-training baseline among the points")
     ds, accs = curve(points)
     seeds = sorted({p["seed"] for p in points if p["kind"] == "subspace"})
-    out = dict(baseline_accuracy=statistics.fmean(base), baseline_per_seed=base, grid=ds, mean_accuracy=accs)
+    everyone = [pt for s in seeds for pt in pairs(points, s)]
+    out = dict(baseline_accuracy=statistics.fmean(base), baseline_per_seed=base, grid=ds, mean_accuracy=accs,
+               fit_window=window)
     for name, ref in (("measured", out["baseline_accuracy"]), ("fixed_1.0", 1.0)):
         t = threshold * ref
-        per_seed = [crossing(*curve(points, s), t) for s in seeds]
+        per_seed = [fitted(pairs(points, s), t, crossing(*curve(points, s), t), window) for s in seeds]
         found = [c.d for c in per_seed if c.d is not None]
         both = len(found) == len(seeds)
         if search == "grid":
-            mean = crossing(ds, accs, t)
+            mean = fitted(everyone, t, crossing(ds, accs, t), window)
             label = mean.label(ds[-1]) if ds else "—"
-        else:  # each seed has its own d values: the mean of the seeds' crossings
-            mean = Crossing(statistics.fmean(found) if both else None,
-                            below_grid=any(c.below_grid for c in per_seed))
+        else:  # each seed has its own d values: the line through all of them, from the seeds' mean crossing
+            below = any(c.below_grid for c in per_seed)
+            mean = Crossing(None if not both else statistics.fmean(found) if below else
+                            pooled(list(zip(map(lambda s: pairs(points, s), seeds), per_seed)), t, window),
+                            below_grid=below)
             label = (f"not reached by {len(seeds) - len(found)} of {len(seeds)} seeds" if not both
                      else f"≤ {mean.d:,.0f}" if mean.below_grid else f"{mean.d:,.0f}")
+        spread = both and not any(c.below_grid for c in per_seed)
+        ci = resampled([(pairs(points, s), c) for s, c in zip(seeds, per_seed)],
+                       lambda chosen: pooled(chosen, t, window)) if spread else None
         out[name] = dict(
-            target_accuracy=t, d_int=mean.d, d_int_label=label, crossing=asdict(mean),
-            interval=interval(found) if both else None, brackets=[c.bracket for c in per_seed],
+            target_accuracy=t, d_int=mean.d, d_int_label=label, crossing=asdict(mean), interval=ci,
+            brackets=[c.bracket for c in per_seed], fits=[c.fit for c in per_seed],
             per_seed=[c.d for c in per_seed], seeds_reached=len(found), seeds=len(seeds),
             seed_min=min(found) if found else None, seed_max=max(found) if found else None,
             seed_std=statistics.stdev(found) if len(found) > 1 else None)

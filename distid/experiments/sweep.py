@@ -213,7 +213,7 @@ def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, train
     result = dict(config=to_dict(cfg), grid=grid(cfg) if s.search == "grid" else [], points=records,
                   machine=runtime.machine(), ranks=n, mode=s.mode, search=s.search,
                   wall_time_s=time.perf_counter() - t0, trained=trained,
-                  analysis=intrinsic.analyse(records, s.threshold, s.search))
+                  analysis=intrinsic.analyse(records, s.threshold, s.search, s.fit_window))
     text = sweep_report.write(out, result, cfg)
     if echo:
         print(text, flush=True)

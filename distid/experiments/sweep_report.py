@@ -62,21 +62,22 @@ def markdown(result: dict, cfg: Config) -> str:
         + (f", LoRA {cfg.sweep.lora_lr:g}" if cfg.sweep.lora_ranks else "") + f"; seeds {', '.join(map(str, seeds))}.\n",
         f"Baseline (full training, D = {full['total_params']:,}): test accuracy "
         f"{a['baseline_accuracy']:.4f} (per seed {', '.join(f'{b:.4f}' for b in a['baseline_per_seed'])}).\n",
-        f"| threshold | target accuracy | d_int ({'mean of the seeds' if bisected else 'mean curve'}) | "
-        "95 % interval (bootstrap over seeds) | per seed (between d) | seeds reaching it |",
+        f"| threshold | target accuracy | d_int ({'all seeds' if bisected else 'mean curve'}) | "
+        "95 % interval (bootstrap over seeds) | per seed (points of its line) | seeds reaching it |",
         "|---|---:|---:|---:|---|---:|",
     ]
     for name, label in (("measured", f"{thr:.0%} of the measured baseline"),
                         ("fixed_1.0", f"{thr:.0%} of 1.0 (the convention of Li et al.'s plots)")):
         r = a[name]
-        per = ", ".join("—" if d is None else f"{d:,.0f}" + (f" ({b[0]:,}–{b[1]:,})" if b else "")
-                        for d, b in zip(r["per_seed"], r.get("brackets") or [None] * len(r["per_seed"])))
+        per = ", ".join(seed_cell(d, b, f) for d, b, f in zip(r["per_seed"], r["brackets"], r["fits"]))
         ci = r.get("interval")
-        ci = f"{ci[0]:,.0f}–{ci[1]:,.0f}" if ci else "— (needs ≥ 3 seeds, all reaching it)"
+        ci = f"{ci[0]:,.0f}–{ci[1]:,.0f}" if ci else "— (needs ≥ 3 seeds, all crossing inside the range)"
         lines.append(f"| {label} | {r['target_accuracy']:.4f} | {r['d_int_label']} | {ci} | {per} | "
                      f"{r['seeds_reached']}/{r['seeds']} |")
-    lines += ["", "Each seed's d_int is interpolated linearly in log d between its two trained d around the crossing"
-              + (" (the bisection's final bracket for the threshold it pins down)." if bisected else "."), "",
+    lines += ["", f"Each seed's d_int: where the least-squares line of accuracy against log d through its points within a "
+              f"factor {a['fit_window']:g} of the crossing reaches the target (`sweep.fit_window`); with fewer than 3 "
+              f"such points, the interpolation between the two trained d around the crossing (d before–after). The "
+              f"headline: the same line through {'every seed' if bisected else 'the mean curve'}'s points.", "",
               "| method | d / rank | trainable | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
               "|---|---:|---:|" + "---:|" * (len(seeds) + 1)]
     trainable = {(p["kind"], p["x"]): p["trainable_params"] for p in pts}
@@ -86,6 +87,15 @@ def markdown(result: dict, cfg: Config) -> str:
             lines.append(f"| {kind} | {x or '—'} | {trainable[(kind, x)]:,} | {cells} | "
                          f"{statistics.fmean(accs.values()):.4f} |")
     return "\n".join(lines) + "\n\n![accuracy against d](id_curve.png)\n"
+
+
+def seed_cell(d: float | None, bracket: list | None, fit: list | None) -> str:
+    """One seed's d_int with the points behind it: "513 (3 points, 400–600)" or "491 (400–500)"."""
+    if d is None:
+        return "—"
+    if fit:
+        return f"{d:,.0f} ({fit[0]} points, {fit[1]:,}–{fit[2]:,})"
+    return f"{d:,.0f}" + (f" ({bracket[0]:,}–{bracket[1]:,})" if bracket else "")
 
 
 def search_line(result: dict, cfg: Config) -> str:
