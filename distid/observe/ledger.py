@@ -127,6 +127,15 @@ class CommLedger:
         n = max(self.steps[phase], 1)
         return {op: b / n for op, b in self.totals(phase).items()}
 
+    def per_training_step(self, sync_every: int = 1) -> dict[str, float] | None:
+        """{op: payload bytes per training step, ..., 'total'}: the "step" phase's average, or with
+        local steps (H = sync_every > 1, inner steps hand in nothing) a synchronisation's ("outer") / H;
+        None before any is booked."""
+        phase = "outer" if sync_every > 1 else "step"
+        if not self.steps[phase]:
+            return None
+        return {op: b / sync_every for op, b in self.per_step(phase).items()}
+
     def calls_per_step(self, phase: str = "step") -> dict[str, float]:
         n = max(self.steps[phase], 1)
         return {op: s.calls / n for op, s in sorted(self.stats[phase].items())}

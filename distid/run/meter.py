@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from distid.observe.interface import InterfaceWindow
-from distid.observe.ledger import CommLedger
+from distid.observe.ledger import CommLedger, to_wire
 
 WARMUP_STEPS = 2
 LEDGER_STEPS = 10
@@ -63,12 +63,8 @@ class StepMeter:
     def wire_per_step(self) -> float:
         """Bytes this rank sends per step (wire): the ledger's once it has booked steady steps (with
         local steps: its synchronisations' bytes / H), the formula's before that."""
-        if self.sync_every > 1:
-            return self.ledger.wire_per_step("outer")["total"] / self.sync_every if self.ledger.steps["outer"] \
-                else self.wire_formula["total"]
-        if self.ledger.steps["step"]:
-            return self.ledger.wire_per_step()["total"]
-        return self.wire_formula["total"]
+        per = self.ledger.per_training_step(self.sync_every)
+        return to_wire(per, self.ledger.world_size)["total"] if per else self.wire_formula["total"]
 
     def measured_per_step(self) -> float | None:
         """Bytes the interface carried per rank per booked step (None unless measured)."""

@@ -32,11 +32,8 @@ def summarize(job) -> Summary:
     rss = runtime.gather_floats(job.progress.peak_rss_mb())
     state = runtime.gather_floats(float(held["total"]))
     nnodes = runtime.node_count()
-    booked = ledger.steps["step"]
-    h, syncs = cfg.train.sync_every, ledger.steps["outer"]
-    per_step = ledger.per_step("step") if booked else None
-    if h > 1:  # local steps: inner steps hand in nothing; a synchronisation's bytes spread over its H steps
-        per_step = {op: b / h for op, b in ledger.per_step("outer").items()} if syncs else None
+    booked, h, syncs = ledger.steps["step"], cfg.train.sync_every, ledger.steps["outer"]
+    per_step = ledger.per_training_step(h)
     return Summary(
         method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
         world_size=n, nnodes=nnodes, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)),
