@@ -39,11 +39,25 @@ def assert_one_line_error(res, out: Path, *needles: str) -> str:
     (["train.lrr=0.1"], ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
     (["train.d=many"], ["train.d", "expected int, got 'many'"]),
     (["train.d=0"], ["train.d must be >= 1; got 0"]),
+], ids=["unknown-key", "wrong-type", "d-zero"])
+def test_bad_config_file_or_setting(tmp_path, capsys, sets, needles):
+    """Refused while the config loads: the same `cli.main` as the shell's, called in this process."""
+    from distid import train as entry
+
+    argv = ["--out", str(tmp_path)] + [a for kv in (f"data.root={DATA_ROOT}", *sets) for a in ("--set", kv)]
+    assert entry.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and err.count("\n") == 1 and all(n in lines[0] for n in needles), err
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("sets,needles", [
     (["train.d=199211"], ["train.d = 199211 must be between 1 and D = 199,210"]),
     (["train.projection=dense", "train.d=10000", "train.max_dense_gb=1"],
      ["a dense projection needs 7.97 GB", "Use projection = 'fastfood'"]),
     (["train.method=lora", "train.lora_rank=11"], ["rank r=11 exceeds min(in, out)=10 of layer '5'"]),
-], ids=["unknown-key", "wrong-type", "d-zero", "d-above-D", "dense-too-big", "lora-rank-too-big"])
+], ids=["d-above-D", "dense-too-big", "lora-rank-too-big"])
 def test_bad_config(tmp_path, sets, needles):
     assert_one_line_error(train(tmp_path, *sets), tmp_path, *needles)
 

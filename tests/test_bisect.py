@@ -136,20 +136,34 @@ def test_a_fixed_target_above_the_baseline_is_refused_in_one_line():
     assert next_points(measured, _recs(*[("full", 0, s, 0.85) for s in range(3)]))  # 90 % of 0.85 is fine
 
 
-@pytest.mark.parametrize("over, message", [
+BAD_SEARCH = [
     (["sweep.threshold=1.5"], "sweep.threshold must be in (0, 1]; got 1.5"),
     (["sweep.threshold=0"], "sweep.threshold must be in (0, 1]; got 0"),
     (["sweep.search=bisect", "sweep.d_max=300000"], "sweep: d = 300,000 is above the model's D = 199,210 (mlp)"),
     (["sweep.d=[100,250000]"], "sweep: d = 250,000 is above the model's D = 199,210 (mlp)"),
     (["sweep.width=0"], "sweep.width must be > 0"),
     (["train.stop_plateau=2"], "train.stop_plateau must be 0 unless train.eval_every > 0"),
-])
-def test_bad_search_input_is_one_line_and_exit_2(tmp_path, over, message):
-    args = [a for o in over for a in ("--set", o)]
+]
+
+
+def test_bad_search_input_from_the_shell_is_one_line_and_exit_2(tmp_path):
+    """One case as a user meets it; the others go through the same `cli.main` in this process."""
+    over, message = BAD_SEARCH[2]
     out = run([sys.executable, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml",
-               "--out", str(tmp_path / "s"), *args], timeout=60)
+               "--out", str(tmp_path / "s"), *[a for o in over for a in ("--set", o)]], timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
     assert not (tmp_path / "s" / "sweep.json").exists()
+
+
+@pytest.mark.parametrize("over, message", BAD_SEARCH)
+def test_bad_search_input_is_one_line_and_exit_2(tmp_path, capsys, over, message):
+    from distid.experiments import sweep
+
+    args = ["--config", f"{REPO}/configs/mnist_fc_id.toml", "--out", str(tmp_path / "s")]
+    assert sweep.main(args + [a for o in over for a in ("--set", o)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "s").exists()
 
 
 def test_bisection_in_split_mode_on_two_ranks_is_refused(tmp_path):

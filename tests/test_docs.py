@@ -13,6 +13,7 @@ trainable counts, bytes per step, MFLOP, the ledger's rows) must be among what i
 import re
 import shlex
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -147,23 +148,54 @@ def agree(page: list[str], now: list[str], page_out, now_out, kinds_only: bool =
     return problems
 
 
-@pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
-@pytest.mark.parametrize("page,i,command,block", CASES, ids=[f"{p.name}:{i}" for p, i, _, _ in CASES])
-def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tmp_path):
+PARALLEL = 2  # tiny runs at a time: each is mostly start-up (imports on one core), so two fill two cores
+
+
+def prepared(command: str, tmp: Path) -> list[str] | str:
+    """The tiny run's argv (its --out is tmp/out), or why it cannot run here (a skip reason)."""
     words, extra = shlex.split(command), []
     module = words[words.index("-m") + 1]
     if module in NEEDS_GPU and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+        return "needs a CUDA GPU"
     config = words[words.index("--config") + 1] if "--config" in words else ""
     if config:
         cfg = load_config(str(Path(REPO) / config))
         if not have_dataset(cfg.data.dataset):
-            pytest.skip(f"{cfg.data.dataset} not fetched (python -m distid.data fetch {cfg.data.dataset})")
+            return f"{cfg.data.dataset} not fetched (python -m distid.data fetch {cfg.data.dataset})"
         if cfg.model.init_from:  # a pretraining run the page shows first: stand in with fresh weights
-            torch.save(build_model(cfg.model.name).state_dict(), tmp_path / "init.pt")
-            extra = ["--set", f"model.init_from={tmp_path / 'init.pt'}"]
-    out_dir = tmp_path / "out"
-    out = run(argv(command, out_dir) + extra, timeout=300)
+            torch.save(build_model(cfg.model.name).state_dict(), tmp / "init.pt")
+            extra = ["--set", f"model.init_from={tmp / 'init.pt'}"]
+    return argv(command, tmp / "out") + extra
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(request, tmp_path_factory):
+    """{test id: (Future of the finished process, tmp) or a skip reason} for the cases this session
+    selected, started in their order PARALLEL at a time, so that each test finds its run done or running."""
+    wanted = {item.callspec.id for item in request.session.items
+              if getattr(item, "originalname", "") == "test_docs_command_runs_at_a_tiny_size"}
+    pool, runs = ThreadPoolExecutor(PARALLEL), {}
+    for page, i, command, _ in CASES:
+        name = f"{page.name}:{i}"
+        if name in wanted:
+            tmp = tmp_path_factory.mktemp("tiny")
+            cmd = prepared(command, tmp)
+            runs[name] = cmd if isinstance(cmd, str) else (pool.submit(run, cmd, 300), tmp)
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
+@pytest.mark.parametrize("page,i,command,block", CASES, ids=[f"{p.name}:{i}" for p, i, _, _ in CASES])
+def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tiny_runs):
+    job = tiny_runs[f"{page.name}:{i}"]
+    if isinstance(job, str):
+        pytest.skip(job)
+    future, tmp = job
+    out, out_dir = future.result(), tmp / "out"
+    words = shlex.split(command)
+    module = words[words.index("-m") + 1]
+    config = words[words.index("--config") + 1] if "--config" in words else ""
     expected = {0, int(block.options.get("exit", 0))} if block else {0}
     assert out.returncode in expected, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     if block is None or block.options.get("exit"):

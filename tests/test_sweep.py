@@ -49,7 +49,7 @@ def test_the_fitted_line_finds_the_crossing_of_points_on_a_line():
     start = crossing([450, 560], [_line(517)(450), _line(517)(560)], 0.88)
     got = fitted(pts, 0.88, Crossing(480.0, bracket=(450, 560)), window=1.5)
     assert got.d == pytest.approx(517) and start.d == pytest.approx(517)
-    assert got.fit == (5, 400, 700) and got.bracket == (450, 560)  # re-centred on 517: 300 falls out
+    assert got.fit == (5, 400, 700) and got.bracket == (450, 560)  # 300 lies beyond 480 / 1.5
 
 
 def test_the_fitted_line_averages_the_scatter_of_single_runs():
@@ -171,8 +171,7 @@ def test_split_sweep_on_two_ranks_writes_everything_and_resumes(tmp_path):
     assert data["analysis"]["grid"] == [20, 60] and "d_int (mean curve)" in out.stdout
     again = torchrun(2, *args, timeout=240)
     assert again.returncode == 0 and "6 points (6 already in" in again.stdout and ": test acc " not in again.stdout
-    changed = torchrun(2, *args, "--set", "train.lr=0.05", timeout=240)
-    assert "6 points (2 already in" in changed.stdout and changed.stdout.count(": test acc ") == 4
+    # which points a changed setting trains again: test_fingerprint_follows_what_decides_a_result
 
 
 @needs_mnist

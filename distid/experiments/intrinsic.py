@@ -8,15 +8,14 @@ Where a curve crosses t, in two steps:
 1. `crossing`: between the trained d_i < d_{i+1} around the first rise past t (a_i < t ≤ a_{i+1}),
    linearly in log d:  log c = log d_i + (t − a_i)/(a_{i+1} − a_i) · (log d_{i+1} − log d_i).
 2. `fitted`: the least-squares line a = α + β·log d through every trained point within a factor
-   `window` of c (default 1.5), solved for t:  log d_int = (t − α)/β, and the window re-centred on
-   the answer (at most REFIT times). Every d draws its own projection, so one run's accuracy
-   scatters by a few thousandths while the curve rises by about 0.01 per 10 % of d: two points
-   alone place the crossing by their noise; the line averages it. With fewer than 3 points in the
-   window, a slope ≤ 0 or an answer outside the window, c stands. A window much wider than
-   1.5 lets the curve's bend in log d pull the line (measured in docs/lesson5_intrinsic_dimension.md).
-Each seed's d_int is its own points' estimate. The headline is the same line through every seed's
-points (a grid's mean curve fitted; a bisection's seeds, each at its own d, together), starting
-from the mean curve's crossing (grid) or the mean of the seeds' (bisect).
+   `window` of c (default 1.5), solved for t:  log d_int = (t − α)/β. Every d draws its own
+   projection, so one run's accuracy scatters by a few thousandths while the curve rises by about
+   0.01 per 10 % of d: two points alone place the crossing by their noise; the line averages it.
+   With fewer than 3 points in the window (or one d), a slope ≤ 0 or an answer outside the window,
+   c stands. A window much wider than 1.5 lets the curve's bend in log d pull the line
+   (docs/lesson5_intrinsic_dimension.md).
+Each seed's d_int is its own points' line. The headline is one line through every seed's points,
+from the mean curve's c (grid) or the mean of the seeds' c (bisect, each seed at its own d).
 
 The interval: the 95 % bootstrap interval of the headline over the seeds (the 2.5th and 97.5th
 percentiles of the headline recomputed on BOOTSTRAP resamples of the seeds, with replacement),
@@ -35,7 +34,6 @@ from distid import runtime
 
 BOOTSTRAP = 10_000  # resamples of the seeds
 WINDOW = 1.5  # sweep.fit_window's default: the line goes through points within this factor of the crossing
-REFIT = 3  # re-centrings of the window on the line's own crossing
 
 
 @dataclass
@@ -66,24 +64,20 @@ def crossing(ds: list[int], accs: list[float], t: float) -> Crossing:
 
 
 def fitted(points: list[tuple[int, float]], t: float, start: Crossing, window: float = WINDOW) -> Crossing:
-    """start, refined by the least-squares line a = α + β·log d through the (d, accuracy) points
-    within a factor `window` of it (re-centred up to REFIT times); start itself when the line
-    cannot be trusted (< 3 points or one d, β ≤ 0, the answer outside the window)."""
+    """start (an interpolated crossing), refined by the least-squares line a = α + β·log d through
+    the (d, accuracy) points within a factor `window` of it; start itself where the line cannot be
+    trusted (< 3 points or one d, β ≤ 0, the answer outside the window) or start is not a crossing."""
     if start.d is None or start.below_grid:
         return start
-    c, fit = start.d, None
-    for _ in range(REFIT):
-        near = [(math.log(d), a) for d, a in points if abs(math.log(d / c)) <= math.log(window)]
-        if len(near) < 3 or len({x for x, _ in near}) < 2:
-            break
-        mx, ma = statistics.fmean(x for x, _ in near), statistics.fmean(a for _, a in near)
-        sxx = sum((x - mx) ** 2 for x, _ in near)
-        beta = sum((x - mx) * (a - ma) for x, a in near) / sxx
-        if beta <= 0 or abs(mx + (t - ma) / beta - math.log(c)) > math.log(window):
-            break
-        lo, hi = min(x for x, _ in near), max(x for x, _ in near)
-        c, fit = math.exp(mx + (t - ma) / beta), (len(near), round(math.exp(lo)), round(math.exp(hi)))
-    return Crossing(c, bracket=start.bracket, fit=fit) if fit else start
+    near = [(math.log(d), a) for d, a in points if abs(math.log(d / start.d)) <= math.log(window)]
+    if len(near) < 3 or len({x for x, _ in near}) < 2:
+        return start
+    mx, ma = statistics.fmean(x for x, _ in near), statistics.fmean(a for _, a in near)
+    beta = sum((x - mx) * (a - ma) for x, a in near) / sum((x - mx) ** 2 for x, _ in near)
+    if beta <= 0 or abs(mx + (t - ma) / beta - math.log(start.d)) > math.log(window):
+        return start
+    span = (len(near), round(math.exp(min(x for x, _ in near))), round(math.exp(max(x for x, _ in near))))
+    return Crossing(math.exp(mx + (t - ma) / beta), bracket=start.bracket, fit=span)
 
 
 def curve(points: list[dict], seed: int | None = None) -> tuple[list[int], list[float]]:
@@ -114,8 +108,8 @@ def resampled(items: list, stat, seed: int = 0) -> tuple[float, float] | None:
 
 
 def pooled(seeds: list[tuple[list[tuple[int, float]], Crossing]], t: float, window: float) -> float:
-    """The headline of seeds given as (points, own crossing): the line through all their points,
-    from the mean of their crossings."""
+    """The headline of seeds given as (points, interpolated crossing): the line through all their
+    points, from the mean of their crossings."""
     start = Crossing(statistics.fmean(c.d for _, c in seeds))
     return fitted([p for pts, _ in seeds for p in pts], t, start, window).d
 
@@ -133,7 +127,8 @@ def analyse(points: list[dict], threshold: float, search: str = "grid", window: 
                fit_window=window)
     for name, ref in (("measured", out["baseline_accuracy"]), ("fixed_1.0", 1.0)):
         t = threshold * ref
-        per_seed = [fitted(pairs(points, s), t, crossing(*curve(points, s), t), window) for s in seeds]
+        starts = [crossing(*curve(points, s), t) for s in seeds]
+        per_seed = [fitted(pairs(points, s), t, c, window) for s, c in zip(seeds, starts)]
         found = [c.d for c in per_seed if c.d is not None]
         both = len(found) == len(seeds)
         if search == "grid":
@@ -142,12 +137,12 @@ def analyse(points: list[dict], threshold: float, search: str = "grid", window: 
         else:  # each seed has its own d values: the line through all of them, from the seeds' mean crossing
             below = any(c.below_grid for c in per_seed)
             mean = Crossing(None if not both else statistics.fmean(found) if below else
-                            pooled(list(zip(map(lambda s: pairs(points, s), seeds), per_seed)), t, window),
+                            pooled([(pairs(points, s), c) for s, c in zip(seeds, starts)], t, window),
                             below_grid=below)
             label = (f"not reached by {len(seeds) - len(found)} of {len(seeds)} seeds" if not both
                      else f"≤ {mean.d:,.0f}" if mean.below_grid else f"{mean.d:,.0f}")
         spread = both and not any(c.below_grid for c in per_seed)
-        ci = resampled([(pairs(points, s), c) for s, c in zip(seeds, per_seed)],
+        ci = resampled([(pairs(points, s), c) for s, c in zip(seeds, starts)],
                        lambda chosen: pooled(chosen, t, window)) if spread else None
         out[name] = dict(
             target_accuracy=t, d_int=mean.d, d_int_label=label, crossing=asdict(mean), interval=ci,

@@ -8,7 +8,7 @@
 Sections: kernels (projection P·d and Pᵀ·g against the copy bandwidth), steps (full / subspace /
 LoRA step time as a ratio to full), collectives (hand ring against the backend's all-reduce, α–β
 fit), interface (all-reduce, all-gather, reduce-scatter and broadcast of 16 MiB: the wire figure
-against the loopback interface's byte counters, at 2 and 4 ranks), scaling (the α–β MODEL projected
+against the loopback interface's byte counters, at 2 and 4 ranks; --quick: at 2), scaling (the α–β MODEL projected
 to 8…4,096 GPUs). Writes bench.json and bench.md to --out.
 Time it on a quiet machine (here: under `flock /work/cpu.lock`); the load average is recorded.
 """
@@ -104,9 +104,10 @@ def spawn(n: int, sections: list[str], a) -> dict:
 def run_children(a, result: dict) -> dict:
     """N-rank steps and every collective world size, each as a torchrun child, merged into result."""
     rows, result["interface"] = [], []
-    for n in sorted({a.ranks, *a.collective_ranks, *INTERFACE_RANKS}):
+    at = (a.ranks,) if a.quick else INTERFACE_RANKS  # quick: the interface check runs once, beside the steps
+    for n in sorted({a.ranks, *a.collective_ranks, *at}):
         which = (["steps"] if n == a.ranks else []) + (["collectives"] if n in a.collective_ranks else []) + \
-            (["interface"] if n in INTERFACE_RANKS else [])
+            (["interface"] if n in at else [])
         child = spawn(n, which, a)
         result["steps"] += child.get("steps", [])
         rows += child.get("collectives", {}).get("rows", [])
