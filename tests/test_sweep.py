@@ -196,7 +196,7 @@ def test_fingerprint_follows_what_decides_a_result():
         return fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", list(over)), 1)
 
     base = fp()
-    assert fp("train.log_every=7", "sweep.seeds=9", "data.root=/elsewhere", "dist.timeout_s=5") == base
+    assert fp("train.log_every=7", "sweep.seeds=9", "sweep.fit_window=2", "data.root=/elsewhere", "dist.timeout_s=5") == base
     for change in ("train.lr=0.1", "train.d=7", "data.dataset=fashion-mnist", "data.classes=[1]",
                    "model.init_from=x.pt", "train.projection=sparse"):
         assert fp(change) != base, change
