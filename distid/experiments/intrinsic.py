@@ -19,7 +19,7 @@ from the mean curve's c (grid) or the mean of the seeds' c (bisect, each seed at
 
 The interval: the 95 % bootstrap interval of the headline over the seeds (the 2.5th and 97.5th
 percentiles of the headline recomputed on BOOTSTRAP resamples of the seeds, with replacement),
-given for 3 or more seeds that all cross.
+given for 3 or more seeds that all cross inside the range (not already at its first d).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def pairs(points: list[dict], seed: int) -> list[tuple[int, float]]:
 
 def resampled(items: list, stat, seed: int = 0) -> tuple[float, float] | None:
     """95 % bootstrap interval of stat(resample) over BOOTSTRAP resamples of `items` with
-    replacement (stat sees a sorted tuple of indices' items; each distinct resample computed once);
+    replacement (stat sees a resample as a list; each distinct multiset is computed once);
     None for fewer than 3 items."""
     if len(items) < 3:
         return None
