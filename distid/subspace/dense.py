@@ -37,11 +37,12 @@ class DenseProjection(Projection):
         P /= P.norm(dim=0, keepdim=True)
         self.register_buffer("P", P, persistent=False)
 
-    def matvec(self, d: torch.Tensor) -> torch.Tensor:
-        return self.P @ d
+    def matvec(self, d, lo=0, hi=None, add=None):
+        out = self.P[lo:hi] @ d
+        return out if add is None else out.add_(add)
 
-    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
-        return g @ self.P
+    def rmatvec(self, g, lo=0):
+        return g @ self.P[lo:lo + g.numel()]
 
     def flops(self) -> int:
         return 4 * self.D * self.d

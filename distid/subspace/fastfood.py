@@ -1,19 +1,30 @@
-"""Fastfood projection (Le, Sarlós & Smola 2013), as a stack of independent blocks of size L:
+"""Fastfood projection (Le, Sarlós & Smola 2013) as a stack of blocks of size L sharing B and Π:
 
-    P·d = truncate_D [ V_1 d̃ ; … ; V_nb d̃ ],   V_j = H G_j Π_j H B_j,   d̃ = d zero-padded to L,
+    P·d = truncate_D [ V_1 d̃ ; … ; V_nb d̃ ],   V_j = H G_j Π H B,   d̃ = d zero-padded to L,
 
-H the unnormalised L×L Walsh–Hadamard matrix, B_j random ±1, Π_j a random permutation, G_j
-Gaussian scaled so every column of P has unit norm in expectation. `block="auto"`: L = 2^⌈log₂d⌉,
-nb = ⌈D/L⌉ blocks — O(D log d) time, O(D) memory: B, G and Π, Π⁻¹ as int32, 16 bytes per entry. `block="whole"`: one block L = 2^⌈log₂D⌉ over
-the whole network, as Li et al. (2018) implement it — O(D log D).
+H the unnormalised L×L Walsh–Hadamard matrix, B random ±1 and Π a random permutation (both [L],
+shared by every block), G_j Gaussian per block, stored as int8 q_j with one float scale s_j so that
+every column of P has unit norm in expectation: G_j = s_j·q_j, s_j = (D·Σ q_j²)^-½.
+
+Because B and Π are shared, u = Π H B d̃ ([L]) is computed once and block j is s_j·H(q_j ⊙ u): one
+transform per block, which the C kernel (kernel.py) runs in cache. Pᵀ·g = B H Πᵀ Σ_j s_j q_j ⊙ H g_j.
+State: 1 byte per parameter (q) + 4 bytes per block (s) + the shared [L] B and Π.
+
+`block="auto"`: L = 2^⌈log₂d⌉, nb = ⌈D/L⌉ — O(D log d) time. `block="whole"`: one block L = 2^⌈log₂D⌉,
+as Li et al. (2018) implement it — O(D log D). Any range of rows [lo, hi) can be applied alone
+(matvec / rmatvec with lo, hi), touching only the blocks it overlaps.
 """
 
 from __future__ import annotations
 
 import torch
 
-from distid.subspace.hadamard import factor_sizes, hadamard
+from distid.subspace import kernel
+from distid.subspace.hadamard import hadamard
 from distid.subspace.projection import Projection
+
+Q_SCALE = 28.0  # q = round(28·N(0,1)), clipped to ±127 (4.5 σ): quantisation error ≈ 1 % of σ
+CHUNK = 1 << 18  # entries per torch-path chunk (1 MiB of float32): a chunk's work stays in cache
 
 
 def _pow2_at_least(n: int) -> int:
@@ -28,34 +39,95 @@ class FastfoodProjection(Projection):
             raise ValueError(f"fastfood block must be 'auto', 'whole' or a power of two ≥ d={d}; got {block!r}")
         self.L, self.nb = L, -(-D // L)
         g = self.generator()
-        B = torch.randint(0, 2, (self.nb, L), generator=g).float().mul_(2).sub_(1)
-        perm = torch.argsort(torch.rand(self.nb, L, generator=g), dim=1)
-        G = torch.randn(self.nb, L, generator=g)
-        G /= (D * G.pow(2).sum(1, keepdim=True)).sqrt()  # column norm² ≈ 1 after truncation to D
-        offsets = torch.arange(self.nb).unsqueeze(1) * L
-        self.register_buffer("B", B, persistent=False)
-        self.register_buffer("G", G, persistent=False)
-        index = torch.int32 if self.nb * L < 2**31 else torch.int64  # int32 halves the index memory
-        self.register_buffer("perm", (perm + offsets).flatten().to(index), persistent=False)
-        self.register_buffer("inv_perm", (torch.argsort(perm, dim=1) + offsets).flatten().to(index),
-                             persistent=False)
+        self.register_buffer("B", torch.randint(0, 2, (L,), generator=g).float().mul_(2).sub_(1), persistent=False)
+        self.register_buffer("perm", torch.randperm(L, generator=g), persistent=False)
+        q = torch.empty(self.nb, L, dtype=torch.int8)
+        rows = max(1, CHUNK // L)  # drawn in fixed chunks: the same numbers on every machine
+        for a in range(0, self.nb, rows):
+            q[a:a + rows] = torch.randn(min(rows, self.nb - a), L, generator=g).mul_(Q_SCALE).round_() \
+                .clamp_(-127, 127).to(torch.int8)
+        self.register_buffer("q", q, persistent=False)
+        self.register_buffer("s", q.float().pow(2).sum(1).mul_(D).rsqrt_(), persistent=False)
 
-    def matvec(self, d: torch.Tensor) -> torch.Tensor:
+    # -- the shared half: u = Π H B d̃ and its adjoint -----------------------------------------------
+    def _u(self, d: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(self.L, dtype=d.dtype, device=d.device)
-        x[: self.d] = d
-        y = hadamard(self.B * x)  # [nb, L]: H B_j d̃ for every block at once
-        y = y.view(-1).index_select(0, self.perm).view(self.nb, self.L).mul_(self.G)
-        return hadamard(y).view(-1)[: self.D]
+        x[: self.d] = d * self.B[: self.d]
+        return hadamard(x).index_select(0, self.perm)  # (Π y)_i = y_perm[i]
 
-    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
-        y = torch.zeros(self.nb * self.L, dtype=g.dtype, device=g.device)
-        y[: self.D] = g
-        y = hadamard(y.view(self.nb, self.L)).mul_(self.G)
-        y = y.view(-1).index_select(0, self.inv_perm).view(self.nb, self.L)
-        return hadamard(y).mul_(self.B).sum(0)[: self.d]
+    def _u_adjoint(self, acc: torch.Tensor) -> torch.Tensor:
+        z = torch.empty_like(acc)
+        z[self.perm] = acc  # Πᵀ
+        return (hadamard(z) * self.B)[: self.d]
+
+    # -- the per-block half ---------------------------------------------------------------------------
+    def _blocks(self, u: torch.Tensor, j0: int, j1: int, add: torch.Tensor | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """out [(j1 − j0)·L] = add + blocks j0..j1−1 of P·d, in the C kernel when it can run."""
+        q, s = self.q[j0:j1], self.s[j0:j1]
+        out = torch.empty((j1 - j0) * self.L, dtype=u.dtype, device=u.device) if out is None else out
+        if kernel.usable(q, s, u, out, *([] if add is None else [add])):
+            kernel.forward(q, s, u, add, out)
+            return out
+        rows = max(1, CHUNK // self.L)
+        for a in range(0, j1 - j0, rows):
+            y = hadamard(q[a:a + rows].to(u.dtype) * u).mul_(s[a:a + rows, None]).view(-1)
+            out[a * self.L:a * self.L + y.numel()] = y if add is None else y + add[a * self.L:a * self.L + y.numel()]
+        return out
+
+    def _blocks_adjoint(self, g: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+        """Σ_j s_j·q_j ⊙ H g_j over blocks j0..j1−1, g [(j1 − j0)·L] → [L]."""
+        q, s = self.q[j0:j1], self.s[j0:j1]
+        if kernel.usable(q, s, g):
+            return kernel.backward(q, s, g).to(g.device)
+        acc = torch.zeros(self.L, dtype=g.dtype, device=g.device)
+        rows = max(1, CHUNK // self.L)
+        for a in range(0, j1 - j0, rows):
+            h = hadamard(g[a * self.L:(a + rows) * self.L].view(-1, self.L))
+            acc += (h * q[a:a + rows].to(g.dtype)).mul_(s[a:a + rows, None]).sum(0)
+        return acc
+
+    def _pieces(self, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+        """Rows [lo, hi) as (first block, end block, start inside, stop inside): the full blocks in one
+        piece, a partial block at either end in its own."""
+        L, a, b = self.L, -(-lo // self.L), hi // self.L
+        if a > b:  # inside one block
+            return [(b, b + 1, lo - b * L, hi - b * L)]
+        pieces = [(a - 1, a, lo - (a - 1) * L, L)] if lo < a * L else []
+        pieces += [(a, b, 0, (b - a) * L)] if b > a else []
+        return pieces + ([(b, b + 1, 0, hi - b * L)] if hi > b * L else [])
+
+    def matvec(self, d: torch.Tensor, lo: int = 0, hi: int | None = None,
+               add: torch.Tensor | None = None) -> torch.Tensor:
+        """(P·d)[lo:hi], plus `add` ([hi − lo], e.g. θ₀'s slice) when given."""
+        hi = self.D if hi is None else hi
+        u, at = self._u(d), 0
+        out = torch.empty(hi - lo, dtype=d.dtype, device=d.device)
+        for j0, j1, a, b in self._pieces(lo, hi):
+            dst, extra = out[at:at + b - a], None if add is None else add[at:at + b - a]
+            if a == 0 and b == (j1 - j0) * self.L:  # whole blocks: written in place
+                self._blocks(u, j0, j1, extra, out=dst)
+            else:
+                part = self._blocks(u, j0, j1, None)[a:b]
+                dst.copy_(part if extra is None else part + extra)
+            at += b - a
+        return out
+
+    def rmatvec(self, g: torch.Tensor, lo: int = 0) -> torch.Tensor:
+        """P[lo:lo + len(g)]ᵀ·g → [d]."""
+        acc, at = None, 0
+        for j0, j1, a, b in self._pieces(lo, lo + g.numel()):
+            if a == 0 and b == (j1 - j0) * self.L:
+                part = g[at:at + b]
+            else:
+                part = torch.zeros((j1 - j0) * self.L, dtype=g.dtype, device=g.device)
+                part[a:b] = g[at:at + b - a]
+            s = self._blocks_adjoint(part.contiguous(), j0, j1)
+            acc = s if acc is None else acc + s
+            at += b - a
+        return self._u_adjoint(acc)
 
     def flops(self) -> int:
-        """Two Walsh–Hadamard transforms (2·n_i per element per factor) and three element-wise
-        products per direction, over nb·L elements."""
-        per_wht = self.nb * self.L * sum(2 * n for n in factor_sizes(self.L))
-        return 2 * (2 * per_wht + 3 * self.nb * self.L)
+        """Per direction, per entry of the nb·L blocks: log₂L butterflies (one add or subtract each),
+        the int8 product, the scale and θ₀'s add; the shared [L] half is negligible."""
+        return 2 * self.nb * self.L * (self.L.bit_length() - 1 + 3)

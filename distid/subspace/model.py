@@ -95,6 +95,8 @@ class SubspaceModel(nn.Module):
 
     def theta(self) -> torch.Tensor:
         """θ = θ₀ + P·d (SAID: + λ per tensor, repeated over its entries), flat [D]; differentiable in d (and λ)."""
+        if self.said is None:
+            return self.projection(self.d, add=self.theta0)  # fused: one pass writes θ
         return self.theta0 + self.offset()
 
     def offset(self) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The common shape of a random projection P ∈ R^{D×d}, generated from a seed.
 
 forward(d) = P·d ([d] → [D]); its backward applies Pᵀ ([D] → [d]) explicitly, so autograd never
-stores or differentiates through the construction of P. Subclasses implement matvec / rmatvec.
+stores or differentiates through the construction of P. Subclasses implement matvec / rmatvec for
+any range of rows [lo, hi) — forward(d, lo, hi, add) = add + P[lo:hi]·d — so θ = θ₀ + P·d can be
+formed one slice at a time (fused with θ₀'s add where a projection can).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from distid.observe.memory import tensor_bytes
 
 class _Apply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, d: torch.Tensor, proj: "Projection") -> torch.Tensor:
-        ctx.proj = proj
-        return proj.matvec(d)
+    def forward(ctx, d: torch.Tensor, proj: "Projection", lo: int, hi: int | None, add: torch.Tensor | None):
+        ctx.proj, ctx.lo = proj, lo
+        return proj.matvec(d, lo, hi, add)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        return ctx.proj.rmatvec(g), None
+        return ctx.proj.rmatvec(g.contiguous(), ctx.lo), None, None, None, None
 
 
 class Projection(nn.Module):
@@ -37,14 +39,19 @@ class Projection(nn.Module):
         """CPU generator keyed by (seed, "projection", salt): bit-identical on every rank and machine."""
         return runtime.generator(self.seed, "projection", salt)
 
-    def matvec(self, d: torch.Tensor) -> torch.Tensor:  # [d] → [D]
+    def matvec(self, d: torch.Tensor, lo: int = 0, hi: int | None = None,
+               add: torch.Tensor | None = None) -> torch.Tensor:
+        """add + P[lo:hi]·d: [d] → [hi − lo] (hi defaults to D; add, when given, is [hi − lo])."""
         raise NotImplementedError
 
-    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:  # [D] → [d]
+    def rmatvec(self, g: torch.Tensor, lo: int = 0) -> torch.Tensor:
+        """P[lo:lo + len(g)]ᵀ·g: [hi − lo] → [d]."""
         raise NotImplementedError
 
-    def forward(self, d: torch.Tensor) -> torch.Tensor:
-        return _Apply.apply(d, self)
+    def forward(self, d: torch.Tensor, lo: int = 0, hi: int | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """matvec, differentiable in d (backward: rmatvec); `add` (θ₀'s slice) takes no gradient."""
+        return _Apply.apply(d, self, lo, hi, add)
 
     def flops(self) -> int:
         """Analytic FLOPs of one P·d plus one Pᵀ·g (multiply-adds count 2)."""

@@ -1,9 +1,9 @@
 """Subspace training with θ₀ sharded across ranks (strategy = "fsdp"): where FSDP and the subspace
 meet, in one file.
 
-Rank r keeps only its slice θ₀[a_r:b_r] (D/N floats) at rest. Forward: every rank computes P·d
-from the seed-generated structure (Fastfood: O(D) buffers; sparse: O(d√D)), adds its slice to
-its θ₀ slice and the slices are all-gathered into θ [D] — the all-gather FSDP does for any frozen
+Rank r keeps only its slice θ₀[a_r:b_r] (D/N floats) at rest. Forward: every rank computes its
+rows of P·d, (P·d)[a_r:b_r], from the seed-generated structure (Fastfood: 1 byte per parameter;
+sparse: O(d√D)), adds them to its θ₀ slice and the slices are all-gathered into θ [D] — the all-gather FSDP does for any frozen
 weight. Backward: ∂L/∂d = Pᵀ·∂L/∂θ, computed locally; d's gradient (d floats) is then all-reduced
 by DDP. A dense P is refused here: sharded by rows it would need ∂L/∂θ reduce-scattered (D floats
 per step), replicated it would undo the memory saving.
@@ -33,7 +33,7 @@ class _GatherTheta(torch.autograd.Function):
         a, b = owner.bounds
         L = owner.slot  # slices differ by one element at most; collectives want equal sizes: pad
         local = torch.zeros(L, dtype=d.dtype, device=d.device)
-        local[: b - a] = owner.theta0_shard + owner.inner.projection.matvec(d)[a:b]
+        local[: b - a] = owner.inner.projection.matvec(d, a, b, add=owner.theta0_shard)  # this rank's rows only
         out = torch.empty(L * len(owner.all_bounds), dtype=d.dtype, device=d.device)
         runtime.all_gather_tensor(out, local)
         return torch.cat([out[i * L:i * L + hi - lo] for i, (lo, hi) in enumerate(owner.all_bounds)])
