@@ -74,6 +74,7 @@ class TrainConfig:
     lora_modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
     n_frequency: int = 1000  # fourierft: trainable spectral coefficients per layer (PEFT's n_frequency)
     said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
+    layerwise: bool = False  # subspace: form θ = θ₀ + P·d one module at a time (large D: θ₀ + one slice in memory)
     ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
     ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
     sync_every: int = 1  # H: 1 = DDP synchronises every gradient; H > 1 = local steps, replicas synchronised every H steps

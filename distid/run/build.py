@@ -45,7 +45,7 @@ def build(cfg: Config, local_world: int = 1) -> torch.nn.Module:
         kwargs = dict(max_bytes=dense_limit(cfg), copies=local_world)
     try:
         return SubspaceModel(model, cfg.train.d, cfg.train.projection, seed=cfg.train.seed, said=cfg.train.said,
-                             **kwargs)
+                             layerwise=cfg.train.layerwise, **kwargs)
     except ValueError as e:  # SAID with d too small
         raise ConfigError(f"train.d: {e}") from e
 

@@ -66,9 +66,6 @@ class FastfoodProjection(Projection):
         """out [(j1 − j0)·L] = add + blocks j0..j1−1 of P·d, in the C kernel when it can run."""
         q, s = self.q[j0:j1], self.s[j0:j1]
         out = torch.empty((j1 - j0) * self.L, dtype=u.dtype, device=u.device) if out is None else out
-        if kernel.usable(q, s, u, out, *([] if add is None else [add])):
-            kernel.forward(q, s, u, add, out)
-            return out
         rows = max(1, CHUNK // self.L)
         for a in range(0, j1 - j0, rows):
             y = hadamard(q[a:a + rows].to(u.dtype) * u).mul_(s[a:a + rows, None]).view(-1)
@@ -78,8 +75,6 @@ class FastfoodProjection(Projection):
     def _blocks_adjoint(self, g: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
         """Σ_j s_j·q_j ⊙ H g_j over blocks j0..j1−1, g [(j1 − j0)·L] → [L]."""
         q, s = self.q[j0:j1], self.s[j0:j1]
-        if kernel.usable(q, s, g):
-            return kernel.backward(q, s, g).to(g.device)
         acc = torch.zeros(self.L, dtype=g.dtype, device=g.device)
         rows = max(1, CHUNK // self.L)
         for a in range(0, j1 - j0, rows):
@@ -101,6 +96,8 @@ class FastfoodProjection(Projection):
                add: torch.Tensor | None = None) -> torch.Tensor:
         """(P·d)[lo:hi], plus `add` ([hi − lo], e.g. θ₀'s slice) when given."""
         hi = self.D if hi is None else hi
+        if kernel.usable(self, d, *([] if add is None else [add])):
+            return kernel.matvec(self, d, lo, hi, add)
         u, at = self._u(d), 0
         out = torch.empty(hi - lo, dtype=d.dtype, device=d.device)
         for j0, j1, a, b in self._pieces(lo, hi):
@@ -115,6 +112,8 @@ class FastfoodProjection(Projection):
 
     def rmatvec(self, g: torch.Tensor, lo: int = 0) -> torch.Tensor:
         """P[lo:lo + len(g)]ᵀ·g → [d]."""
+        if kernel.usable(self, g):
+            return kernel.rmatvec(self, g, lo)
         acc, at = None, 0
         for j0, j1, a, b in self._pieces(lo, lo + g.numel()):
             if a == 0 and b == (j1 - j0) * self.L:

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from distid.subspace.dense import DenseProjection
 from distid.subspace.fastfood import FastfoodProjection
+from distid.subspace.layerwise import Layerwise
 from distid.subspace.projection import Projection
 from distid.subspace.sparse import SparseProjection
 
@@ -72,10 +73,13 @@ class SubspaceModel(nn.Module):
     said=True (Aghajanyan et al. 2020, "structure-aware intrinsic dimension"): one trainable scale
     per parameter tensor, θᵢ = θ₀ᵢ + λᵢ·(P·d)ᵢ with λ ∈ R^m initialised to 1; the budget stays d,
     so the subspace vector has d − m entries and λ the other m.
+
+    layerwise=True (large D): θ is formed one module at a time (layerwise.py), so memory holds θ₀
+    and one module's slice of θ instead of two whole copies; same map, same gradient.
     """
 
     def __init__(self, module: nn.Module, d: int, projection: str = "fastfood", seed: int = 0, said: bool = False,
-                 **proj_kwargs):
+                 layerwise: bool = False, **proj_kwargs):
         super().__init__()
         self.names, self.shapes, theta0, self._frozen = _freeze_into_buffers(module)
         self.module = module
@@ -88,6 +92,9 @@ class SubspaceModel(nn.Module):
         self.d = nn.Parameter(torch.zeros(d - m, dtype=theta0.dtype))
         self.said = nn.Parameter(torch.ones(m, dtype=theta0.dtype)) if said else None
         self.kind = projection
+        if layerwise and said:
+            raise ValueError("layerwise θ and SAID cannot be combined (SAID scales P·d per tensor over the whole θ)")
+        self.layerwise = Layerwise(self) if layerwise else None
 
     @property
     def D(self) -> int:
@@ -118,6 +125,8 @@ class SubspaceModel(nn.Module):
         return functional_call(self.module, self.params_dict(theta), args, kwargs)
 
     def forward(self, *args, **kwargs):
+        if self.layerwise is not None:
+            return self.layerwise.forward(*args, **kwargs)
         return self.run(self.theta(), *args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
@@ -127,6 +136,13 @@ class SubspaceModel(nn.Module):
         if self.theta0.numel() == self.D:  # ShardedSubspaceModel frees the full θ₀ and the views
             _point_into(self.module, self.theta0, self._frozen)
         return self
+
+    def frozen_slices(self) -> dict[str, tuple[int, torch.Size]]:
+        """{buffer name inside `module`: (offset in θ₀, shape)}, aliases of tied parameters included."""
+        return dict(self._frozen)
+
+    def theta0_view(self, offset: int, shape: torch.Size) -> torch.Tensor:
+        return self.theta0[offset:offset + shape.numel()].view(shape)
 
     def frozen_names(self) -> list[str]:
         """Qualified names (inside `module`) of the buffers that replaced its parameters."""

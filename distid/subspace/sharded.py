@@ -50,6 +50,9 @@ class ShardedSubspaceModel(nn.Module):
         super().__init__()
         if inner.kind == "dense":
             raise ValueError(DENSE_UNDER_FSDP)
+        if inner.layerwise is not None:
+            raise ValueError("train.layerwise = true is for strategy = 'ddp': under 'fsdp' each rank already "
+                             "forms only its own rows of θ")
         if inner.said is not None:
             raise ValueError("train.said = true is not supported with strategy = 'fsdp' (the sharded forward "
                              "applies P·d slice by slice); use strategy = 'ddp'")

@@ -5,7 +5,8 @@
     python -m distid.experiments.bench steps [--models mlp]      one or more sections (comma-separated) in this
     torchrun --nproc_per_node=4 -m distid.experiments.bench steps,collectives      process group
 
-Sections: kernels (projection P·d and Pᵀ·g against the copy bandwidth), steps (full / subspace /
+Sections: kernels (projection P·d and Pᵀ·g against a copy of D floats, bytes per parameter), memory
+(peak of one forward + backward at D = 10⁸: full, subspace with θ whole, θ layer by layer), steps (full / subspace /
 LoRA step time as a ratio to full), collectives (hand ring against the backend's all-reduce, α–β
 fit), interface (all-reduce, all-gather, reduce-scatter and broadcast of 16 MiB: the wire figure
 against the loopback interface's byte counters, at 2 and 4 ranks; --quick: at 2), scaling (the α–β MODEL projected
@@ -24,11 +25,11 @@ import tempfile
 from pathlib import Path
 
 from distid import runtime
-from distid.experiments.bench import collectives, interface, kernels, report, scaling, steps, targets
+from distid.experiments.bench import collectives, interface, kernels, memory, report, scaling, steps, targets
 from distid.experiments.bench.timing import load
 from distid.config import timestamped_dir
 
-SECTIONS = ("kernels", "steps", "collectives", "interface", "scaling")
+SECTIONS = ("kernels", "memory", "steps", "collectives", "interface", "scaling")
 INTERFACE_RANKS = (2, 4)
 DEFAULT_ALPHA_S = 50e-6  # α for `scaling` alone, without a collectives fit to take it from
 
@@ -70,6 +71,9 @@ def run_here(a, sections: list[str]) -> dict:
     if "kernels" in sections:
         runtime.print0("kernels")
         out["kernels"] = kernels.bench_kernels(runtime.device(), a.quick, a.max_gb, 2 * a.budget)
+    if "memory" in sections:
+        runtime.print0("memory")
+        out["memory"] = memory.bench_memory(a.quick)
     if "steps" in sections:
         out["steps"] = steps.bench_steps(a.models, a.d, a.global_batch, a.rounds, a.budget)
     if "collectives" in sections:
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
     start = load()
     rank, _ = runtime.init()
     mach = runtime.machine()
-    result = run_here(a, ["kernels", "steps"] if a.what == "all" else a.sections)
+    result = run_here(a, ["kernels", "memory", "steps"] if a.what == "all" else a.sections)
     runtime.shutdown()  # before the children form their own groups
     if a.what == "all":
         result = run_children(a, result)

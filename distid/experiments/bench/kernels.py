@@ -1,5 +1,6 @@
 """Projection kernels: time of θ₀ + P·d ([d] → [D]) and of Pᵀ·g ([D] → [d]) for dense, sparse and
-Fastfood over a grid of (D, d), beside the machine's copy bandwidth measured in the same run.
+Fastfood over a grid of (D, d), each beside a copy of D floats timed in the same interleaved rounds
+(the floor any P·d that writes θ must pay), and the machine's copy bandwidth.
 
 A dense P·d reads 4·D·d bytes once, so its floor is 4·D·d / (copy bandwidth), where the copy
 bandwidth counts bytes read plus bytes written (the STREAM convention); the ratio time / floor
@@ -26,9 +27,9 @@ def estimate_bytes(kind: str, D: int, d: int) -> int:
         return 4 * D * d + 16 * D
     if kind == "fastfood":
         L = 1 << max(0, (d - 1).bit_length())
-        return 48 * (-(-D // L)) * L  # 16 B/entry of buffers, argsort temporaries, the [nb, L] work arrays
+        return 24 * (-(-D // L)) * L  # q (1 B/entry), θ₀, g, the output, the copy's source and destination
     nnz = d * math.sqrt(D)
-    return int(80 * nnz + 24 * D)  # sparse: COO build + two CSR copies
+    return int(80 * nnz + 24 * D)  # sparse: the COO build's temporaries, the sorted list, θ₀, g, the output
 
 
 def copy_bandwidth(nbytes: int, device: torch.device, budget_s: float) -> dict:
@@ -44,15 +45,20 @@ def copy_bandwidth(nbytes: int, device: torch.device, budget_s: float) -> dict:
 
 
 def time_projection(kind: str, D: int, d: int, device: torch.device, budget_s: float) -> dict:
-    """Median ms of θ₀ + P·d and of Pᵀ·g for one projection, with its memory and (dense) bandwidth."""
+    """Median ms of θ₀ + P·d (as training forms θ: fused where the projection can), of Pᵀ·g and of a
+    copy of D floats, interleaved in one run, with the projection's bytes per parameter."""
     p = make_projection(kind, D, d, seed=0, **({"max_bytes": 1 << 62} if kind == "dense" else {})).to(device)
     theta0, v, g = (torch.randn(D, device=device), torch.randn(d, device=device), torch.randn(D, device=device))
-    fns = {"matvec": lambda: torch.add(theta0, p.matvec(v)), "rmatvec": lambda: p.rmatvec(g)}
+    dst = torch.empty_like(theta0)
+    fns = {"matvec": lambda: p.matvec(v, add=theta0), "rmatvec": lambda: p.rmatvec(g),
+           "copy": lambda: dst.copy_(theta0)}
     with torch.no_grad():
-        calls = {k: calls_for(f, budget_s / 6, device) for k, f in fns.items()}
+        calls = {k: calls_for(f, budget_s / 9, device) for k, f in fns.items()}
         t = {k: median(v) for k, v in interleaved(fns, 3, calls, device).items()}
     row = dict(kind=kind, D=D, d=d, matvec_ms=1e3 * t["matvec"], rmatvec_ms=1e3 * t["rmatvec"],
-               proj_bytes=p.nbytes(), calls=3 * sum(calls.values()))
+               copy_ms=1e3 * t["copy"], matvec_over_copy=t["matvec"] / t["copy"],
+               rmatvec_over_copy=t["rmatvec"] / t["copy"], proj_bytes=p.nbytes(), bytes_per_param=p.nbytes() / D,
+               calls=3 * sum(calls.values()))
     if kind == "dense":
         row.update(matvec_GBps=p.nbytes() / t["matvec"] / 1e9, rmatvec_GBps=p.nbytes() / t["rmatvec"] / 1e9)
     return row

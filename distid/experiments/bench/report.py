@@ -16,13 +16,16 @@ def _kernels(k: dict) -> list[str]:
     out = ["## 1. Projection kernels\n",
            f"Copy bandwidth (dst.copy_(src), {c['bytes'] / 2**20:.0f} MiB, read + write counted): "
            f"**{c['copy_GBps']:.1f} GB/s**; read-only (src.sum()): {c['read_GBps']:.1f} GB/s.\n",
-           "| projection | D | d | θ₀+P·d ms | Pᵀ·g ms | P bytes | dense GB/s (P·d / Pᵀ·g) | P·d ÷ copy floor |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "Each row's copy is `dst.copy_(θ₀)` of D floats, timed in the same interleaved rounds as its kernels; "
+           "θ₀+P·d is formed as training forms it (Fastfood and sparse: θ₀'s add fused into the pass).\n",
+           "| projection | D | d | P bytes | bytes / param | θ₀+P·d ms | Pᵀ·g ms | copy ms | θ₀+P·d ÷ copy "
+           "| Pᵀ·g ÷ copy | dense GB/s (P·d / Pᵀ·g) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in k["rows"]:
         bw = f"{r['matvec_GBps']:.1f} / {r['rmatvec_GBps']:.1f}" if r["kind"] == "dense" else ""
-        fl = f"{r['matvec_over_floor']:.2f}" if r["kind"] == "dense" else ""
-        out.append(f"| {r['kind']} | {r['D']:,} | {r['d']:,} | {r['matvec_ms']:.3f} | {r['rmatvec_ms']:.3f} | "
-                   f"{r['proj_bytes'] / 2**20:,.1f} MiB | {bw} | {fl} |")
+        out.append(f"| {r['kind']} | {r['D']:,} | {r['d']:,} | {r['proj_bytes'] / 2**20:,.1f} MiB | "
+                   f"{r['bytes_per_param']:,.2f} | {r['matvec_ms']:.3f} | {r['rmatvec_ms']:.3f} | {r['copy_ms']:.3f} | "
+                   f"{r['matvec_over_copy']:.1f} | {r['rmatvec_over_copy']:.1f} | {bw} |")
     if k["skipped"]:
         out.append("\nLeft out (estimated memory over the " f"{k['max_gb']} GB limit): " + ", ".join(
             f"{s['kind']} D={s['D']:.0e} d={s['d']:,} ({s['need_GB']:.1f} GB)" for s in k["skipped"]) + ".")
@@ -33,6 +36,24 @@ def _kernels(k: dict) -> list[str]:
                else "dense faster at every measured d")
         below = f" (dense faster at d = {c['dense_wins_at_d']:,})" if c["dense_wins_at_d"] else ""
         out.append(f"- D = {c['D']:,}: {win}{below}; dense ÷ Fastfood time {ratios}.")
+    return out
+
+
+def _memory(m: dict) -> list[str]:
+    if not m["rows"]:
+        return [f"\n## 1b. Memory at large D\n\nLeft out: {m['skipped']}.\n"]
+    r0 = m["rows"][0]
+    out = ["\n## 1b. Memory at large D: one forward + backward\n",
+           f"A deep MLP of D = {r0['D']:,} parameters (square Linear + ReLU layers), batch {m['batch']}, Fastfood "
+           f"d = {r0['d']:,}; each case in its own process, bytes above the process's RSS after its imports. "
+           "*at rest*: model and projection built; *peak*: the high-water mark over one forward + backward; "
+           "*activations*: what autograd saves that is not θ.\n",
+           "| case | θ₀ MiB | at rest MiB | peak MiB | activations MiB | (peak − activations) ÷ θ₀ |",
+           "|---|---:|---:|---:|---:|---:|"]
+    names = {"full": "full training", "subspace": "subspace, θ whole", "layerwise": "subspace, θ layer by layer"}
+    for r in m["rows"]:
+        out.append(f"| {names[r['case']]} | {r['theta0_bytes'] / 2**20:,.0f} | {r['at_rest'] / 2**20:,.0f} | "
+                   f"{r['peak'] / 2**20:,.0f} | {r['activations'] / 2**20:,.1f} | {r['peak_over_theta0']:.2f} |")
     return out
 
 
@@ -107,7 +128,7 @@ def _scaling(s: dict) -> list[str]:
 
 
 def _targets(t: dict) -> list[str]:
-    out = ["\n## Targets (issue 7)\n", "| target | measured | met |", "|---|---|---|"]
+    out = ["\n## Targets (issues 7 and 19)\n", "| target | measured | met |", "|---|---|---|"]
     for row in t:
         out.append(f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'no'} |")
     return out
@@ -124,6 +145,8 @@ def to_markdown(r: dict) -> str:
     lines = ["# distid bench\n", machine_line(r) + "\n"]
     if "kernels" in r:
         lines += _kernels(r["kernels"])
+    if "memory" in r:
+        lines += _memory(r["memory"])
     if "steps" in r:
         lines += _steps(r["steps"])
     if "collectives" in r:
