@@ -19,6 +19,10 @@ def test_bench_quick_writes_every_section(tmp_path):
     kinds = {row["kind"] for row in r["kernels"]["rows"]}
     assert kinds == {"dense", "sparse", "fastfood"} and r["kernels"]["copy"]["copy_GBps"] > 0
     assert all(row["matvec_over_floor"] > 0 for row in r["kernels"]["rows"] if row["kind"] == "dense")
+    assert all(row["matvec_over_copy"] > 0 and row["rmatvec_over_copy"] > 0 and row["bytes_per_param"] > 0
+               for row in r["kernels"]["rows"])
+    assert [m["case"] for m in r["memory"]["rows"]] == ["full", "subspace", "layerwise"]
+    assert all(m["peak"] >= m["at_rest"] > 0 for m in r["memory"]["rows"])
     assert [s["world_size"] for s in r["steps"]] == [1, 2]
     for s in r["steps"]:
         rows = {row["variant"]: row for row in s["rows"]}
@@ -27,9 +31,9 @@ def test_bench_quick_writes_every_section(tmp_path):
     assert {row["world_size"] for row in r["collectives"]["rows"]} == {2} == {row["world_size"] for row in r["interface"]}
     assert set(r["collectives"]["fit"]) == {"ring", "backend"}
     assert len(r["scaling"]["rows"]) == 3 * 2 * 3 * len(scaling.GPU_COUNTS)
-    assert [t["target"].split()[0] for t in r["targets"]] == ["Fastfood", "Fastfood", "dense"]
+    assert [t["target"].split()[0] for t in r["targets"]] == ["Fastfood", "Fastfood", "dense", "Fastfood", "layerwise"]
     md = (tmp_path / "bench.md").read_text()
-    for head in ("## 1. Projection kernels", "## 2. Training step", "## 3. All-reduce", "a MODEL", "## Targets"):
+    for head in ("## 1. Projection kernels", "## 1b. Memory", "## 2. Training step", "## 3. All-reduce", "a MODEL", "## Targets"):
         assert head in md
 
 

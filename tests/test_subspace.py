@@ -86,6 +86,18 @@ def test_fastfood_columns_unit_norm_in_expectation():
     assert abs(norms.mean().item() - 1) < 0.05 and norms.std().item() < 0.1
 
 
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_the_mlps_projection_has_unit_columns_independent_of_theta0(kind):
+    """The MLP at d = 750: every sampled column of P has norm 1 ± 0.01, and P·e_i is uncorrelated
+    with θ₀ (|corr| < 5/√D, five standard deviations of two independent vectors' correlation)."""
+    sm = SubspaceModel(build_model("mlp"), 750, kind, seed=0)
+    cols = torch.stack([sm.projection.matvec(e) for e in torch.eye(750)[::25]])  # 30 columns, [30, D]
+    assert (cols.norm(dim=1) - 1).abs().max().item() < 0.01
+    theta0 = sm.theta0 - sm.theta0.mean()
+    corr = (cols - cols.mean(1, keepdim=True)) @ theta0 / (cols.std(1) * theta0.std() * sm.D)
+    assert corr.abs().max().item() < 5 / sm.D**0.5
+
+
 def test_sparse_density_is_about_one_over_sqrt_D():
     D, d = 40_000, 50
     p = make_projection("sparse", D, d, seed=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from distid import runtime
 from distid.config import ConfigError, add_config_args, load_config
@@ -82,9 +83,17 @@ def main(argv, prog: str, doc: str | None, body, add_args=None, join: bool = Tru
     return guarded(work, every_rank=lambda: bool(every_rank and loaded and every_rank(loaded[0])))
 
 
+SILENT_LINGER_S = 3.0
+
+
 def _say(e: BaseException, everyone: bool) -> None:
+    """Print the error (rank 0 only, unless `everyone`). A silent rank lingers a moment before it
+    exits: torchrun stops every rank as soon as one exits with an error, and a silent rank exiting
+    first could stop rank 0 before its line is out."""
     rank = os.environ.get("RANK", "0")
     if everyone or rank == "0":
         who = f"rank {rank}: " if everyone and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
             and not str(e).startswith("rank ") else ""
         print(f"error: {who}{e}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(SILENT_LINGER_S)
