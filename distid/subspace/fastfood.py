@@ -8,7 +8,7 @@ every column of P has unit norm in expectation: G_j = s_j·q_j, s_j = (D·Σ q_j
 
 Because B and Π are shared, u = Π H B d̃ ([L]) is computed once and block j is s_j·H(q_j ⊙ u): one
 transform per block, which the C kernel (kernel.py) runs in cache. Pᵀ·g = B H Πᵀ Σ_j s_j q_j ⊙ H g_j.
-State: 1 byte per parameter (q) + 4 bytes per block (s) + the shared [L] B and Π.
+State: 1 byte per parameter (q) + 4 bytes per block (s) + the shared B (int8) and Π (int32), [L] each.
 
 `block="auto"`: L = 2^⌈log₂d⌉, nb = ⌈D/L⌉ — O(D log d) time. `block="whole"`: one block L = 2^⌈log₂D⌉,
 as Li et al. (2018) implement it — O(D log D). Any range of rows [lo, hi) can be applied alone
@@ -39,8 +39,9 @@ class FastfoodProjection(Projection):
             raise ValueError(f"fastfood block must be 'auto', 'whole' or a power of two ≥ d={d}; got {block!r}")
         self.L, self.nb = L, -(-D // L)
         g = self.generator()
-        self.register_buffer("B", torch.randint(0, 2, (L,), generator=g).float().mul_(2).sub_(1), persistent=False)
-        self.register_buffer("perm", torch.randperm(L, generator=g), persistent=False)
+        B = torch.randint(0, 2, (L,), generator=g).mul_(2).sub_(1).to(torch.int8)  # ±1
+        self.register_buffer("B", B, persistent=False)
+        self.register_buffer("perm", torch.randperm(L, generator=g).to(torch.int32), persistent=False)
         q = torch.empty(self.nb, L, dtype=torch.int8)
         rows = max(1, CHUNK // L)  # drawn in fixed chunks: the same numbers on every machine
         for a in range(0, self.nb, rows):

@@ -136,20 +136,20 @@ void ff_rows_adjoint(const int8_t *G, const float *s, const float *grad, float *
 }
 
 /* The shared half: u = Π H B d̃ (d̃ = d[0..n) zero-padded to L; (Π y)_i = y_perm[i]). */
-void ff_shared(const float *d, int64_t n, const float *B, const int64_t *perm, float *u, float *work, int64_t L) {
+void ff_shared(const float *d, int64_t n, const int8_t *B, const int32_t *perm, float *u, float *work, int64_t L) {
     if (!h16_ready) h16_init();
-    for (int64_t i = 0; i < L; i++) work[i] = i < n ? d[i] * B[i] : 0.0f;
+    for (int64_t i = 0; i < L; i++) work[i] = i < n ? d[i] * (float)B[i] : 0.0f;
     fwht(work, work, L);
     for (int64_t i = 0; i < L; i++) u[i] = work[perm[i]];
 }
 
 /* Its adjoint: d_out[0..n) = (B ⊙ H Πᵀ acc)[0..n). */
-void ff_shared_adjoint(const float *acc, const float *B, const int64_t *perm, float *d_out, int64_t n,
+void ff_shared_adjoint(const float *acc, const int8_t *B, const int32_t *perm, float *d_out, int64_t n,
                        float *work, int64_t L) {
     if (!h16_ready) h16_init();
     for (int64_t i = 0; i < L; i++) work[perm[i]] = acc[i];
     fwht(work, work, L);
-    for (int64_t i = 0; i < n; i++) d_out[i] = work[i] * B[i];
+    for (int64_t i = 0; i < n; i++) d_out[i] = work[i] * (float)B[i];
 }
 """
 
