@@ -7,6 +7,6 @@ import os as _os
 
 # Back large CPU tensors (≥ 2 MiB) with transparent huge pages: a fresh θ, gradient or P·d of 10⁷
 # floats then costs ~5× fewer page faults (measured: 31 → 11 ms for a new 40 MB tensor on the
-# Intel Xeon). torch reads this when it loads, so it acts only if distid is imported first, as every
-# `python -m distid.…` entry does; set THP_MEM_ALLOC_ENABLE=0 to turn it off.
+# Intel Xeon). torch reads it once, at its first CPU allocation, so it acts when distid is imported
+# before any tensor exists, as in every `python -m distid.…` entry; THP_MEM_ALLOC_ENABLE=0 turns it off.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

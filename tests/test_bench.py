@@ -21,7 +21,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     assert all(row["matvec_over_floor"] > 0 for row in r["kernels"]["rows"] if row["kind"] == "dense")
     assert all(row["matvec_over_copy"] > 0 and row["rmatvec_over_copy"] > 0 and row["bytes_per_param"] > 0
                for row in r["kernels"]["rows"])
-    assert [m["case"] for m in r["memory"]["rows"]] == ["full", "subspace", "layerwise"]
+    assert [m["case"] for m in r["memory"]["rows"]] == ["full", "subspace", "layerwise"], r["memory"].get("skipped")
     assert all(m["peak"] >= m["at_rest"] > 0 for m in r["memory"]["rows"])
     assert [s["world_size"] for s in r["steps"]] == [1, 2]
     for s in r["steps"]:

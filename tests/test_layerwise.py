@@ -54,3 +54,42 @@ def test_layerwise_keeps_no_slice_of_theta_for_the_backward():
 def test_layerwise_with_said_is_refused():
     with pytest.raises(ValueError, match="layerwise θ and SAID cannot be combined"):
         SubspaceModel(build_model("mlp"), 40, "fastfood", said=True, layerwise=True)
+
+
+class ReadsChildWeight(torch.nn.Module):
+    """A parent that uses its child's weight outside the child's forward (as a tied output layer can)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return F.linear(self.emb(x), self.emb.weight)
+
+
+def test_a_weight_used_outside_its_modules_forward_is_refused():
+    sm = SubspaceModel(ReadsChildWeight(), 5, "fastfood", seed=0, layerwise=True)
+    with pytest.raises(RuntimeError, match="outside its own forward"):
+        sm(torch.randn(2, 6)).sum().backward()
+
+
+def test_d_changed_between_forward_and_backward_is_refused():
+    sm = SubspaceModel(build_model("mlp"), 20, "fastfood", seed=0, layerwise=True)
+    loss = F.cross_entropy(sm(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2]))
+    with torch.no_grad():
+        sm.d.add_(1.0)
+    with pytest.raises(RuntimeError, match="d changed in place"):
+        loss.backward()
+
+
+def test_a_slice_saved_twice_is_recomputed_once():
+    """ViT's LayerNorms save weight and bias, both in one module's slice: one recomputation serves both."""
+    sm = SubspaceModel(build_model("vit"), 30, "fastfood", seed=0, layerwise=True)
+    calls = []
+    matvec = sm.projection.matvec
+    sm.projection.matvec = lambda *a, **k: calls.append(a[1:3]) or matvec(*a, **k)
+    loss = F.cross_entropy(sm(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2]))
+    forward = len(calls)
+    del calls[:]
+    loss.backward()
+    assert forward == 36 and 30 <= len(calls) == len(set(calls))  # in the backward: each module's rows at most once

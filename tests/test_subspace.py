@@ -34,12 +34,17 @@ def test_hadamard_matches_the_closed_form(L):
 
 
 def fastfood_matrix(p: FastfoodProjection) -> torch.Tensor:
-    """[D, d] built from the buffers as the docstring defines it: blocks H·G_j·Π·H·B, G_j = s_j·q_j."""
+    """[D, d] built from the buffers as the docstring defines it: blocks H·G_j·Π_j·H·B, G_j = s_j·q_j,
+    Π_j = Π∘σ_j, σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L."""
     H = walsh(p.L)
-    Pi = torch.zeros(p.L, p.L, dtype=torch.float64)
-    Pi[torch.arange(p.L), p.perm] = 1  # (Π y)_i = y_perm[i]
-    right = Pi @ H @ torch.diag(p.B.double())  # shared by every block
-    blocks = [H @ torch.diag(p.s[j].double() * p.q[j].double()) @ right for j in range(p.nb)]
+    right = H @ torch.diag(p.B.double())  # shared by every block
+    blocks = []
+    for j in range(p.nb):
+        i = torch.arange(p.L)
+        sigma = (int(p.mul[j]) * (i ^ int(p.xor[j])) + int(p.add[j])) % p.L
+        Pi = torch.zeros(p.L, p.L, dtype=torch.float64)
+        Pi[i, p.perm.long()[sigma]] = 1  # (Π_j y)_i = y[Π[σ_j(i)]]
+        blocks.append(H @ torch.diag(p.s[j].double() * p.q[j].double()) @ Pi @ right)
     return torch.cat(blocks)[: p.D, : p.d]
 
 
@@ -239,7 +244,7 @@ def test_fastfood_holds_about_one_byte_per_parameter():
     p = FastfoodProjection(199_210, 750, seed=0)
     assert p.q.dtype == torch.int8 and p.q.shape == (p.nb, p.L) and p.B.shape == p.perm.shape == (p.L,)
     assert p.B.dtype == torch.int8 and p.perm.dtype == torch.int32
-    assert p.nbytes() == p.nb * p.L + 4 * p.nb + p.L + 4 * p.L
+    assert p.nbytes() == p.nb * p.L + 16 * p.nb + p.L + 4 * p.L
     assert p.nbytes() / p.D < 1.1
 
 

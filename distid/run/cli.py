@@ -95,5 +95,5 @@ def _say(e: BaseException, everyone: bool) -> None:
         who = f"rank {rank}: " if everyone and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
             and not str(e).startswith("rank ") else ""
         print(f"error: {who}{e}", file=sys.stderr, flush=True)
-    else:
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         time.sleep(SILENT_LINGER_S)

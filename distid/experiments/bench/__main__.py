@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch.distributed as dist
+
 from distid import runtime
 from distid.experiments.bench import collectives, interface, kernels, memory, report, scaling, steps, targets
 from distid.experiments.bench.timing import load
@@ -71,7 +73,7 @@ def run_here(a, sections: list[str]) -> dict:
     if "kernels" in sections:
         runtime.print0("kernels")
         out["kernels"] = kernels.bench_kernels(runtime.device(), a.quick, a.max_gb, 2 * a.budget)
-    if "memory" in sections:
+    if "memory" in sections and (not dist.is_initialized() or dist.get_rank() == 0):  # own children: once
         runtime.print0("memory")
         out["memory"] = memory.bench_memory(a.quick)
     if "steps" in sections:
