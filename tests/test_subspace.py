@@ -244,7 +244,8 @@ def test_fastfood_holds_about_one_byte_per_parameter():
     p = FastfoodProjection(199_210, 750, seed=0)
     assert p.q.dtype == torch.int8 and p.q.shape == (p.nb, p.L) and p.B.shape == p.perm.shape == (p.L,)
     assert p.B.dtype == torch.int8 and p.perm.dtype == torch.int32
-    assert p.nbytes() == p.nb * p.L + 16 * p.nb + p.L + 4 * p.L
+    assert p.nbytes() == p.nb * p.L + 20 * p.nb + p.L + 4 * p.L
+    assert bool(((p.mul.long() * p.mul_inv.long()) % p.L == 1 % p.L).all())  # a·a⁻¹ ≡ 1 mod L
     assert p.nbytes() / p.D < 1.1
 
 

@@ -14,8 +14,8 @@ block-periodic Walsh patterns, and the MNIST MLP's d_int90 fell from 513 to 430 
 
 v = Π H B d̃ ([L]) is computed once; block j is s_j·H(q_j ⊙ v[σ_j]) — one transform per block, which
 the C kernel (kernel.py) runs in cache. Pᵀ·g = B H Πᵀ Σ_j σ_jᵀ(s_j q_j ⊙ H g_j) (a scatter per block).
-State: 1 byte per entry of the nb·L blocks (q; ≈ 1 per parameter when L ≪ D) + 16 bytes per block
-(s, a, c, x) + 5 bytes per entry of the shared B (int8) and Π (int32).
+State: 1 byte per entry of the nb·L blocks (q; ≈ 1 per parameter when L ≪ D) + 20 bytes per block
+(s, a, a⁻¹ mod L, c, x) + 5 bytes per entry of the shared B (int8) and Π (int32).
 
 `block="auto"`: L = 2^⌈log₂d⌉, nb = ⌈D/L⌉ — O(D log d) time. `block="whole"`: one block L = 2^⌈log₂D⌉,
 as Li et al. (2018) implement it — O(D log D). Any range of rows [lo, hi) can be applied alone
@@ -35,6 +35,14 @@ Q_SCALE = 28.0  # q = sign(z)·clip(round(28|z|), 1, 127), z ~ N(0,1): ≈ 1 % o
 CHUNK = 1 << 18  # entries per torch-path chunk (1 MiB of float32): a chunk's work stays in cache
 
 
+def _inverse_mod(a: torch.Tensor, L: int) -> torch.Tensor:
+    """a⁻¹ mod L for odd a and L a power of two (Newton: each step doubles the correct low bits)."""
+    x = a.clone()  # a·a ≡ 1 mod 8: three bits right
+    for _ in range(5):  # 3 → 6 → 12 → 24 → 48 ≥ 32 bits
+        x = (x * (2 - a * x)) & (L - 1)
+    return x
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -52,6 +60,7 @@ class FastfoodProjection(Projection):
         self.register_buffer("perm", torch.randperm(L, generator=g).to(torch.int32), persistent=False)
         self.register_buffer("mul", torch.randint(0, max(1, L // 2), (self.nb,), generator=g).mul_(2).add_(1)
                              .to(torch.int32), persistent=False)  # σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L
+        self.register_buffer("mul_inv", _inverse_mod(self.mul.long(), L).to(torch.int32), persistent=False)
         self.register_buffer("xor", torch.randint(0, L, (self.nb,), generator=g).to(torch.int32), persistent=False)
         self.register_buffer("add", torch.randint(0, L, (self.nb,), generator=g).to(torch.int32), persistent=False)
         q = torch.empty(self.nb, L, dtype=torch.int8)

@@ -5,7 +5,7 @@ and fastfood.py then runs the same math in torch.
 Per block j of length L (a power of two), with G_j int8 [L], s_j its float scale, σ_j its index
 scramble and v the shared [L]:
     forward:  out_j = θ₀_j + s_j · H (G_j ⊙ v[σ_j])      (θ₀_j: θ₀'s slice, or none)
-    backward: acc[σ_j] += s_j · G_j ⊙ (H g_j)            (acc [L])
+    backward: acc += (s_j · G_j ⊙ (H g_j))[σ_j⁻¹]         (acc [L]; a gather, like the forward's)
 for any range of rows (partial blocks at its ends included), split over torch.get_num_threads()
 threads at block boundaries; and the shared half v = Π H B d̃ and its adjoint.
 Each block's work stays in cache (L1 up to L = 4,096 floats on most CPUs): one read of G_j (1 byte per entry), one of a_j / g_j, one write of
@@ -93,23 +93,80 @@ static void fwht(const float *src, float *x, int64_t L) {
         }
 }
 
-/* σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L: block j's scramble of the index before the shared Π. */
-static inline int64_t sigma(int64_t i, uint64_t a, uint64_t x, uint64_t c, uint64_t mask) {
-    return (int64_t)((a * ((uint64_t)i ^ x) + c) & mask);
+/* σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L, and σ_j⁻¹(k) = (a_j⁻¹·(k − c_j) mod L) ⊕ x_j, for every i of
+   a block, in 32-bit arithmetic (L divides 2³², so wrapping is harmless): loops the compiler vectorises. */
+static void sigma_all(int32_t *idx, int64_t L, uint32_t a, uint32_t x, uint32_t c) {
+    const uint32_t mask = (uint32_t)(L - 1);
+    for (int64_t i = 0; i < L; i++) idx[i] = (int32_t)((a * ((uint32_t)i ^ x) + c) & mask);
 }
+
+static void sigma_inv_all(int32_t *idx, int64_t L, uint32_t ainv, uint32_t x, uint32_t c) {
+    const uint32_t mask = (uint32_t)(L - 1);
+    for (int64_t k = 0; k < L; k++) idx[k] = (int32_t)(((ainv * ((uint32_t)k - c)) & mask) ^ x);
+}
+
+/* o[m] = g[m]·v[idx[m]] and acc[k] += w[idx[k]]: gathers from an [L] array in L1. GCC 12 does not
+   vectorise them itself on every CPU, so AVX-512 / AVX2 gathers are written out where present. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static void gather_mul(float *o, const int8_t *g, const float *v, const int32_t *idx, int64_t L) {
+    int64_t m = 0;
+    for (; m + 16 <= L; m += 16) {
+        __m512 vv = _mm512_i32gather_ps(_mm512_loadu_si512((const void *)(idx + m)), v, 4);
+        __m512 gg = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(g + m))));
+        _mm512_storeu_ps(o + m, _mm512_mul_ps(gg, vv));
+    }
+    for (; m < L; m++) o[m] = (float)g[m] * v[idx[m]];
+}
+static void gather_add(float *acc, const float *w, const int32_t *idx, int64_t L) {
+    int64_t k = 0;
+    for (; k + 16 <= L; k += 16) {
+        __m512 ww = _mm512_i32gather_ps(_mm512_loadu_si512((const void *)(idx + k)), w, 4);
+        _mm512_storeu_ps(acc + k, _mm512_add_ps(_mm512_loadu_ps(acc + k), ww));
+    }
+    for (; k < L; k++) acc[k] += w[idx[k]];
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static void gather_mul(float *o, const int8_t *g, const float *v, const int32_t *idx, int64_t L) {
+    int64_t m = 0;
+    for (; m + 8 <= L; m += 8) {
+        __m256 vv = _mm256_i32gather_ps(v, _mm256_loadu_si256((const __m256i *)(idx + m)), 4);
+        __m256 gg = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(g + m))));
+        _mm256_storeu_ps(o + m, _mm256_mul_ps(gg, vv));
+    }
+    for (; m < L; m++) o[m] = (float)g[m] * v[idx[m]];
+}
+static void gather_add(float *acc, const float *w, const int32_t *idx, int64_t L) {
+    int64_t k = 0;
+    for (; k + 8 <= L; k += 8) {
+        __m256 ww = _mm256_i32gather_ps(w, _mm256_loadu_si256((const __m256i *)(idx + k)), 4);
+        _mm256_storeu_ps(acc + k, _mm256_add_ps(_mm256_loadu_ps(acc + k), ww));
+    }
+    for (; k < L; k++) acc[k] += w[idx[k]];
+}
+#else
+static void gather_mul(float *o, const int8_t *g, const float *v, const int32_t *idx, int64_t L) {
+    for (int64_t m = 0; m < L; m++) o[m] = (float)g[m] * v[idx[m]];
+}
+static void gather_add(float *acc, const float *w, const int32_t *idx, int64_t L) {
+    for (int64_t k = 0; k < L; k++) acc[k] += w[idx[k]];
+}
+#endif
 
 /* Rows [lo, hi) of add + P·d, blocks j = lo/L … (hi−1)/L:
    out[r − lo] = add[r − lo] + s_j·(H(G_j ⊙ v[σ_j]))[r − jL], v = Π H B d̃.
-   A block wholly inside the range is transformed in place in out; a partial one in work ([L]). */
+   A block wholly inside the range is transformed in place in out; a partial one in work ([L]);
+   idx is an [L] scratch for the block's σ_j. */
 void ff_rows(const int8_t *G, const float *s, const int32_t *mul, const int32_t *xr, const int32_t *ad,
-             const float *v, const float *add, float *out, int64_t lo, int64_t hi, int64_t L, float *work) {
-    const uint64_t mask = (uint64_t)L - 1;
+             const float *v, const float *add, float *out, int64_t lo, int64_t hi, int64_t L, float *work,
+             int32_t *restrict idx) {
     for (int64_t j = lo / L; j * L < hi; j++) {
         const int64_t a = j * L > lo ? j * L : lo, b = (j + 1) * L < hi ? (j + 1) * L : hi, n = b - a;
         const int8_t *g = G + j * L;
-        const uint64_t aj = (uint32_t)mul[j], xj = (uint32_t)xr[j], cj = (uint32_t)ad[j];
         float *o = (n == L) ? out + (a - lo) : work;
-        for (int64_t m = 0; m < L; m++) o[m] = (float)g[m] * v[sigma(m, aj, xj, cj, mask)];
+        sigma_all(idx, L, (uint32_t)mul[j], (uint32_t)xr[j], (uint32_t)ad[j]);
+        gather_mul(o, g, v, idx, L);
         fwht(o, o, L);
         const float sj = s[j], *src = o + (a - j * L);
         float *dst = out + (a - lo);
@@ -122,11 +179,12 @@ void ff_rows(const int8_t *G, const float *s, const int32_t *mul, const int32_t 
     }
 }
 
-/* acc[σ_j(m)] += s_j·G_j[m]·(H g̃_j)[m] over the blocks overlapping rows [lo, hi); grad holds those
-   rows, g̃_j is block j of it, zero outside the range. */
-void ff_rows_adjoint(const int8_t *G, const float *s, const int32_t *mul, const int32_t *xr, const int32_t *ad,
-                     const float *grad, float *acc, int64_t lo, int64_t hi, int64_t L, float *work) {
-    const uint64_t mask = (uint64_t)L - 1;
+/* acc[k] += t_j[σ_j⁻¹(k)], t_j = s_j·G_j ⊙ (H g̃_j), over the blocks overlapping rows [lo, hi) — the
+   scatter acc[σ_j(m)] += t_j[m] written as a gather; grad holds rows [lo, hi), g̃_j is block j of
+   it, zero outside the range. */
+void ff_rows_adjoint(const int8_t *G, const float *s, const int32_t *mulinv, const int32_t *xr, const int32_t *ad,
+                     const float *grad, float *acc, int64_t lo, int64_t hi, int64_t L, float *work,
+                     int32_t *restrict idx) {
     for (int64_t j = lo / L; j * L < hi; j++) {
         const int64_t a = j * L > lo ? j * L : lo, b = (j + 1) * L < hi ? (j + 1) * L : hi, n = b - a;
         if (n == L) {
@@ -138,8 +196,9 @@ void ff_rows_adjoint(const int8_t *G, const float *s, const int32_t *mul, const 
         }
         const int8_t *g = G + j * L;
         const float sj = s[j];
-        const uint64_t aj = (uint32_t)mul[j], xj = (uint32_t)xr[j], cj = (uint32_t)ad[j];
-        for (int64_t m = 0; m < L; m++) acc[sigma(m, aj, xj, cj, mask)] += sj * (float)g[m] * work[m];
+        for (int64_t m = 0; m < L; m++) work[m] *= sj * (float)g[m];
+        sigma_inv_all(idx, L, (uint32_t)mulinv[j], (uint32_t)xr[j], (uint32_t)ad[j]);
+        gather_add(acc, work, idx, L);
     }
 }
 
@@ -206,8 +265,8 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: no home folder
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.ff_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
-    lib.ff_rows_adjoint.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+    lib.ff_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
+    lib.ff_rows_adjoint.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
     lib.ff_shared.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64]
     lib.ff_shared_adjoint.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, i64]
     for f in (lib.ff_rows, lib.ff_rows_adjoint, lib.ff_shared, lib.ff_shared_adjoint):
@@ -268,13 +327,14 @@ def matvec(p, d: torch.Tensor, lo: int, hi: int, add: torch.Tensor | None) -> to
     """add + (P·d)[lo:hi] for a FastfoodProjection p → [hi − lo]."""
     lib, L = library(), p.L
     spans = _spans(lo, hi, L)
-    f32 = dict(dtype=torch.float32)
-    work = torch.empty(len(spans) + 1, L, **f32)
-    u, out = work[-1], torch.empty(hi - lo, **f32)
+    work = torch.empty(len(spans) + 1, L, dtype=torch.float32)
+    idx = torch.empty(len(spans), L, dtype=torch.int32)
+    u, out = work[-1], torch.empty(hi - lo, dtype=torch.float32)
     lib.ff_shared(_ptr(d), d.numel(), _ptr(p.B), _ptr(p.perm), _ptr(u), _ptr(work[0]), L)
     mix = (_ptr(p.mul), _ptr(p.xor), _ptr(p.add))
     _run([lambda i=i, a=a, b=b: lib.ff_rows(_ptr(p.q), _ptr(p.s), *mix, _ptr(u), _ptr(add, a - lo),
-                                            _ptr(out, a - lo), a, b, L, _ptr(work[i])) for i, (a, b) in enumerate(spans)])
+                                            _ptr(out, a - lo), a, b, L, _ptr(work[i]), _ptr(idx[i]))
+          for i, (a, b) in enumerate(spans)])
     return out
 
 
@@ -283,9 +343,11 @@ def rmatvec(p, g: torch.Tensor, lo: int) -> torch.Tensor:
     lib, L, hi = library(), p.L, lo + g.numel()
     spans = _spans(lo, hi, L)
     acc, work = torch.zeros(len(spans), L, dtype=torch.float32), torch.empty(len(spans), L, dtype=torch.float32)
-    mix = (_ptr(p.mul), _ptr(p.xor), _ptr(p.add))
+    idx = torch.empty(len(spans), L, dtype=torch.int32)
+    mix = (_ptr(p.mul_inv), _ptr(p.xor), _ptr(p.add))
     _run([lambda i=i, a=a, b=b: lib.ff_rows_adjoint(_ptr(p.q), _ptr(p.s), *mix, _ptr(g, a - lo), _ptr(acc[i]),
-                                                    a, b, L, _ptr(work[i])) for i, (a, b) in enumerate(spans)])
+                                                    a, b, L, _ptr(work[i]), _ptr(idx[i]))
+          for i, (a, b) in enumerate(spans)])
     total = acc[0] if len(spans) == 1 else acc.sum(0)
     out = torch.empty(p.d, dtype=torch.float32)
     lib.ff_shared_adjoint(_ptr(total), _ptr(p.B), _ptr(p.perm), _ptr(out), p.d, _ptr(work[0]), L)
