@@ -41,7 +41,9 @@ def fastfood_matrix(p: FastfoodProjection) -> torch.Tensor:
     blocks = []
     for j in range(p.nb):
         i = torch.arange(p.L)
-        sigma = (int(p.mul[j]) * (i ^ int(p.xor[j])) + int(p.add[j])) % p.L
+        a, x, c = (int(t[0]) for t in p.scramble(j, j + 1))
+        assert a % 2 == 1 or p.L == 1
+        sigma = (a * (i ^ x) + c) % p.L
         Pi = torch.zeros(p.L, p.L, dtype=torch.float64)
         Pi[i, p.perm.long()[sigma]] = 1  # (Π_j y)_i = y[Π[σ_j(i)]]
         blocks.append(H @ torch.diag(p.s[j].double() * p.q[j].double()) @ Pi @ right)
@@ -244,9 +246,23 @@ def test_fastfood_holds_about_one_byte_per_parameter():
     p = FastfoodProjection(199_210, 750, seed=0)
     assert p.q.dtype == torch.int8 and p.q.shape == (p.nb, p.L) and p.B.shape == p.perm.shape == (p.L,)
     assert p.B.dtype == torch.int8 and p.perm.dtype == torch.int32
-    assert p.nbytes() == p.nb * p.L + 20 * p.nb + p.L + 4 * p.L
-    assert bool(((p.mul.long() * p.mul_inv.long()) % p.L == 1 % p.L).all())  # a·a⁻¹ ≡ 1 mod L
+    assert p.nbytes() == p.nb * p.L + 4 * p.nb + p.L + 4 * p.L
     assert p.nbytes() / p.D < 1.1
+
+
+def test_hash32_is_lowbias32():
+    """The torch hash (int64 lanes, 16-bit halves) equals the 32-bit reference the C kernel runs."""
+    from distid.subspace.fastfood import hash32
+
+    def ref(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    xs = [0, 1, 2, 3, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0xDEADBEEF]
+    assert hash32(torch.tensor(xs)).tolist() == [ref(x) for x in xs]
 
 
 @pytest.mark.parametrize("kind", PROJECTIONS)
@@ -261,6 +277,28 @@ def test_a_range_of_rows_alone_matches_the_whole(kind, D, d, lo, hi):
     full = torch.zeros(D)
     full[lo:hi] = g
     torch.testing.assert_close(p.rmatvec(g, lo), p.rmatvec(full), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fastfood_c_kernel_and_torch_path_agree_on_large_ranges(monkeypatch, request, threads):
+    """Above 2¹⁸ rows per thread the kernel splits a range over threads at block boundaries."""
+    from distid.subspace import kernel
+
+    monkeypatch.delenv("DISTID_KERNEL", raising=False)
+    kernel.library.cache_clear()
+    request.addfinalizer(kernel.library.cache_clear)
+    before = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(before))
+    torch.set_num_threads(threads)
+    D, lo, hi = 3 * kernel.ROWS_PER_THREAD + 777, 5, 3 * kernel.ROWS_PER_THREAD + 700
+    p = FastfoodProjection(D, 300, seed=3)
+    v, g, a = torch.randn(300), torch.randn(hi - lo), torch.randn(hi - lo)
+    assert len(kernel._spans(lo, hi, p.L)) == min(threads, 3)
+    c = (p.matvec(v, lo, hi, add=a), p.rmatvec(g, lo))
+    monkeypatch.setattr(kernel, "usable", lambda *t: False)
+    t = (p.matvec(v, lo, hi, add=a), p.rmatvec(g, lo))
+    torch.testing.assert_close(c[0], t[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c[1], t[1], rtol=1e-4, atol=1e-4)
 
 
 def test_fastfood_c_kernel_and_torch_path_agree(monkeypatch, request):

@@ -7,15 +7,15 @@ permutation per block, G_j Gaussian per block, stored as int8 q_j with one float
 every column of P has unit norm: G_j = s_j·q_j, s_j = (D·Σ q_j²)^-½.
 
 Π_j = Π∘σ_j: one shared random permutation Π ([L]) composed with a cheap per-block scramble of the
-index, σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L (a_j odd; three numbers per block). Each Π_j is then
-uniformly random, and the blocks' permutations differ. They must: with one permutation for every
+index, σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L, a_j odd; a_j, x_j, c_j are hashed from (the projection's
+key, j) whenever needed, never stored. Each Π_j is then uniformly random, and the blocks' differ. They must: with one permutation for every
 block, P = [H G_1; …; H G_nb]·(Π H B) keeps every subspace inside one fixed L-dimensional space of
 block-periodic Walsh patterns, and the MNIST MLP's d_int90 fell from 513 to 430 (measured).
 
 v = Π H B d̃ ([L]) is computed once; block j is s_j·H(q_j ⊙ v[σ_j]) — one transform per block, which
 the C kernel (kernel.py) runs in cache. Pᵀ·g = B H Πᵀ Σ_j σ_jᵀ(s_j q_j ⊙ H g_j) (a scatter per block).
-State: 1 byte per entry of the nb·L blocks (q; ≈ 1 per parameter when L ≪ D) + 20 bytes per block
-(s, a, a⁻¹ mod L, c, x) + 5 bytes per entry of the shared B (int8) and Π (int32).
+State: 1 byte per entry of the nb·L blocks (q; ≈ 1 per parameter when L ≪ D) + 4 bytes per block
+(s) + 5 bytes per entry of the shared B (int8) and Π (int32).
 
 `block="auto"`: L = 2^⌈log₂d⌉, nb = ⌈D/L⌉ — O(D log d) time. `block="whole"`: one block L = 2^⌈log₂D⌉,
 as Li et al. (2018) implement it — O(D log D). Any range of rows [lo, hi) can be applied alone
@@ -35,12 +35,22 @@ Q_SCALE = 28.0  # q = sign(z)·clip(round(28|z|), 1, 127), z ~ N(0,1): ≈ 1 % o
 CHUNK = 1 << 18  # entries per torch-path chunk (1 MiB of float32): a chunk's work stays in cache
 
 
-def _inverse_mod(a: torch.Tensor, L: int) -> torch.Tensor:
-    """a⁻¹ mod L for odd a and L a power of two (Newton: each step doubles the correct low bits)."""
-    x = a.clone()  # a·a ≡ 1 mod 8: three bits right
-    for _ in range(5):  # 3 → 6 → 12 → 24 → 48 ≥ 32 bits
-        x = (x * (2 - a * x)) & (L - 1)
-    return x
+MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x·k mod 2³² for int64 tensors holding 32-bit values, without int64 overflow (16-bit halves)."""
+    return ((x & 0xFFFF) * k + ((((x >> 16) * k) & 0xFFFF) << 16)) & MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons), the 32-bit integer hash kernel.py uses, elementwise on int64 tensors."""
+    x = x & MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -58,11 +68,7 @@ class FastfoodProjection(Projection):
         B = torch.randint(0, 2, (L,), generator=g).mul_(2).sub_(1).to(torch.int8)  # ±1
         self.register_buffer("B", B, persistent=False)
         self.register_buffer("perm", torch.randperm(L, generator=g).to(torch.int32), persistent=False)
-        self.register_buffer("mul", torch.randint(0, max(1, L // 2), (self.nb,), generator=g).mul_(2).add_(1)
-                             .to(torch.int32), persistent=False)  # σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L
-        self.register_buffer("mul_inv", _inverse_mod(self.mul.long(), L).to(torch.int32), persistent=False)
-        self.register_buffer("xor", torch.randint(0, L, (self.nb,), generator=g).to(torch.int32), persistent=False)
-        self.register_buffer("add", torch.randint(0, L, (self.nb,), generator=g).to(torch.int32), persistent=False)
+        self.key = int(torch.randint(0, 2**32, (1,), generator=g))  # keys σ_j: hashed with j, never stored
         q = torch.empty(self.nb, L, dtype=torch.int8)
         rows = max(1, CHUNK // L)  # drawn in fixed chunks: the same numbers on every machine
         for a in range(0, self.nb, rows):
@@ -85,10 +91,16 @@ class FastfoodProjection(Projection):
         z[self.perm] = acc  # Πᵀ
         return (hadamard(z) * self.B)[: self.d]
 
+    def scramble(self, j0: int, j1: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a_j, x_j, c_j) of blocks j0..j1−1 ([j1 − j0] int64 each), hashed from (key, j) as kernel.py does."""
+        j3 = torch.arange(j0, j1, dtype=torch.int64, device=device or self.q.device) * 3
+        a, x, c = (hash32(hash32(j3 + t) ^ self.key) & (self.L - 1) for t in range(3))
+        return (a | 1) & (self.L - 1), x, c
+
     def sigma(self, j0: int, j1: int, device=None) -> torch.Tensor:
         """σ_j(i) for blocks j0..j1−1: [j1 − j0, L] int64."""
         i = torch.arange(self.L, device=device or self.q.device)
-        a, x, c = (t[j0:j1, None].long() for t in (self.mul, self.xor, self.add))
+        a, x, c = (t[:, None] for t in self.scramble(j0, j1, device))
         return (a * (i ^ x) + c) & (self.L - 1)
 
     # -- the per-block half ---------------------------------------------------------------------------

@@ -93,15 +93,28 @@ static void fwht(const float *src, float *x, int64_t L) {
         }
 }
 
-/* σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L, and σ_j⁻¹(k) = (a_j⁻¹·(k − c_j) mod L) ⊕ x_j, for every i of
-   a block, in 32-bit arithmetic (L divides 2³², so wrapping is harmless): loops the compiler vectorises. */
-static void sigma_all(int32_t *idx, int64_t L, uint32_t a, uint32_t x, uint32_t c) {
-    const uint32_t mask = (uint32_t)(L - 1);
-    for (int64_t i = 0; i < L; i++) idx[i] = (int32_t)((a * ((uint32_t)i ^ x) + c) & mask);
+/* lowbias32 (C. Wellons): the 32-bit hash fastfood.py's hash32 mirrors. */
+static inline uint32_t hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    return x ^ (x >> 16);
 }
 
-static void sigma_inv_all(int32_t *idx, int64_t L, uint32_t ainv, uint32_t x, uint32_t c) {
-    const uint32_t mask = (uint32_t)(L - 1);
+/* Block j's scramble σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L, hashed from (key, j); a_j odd. idx[i] =
+   σ_j(i), or (inverse) idx[k] = σ_j⁻¹(k) = (a_j⁻¹·(k − c_j) mod L) ⊕ x_j, in 32-bit arithmetic (L
+   divides 2³², so wrapping is harmless): loops the compiler vectorises. */
+static void sigma_all(int32_t *idx, int64_t L, uint32_t key, int64_t j, int inverse) {
+    const uint32_t mask = (uint32_t)(L - 1), j3 = (uint32_t)(3 * j);
+    const uint32_t a = ((hash32(hash32(j3) ^ key) & mask) | 1u) & mask;
+    const uint32_t x = hash32(hash32(j3 + 1u) ^ key) & mask, c = hash32(hash32(j3 + 2u) ^ key) & mask;
+    if (!inverse) {
+        for (int64_t i = 0; i < L; i++) idx[i] = (int32_t)((a * ((uint32_t)i ^ x) + c) & mask);
+        return;
+    }
+    uint32_t ainv = a;  /* Newton: a·a ≡ 1 mod 8, each step doubles the correct low bits (3 → 48) */
+    for (int t = 0; t < 5; t++) ainv *= 2u - a * ainv;
     for (int64_t k = 0; k < L; k++) idx[k] = (int32_t)(((ainv * ((uint32_t)k - c)) & mask) ^ x);
 }
 
@@ -158,14 +171,13 @@ static void gather_add(float *acc, const float *w, const int32_t *idx, int64_t L
    out[r − lo] = add[r − lo] + s_j·(H(G_j ⊙ v[σ_j]))[r − jL], v = Π H B d̃.
    A block wholly inside the range is transformed in place in out; a partial one in work ([L]);
    idx is an [L] scratch for the block's σ_j. */
-void ff_rows(const int8_t *G, const float *s, const int32_t *mul, const int32_t *xr, const int32_t *ad,
-             const float *v, const float *add, float *out, int64_t lo, int64_t hi, int64_t L, float *work,
+void ff_rows(const int8_t *G, const float *s, uint32_t key, const float *v, const float *add, float *out, int64_t lo, int64_t hi, int64_t L, float *work,
              int32_t *restrict idx) {
     for (int64_t j = lo / L; j * L < hi; j++) {
         const int64_t a = j * L > lo ? j * L : lo, b = (j + 1) * L < hi ? (j + 1) * L : hi, n = b - a;
         const int8_t *g = G + j * L;
         float *o = (n == L) ? out + (a - lo) : work;
-        sigma_all(idx, L, (uint32_t)mul[j], (uint32_t)xr[j], (uint32_t)ad[j]);
+        sigma_all(idx, L, key, j, 0);
         gather_mul(o, g, v, idx, L);
         fwht(o, o, L);
         const float sj = s[j], *src = o + (a - j * L);
@@ -182,8 +194,7 @@ void ff_rows(const int8_t *G, const float *s, const int32_t *mul, const int32_t 
 /* acc[k] += t_j[σ_j⁻¹(k)], t_j = s_j·G_j ⊙ (H g̃_j), over the blocks overlapping rows [lo, hi) — the
    scatter acc[σ_j(m)] += t_j[m] written as a gather; grad holds rows [lo, hi), g̃_j is block j of
    it, zero outside the range. */
-void ff_rows_adjoint(const int8_t *G, const float *s, const int32_t *mulinv, const int32_t *xr, const int32_t *ad,
-                     const float *grad, float *acc, int64_t lo, int64_t hi, int64_t L, float *work,
+void ff_rows_adjoint(const int8_t *G, const float *s, uint32_t key, const float *grad, float *acc, int64_t lo, int64_t hi, int64_t L, float *work,
                      int32_t *restrict idx) {
     for (int64_t j = lo / L; j * L < hi; j++) {
         const int64_t a = j * L > lo ? j * L : lo, b = (j + 1) * L < hi ? (j + 1) * L : hi, n = b - a;
@@ -197,7 +208,7 @@ void ff_rows_adjoint(const int8_t *G, const float *s, const int32_t *mulinv, con
         const int8_t *g = G + j * L;
         const float sj = s[j];
         for (int64_t m = 0; m < L; m++) work[m] *= sj * (float)g[m];
-        sigma_inv_all(idx, L, (uint32_t)mulinv[j], (uint32_t)xr[j], (uint32_t)ad[j]);
+        sigma_all(idx, L, key, j, 1);
         gather_add(acc, work, idx, L);
     }
 }
@@ -264,9 +275,9 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: no home folder
         return None
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.ff_rows.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
-    lib.ff_rows_adjoint.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
+    ptr, i64, u32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32
+    lib.ff_rows.argtypes = [ptr, ptr, u32, ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
+    lib.ff_rows_adjoint.argtypes = [ptr, ptr, u32, ptr, ptr, i64, i64, i64, ptr, ptr]
     lib.ff_shared.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64]
     lib.ff_shared_adjoint.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, i64]
     for f in (lib.ff_rows, lib.ff_rows_adjoint, lib.ff_shared, lib.ff_shared_adjoint):
@@ -331,8 +342,7 @@ def matvec(p, d: torch.Tensor, lo: int, hi: int, add: torch.Tensor | None) -> to
     idx = torch.empty(len(spans), L, dtype=torch.int32)
     u, out = work[-1], torch.empty(hi - lo, dtype=torch.float32)
     lib.ff_shared(_ptr(d), d.numel(), _ptr(p.B), _ptr(p.perm), _ptr(u), _ptr(work[0]), L)
-    mix = (_ptr(p.mul), _ptr(p.xor), _ptr(p.add))
-    _run([lambda i=i, a=a, b=b: lib.ff_rows(_ptr(p.q), _ptr(p.s), *mix, _ptr(u), _ptr(add, a - lo),
+    _run([lambda i=i, a=a, b=b: lib.ff_rows(_ptr(p.q), _ptr(p.s), p.key, _ptr(u), _ptr(add, a - lo),
                                             _ptr(out, a - lo), a, b, L, _ptr(work[i]), _ptr(idx[i]))
           for i, (a, b) in enumerate(spans)])
     return out
@@ -344,8 +354,7 @@ def rmatvec(p, g: torch.Tensor, lo: int) -> torch.Tensor:
     spans = _spans(lo, hi, L)
     acc, work = torch.zeros(len(spans), L, dtype=torch.float32), torch.empty(len(spans), L, dtype=torch.float32)
     idx = torch.empty(len(spans), L, dtype=torch.int32)
-    mix = (_ptr(p.mul_inv), _ptr(p.xor), _ptr(p.add))
-    _run([lambda i=i, a=a, b=b: lib.ff_rows_adjoint(_ptr(p.q), _ptr(p.s), *mix, _ptr(g, a - lo), _ptr(acc[i]),
+    _run([lambda i=i, a=a, b=b: lib.ff_rows_adjoint(_ptr(p.q), _ptr(p.s), p.key, _ptr(g, a - lo), _ptr(acc[i]),
                                                     a, b, L, _ptr(work[i]), _ptr(idx[i]))
           for i, (a, b) in enumerate(spans)])
     total = acc[0] if len(spans) == 1 else acc.sum(0)

@@ -97,6 +97,8 @@ class Layerwise:
         return hook
 
     def _pack(self, t: torch.Tensor):
+        if t.layout is not torch.strided or t.is_nested:  # no storage of its own: never a slice of θ
+            return t
         key = t.untyped_storage().data_ptr()
         if key in self.live:
             lo, hi, base, version = self.live[key]
