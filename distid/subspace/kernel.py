@@ -1,6 +1,5 @@
-"""Fastfood's two block loops on CPU as a small C kernel, built on first use with the machine's C
-compiler and loaded with ctypes; None when it cannot be (no compiler, not Linux/macOS, DISTID_KERNEL=torch),
-and fastfood.py then runs the same math in torch.
+"""Fastfood's block loops on CPU as a small C kernel, built on first use with the machine's C
+compiler and loaded with ctypes; where it cannot be built, fastfood.py runs the same math in torch.
 
 Per block j of length L (a power of two), with G_j int8 [L], s_j its float scale, σ_j its index
 scramble and v the shared [L]:
@@ -8,9 +7,11 @@ scramble and v the shared [L]:
     backward: acc += (s_j · G_j ⊙ (H g_j))[σ_j⁻¹]         (acc [L]; a gather, like the forward's)
 for any range of rows (partial blocks at its ends included), split over torch.get_num_threads()
 threads at block boundaries; and the shared half v = Π H B d̃ and its adjoint.
-Each block's work stays in cache (L1 up to L = 4,096 floats on most CPUs): one read of G_j (1 byte per entry), one of a_j / g_j, one write of
-out_j. The library is cached under $XDG_CACHE_HOME/distid (default ~/.cache/distid), named by the
-hash of this source and the compiler flags, so a changed kernel is rebuilt.
+Each block's work stays in cache (L1 up to L = 4,096 floats on most CPUs): one read of G_j (1 byte
+per entry), one of θ₀_j or g_j, one write of out_j. `library()` is None when the kernel cannot be
+built (no compiler, not Linux/macOS, DISTID_KERNEL=torch). It is cached under $XDG_CACHE_HOME/distid
+(default ~/.cache/distid), named by the hash of this source, the flags, the compiler and the CPU, so
+a changed kernel is rebuilt and a shared cache never hands a build to a CPU it was not made for.
 """
 
 from __future__ import annotations
