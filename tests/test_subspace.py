@@ -279,44 +279,47 @@ def test_a_range_of_rows_alone_matches_the_whole(kind, D, d, lo, hi):
     torch.testing.assert_close(p.rmatvec(g, lo), p.rmatvec(full), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_fastfood_c_kernel_and_torch_path_agree_on_large_ranges(monkeypatch, request, threads):
-    """Above 2¹⁸ rows per thread the kernel splits a range over threads at block boundaries."""
+@pytest.fixture
+def c_kernel(monkeypatch, request):
+    """distid's C kernel module, built even in a suite run with DISTID_KERNEL=torch (reset after)."""
     from distid.subspace import kernel
 
     monkeypatch.delenv("DISTID_KERNEL", raising=False)
     kernel.library.cache_clear()
     request.addfinalizer(kernel.library.cache_clear)
+    return kernel
+
+
+def c_and_torch(kernel, monkeypatch, products):
+    """products() through the C kernel, then through the torch path."""
+    c = products()
+    monkeypatch.setattr(kernel, "usable", lambda *t: False)
+    return c, products()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fastfood_c_kernel_and_torch_path_agree_on_large_ranges(c_kernel, monkeypatch, request, threads):
+    """Above 2¹⁸ rows per thread the kernel splits a range over threads at block boundaries."""
     before = torch.get_num_threads()
     request.addfinalizer(lambda: torch.set_num_threads(before))
     torch.set_num_threads(threads)
-    D, lo, hi = 3 * kernel.ROWS_PER_THREAD + 777, 5, 3 * kernel.ROWS_PER_THREAD + 700
+    D, lo, hi = 3 * c_kernel.ROWS_PER_THREAD + 777, 5, 3 * c_kernel.ROWS_PER_THREAD + 700
     p = FastfoodProjection(D, 300, seed=3)
     v, g, a = torch.randn(300), torch.randn(hi - lo), torch.randn(hi - lo)
-    assert len(kernel._spans(lo, hi, p.L)) == min(threads, 3)
-    c = (p.matvec(v, lo, hi, add=a), p.rmatvec(g, lo))
-    monkeypatch.setattr(kernel, "usable", lambda *t: False)
-    t = (p.matvec(v, lo, hi, add=a), p.rmatvec(g, lo))
+    assert len(c_kernel._spans(lo, hi, p.L)) == min(threads, 3)
+    c, t = c_and_torch(c_kernel, monkeypatch, lambda: (p.matvec(v, lo, hi, add=a), p.rmatvec(g, lo)))
     torch.testing.assert_close(c[0], t[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c[1], t[1], rtol=1e-4, atol=1e-4)
 
 
-def test_fastfood_c_kernel_and_torch_path_agree(monkeypatch, request):
+def test_fastfood_c_kernel_and_torch_path_agree(c_kernel, monkeypatch):
     """The compiled kernel (when this machine builds it) and the torch path compute the same map."""
-    from distid.subspace import kernel
-
-    monkeypatch.delenv("DISTID_KERNEL", raising=False)  # a suite run with DISTID_KERNEL=torch checks this too
-    kernel.library.cache_clear()
-    request.addfinalizer(kernel.library.cache_clear)
-
-    p = FastfoodProjection(5000, 100, seed=1)
-    v, g, a = torch.randn(100), torch.randn(4990), torch.randn(4990)
     import shutil
 
-    assert kernel.library() is not None or not shutil.which("cc"), "a C compiler is here but the kernel did not build"
-    c = (p.matvec(v, 3, 4993, add=a), p.rmatvec(g, 7))
-    monkeypatch.setattr(kernel, "usable", lambda *t: False)
-    t = (p.matvec(v, 3, 4993, add=a), p.rmatvec(g, 7))
+    assert c_kernel.library() is not None or not shutil.which("cc"), "a C compiler is here but the kernel did not build"
+    p = FastfoodProjection(5000, 100, seed=1)
+    v, g, a = torch.randn(100), torch.randn(4990), torch.randn(4990)
+    c, t = c_and_torch(c_kernel, monkeypatch, lambda: (p.matvec(v, 3, 4993, add=a), p.rmatvec(g, 7)))
     torch.testing.assert_close(c[0], t[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c[1], t[1], rtol=1e-5, atol=1e-5)
 

@@ -81,12 +81,12 @@ class FastfoodProjection(Projection):
         self.register_buffer("s", sq.mul_(D).rsqrt_(), persistent=False)
 
     # -- the shared half: v = Π H B d̃ and its adjoint -----------------------------------------------
-    def _u(self, d: torch.Tensor) -> torch.Tensor:
+    def _v(self, d: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(self.L, dtype=d.dtype, device=d.device)
         x[: self.d] = d * self.B[: self.d]
         return hadamard(x).index_select(0, self.perm)  # (Π y)_i = y_perm[i]
 
-    def _u_adjoint(self, acc: torch.Tensor) -> torch.Tensor:
+    def _v_adjoint(self, acc: torch.Tensor) -> torch.Tensor:
         z = torch.empty_like(acc)
         z[self.perm] = acc  # Πᵀ
         return (hadamard(z) * self.B)[: self.d]
@@ -104,16 +104,16 @@ class FastfoodProjection(Projection):
         return (a * (i ^ x) + c) & (self.L - 1)
 
     # -- the per-block half ---------------------------------------------------------------------------
-    def _blocks(self, u: torch.Tensor, j0: int, j1: int, add: torch.Tensor | None,
+    def _blocks(self, v: torch.Tensor, j0: int, j1: int, add: torch.Tensor | None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """out [(j1 − j0)·L] = add + blocks j0..j1−1 of P·d (the torch path; u = v = Π H B d̃)."""
+        """out [(j1 − j0)·L] = add + blocks j0..j1−1 of P·d (the torch path; v = Π H B d̃)."""
         q, s = self.q[j0:j1], self.s[j0:j1]
-        out = torch.empty((j1 - j0) * self.L, dtype=u.dtype, device=u.device) if out is None else out
+        out = torch.empty((j1 - j0) * self.L, dtype=v.dtype, device=v.device) if out is None else out
         rows = max(1, CHUNK // self.L)
         for a in range(0, j1 - j0, rows):
             k = min(rows, j1 - j0 - a)
-            ua = u[self.sigma(j0 + a, j0 + a + k, u.device)]  # [k, L]: v[σ_j]
-            y = hadamard(q[a:a + k].to(u.dtype) * ua).mul_(s[a:a + k, None]).view(-1)
+            vs = v[self.sigma(j0 + a, j0 + a + k, v.device)]  # [k, L]: v[σ_j]
+            y = hadamard(q[a:a + k].to(v.dtype) * vs).mul_(s[a:a + k, None]).view(-1)
             out[a * self.L:a * self.L + y.numel()] = y if add is None else y + add[a * self.L:a * self.L + y.numel()]
         return out
 
@@ -152,14 +152,14 @@ class FastfoodProjection(Projection):
             return torch.zeros(0, dtype=d.dtype, device=d.device)
         if kernel.usable(self, d, *([] if add is None else [add])):
             return kernel.matvec(self, d, lo, hi, add)
-        u, at = self._u(d), 0
+        v, at = self._v(d), 0
         out = torch.empty(hi - lo, dtype=d.dtype, device=d.device)
         for j0, j1, a, b in self._pieces(lo, hi):
             dst, extra = out[at:at + b - a], None if add is None else add[at:at + b - a]
             if a == 0 and b == (j1 - j0) * self.L:  # whole blocks: written in place
-                self._blocks(u, j0, j1, extra, out=dst)
+                self._blocks(v, j0, j1, extra, out=dst)
             else:
-                part = self._blocks(u, j0, j1, None)[a:b]
+                part = self._blocks(v, j0, j1, None)[a:b]
                 dst.copy_(part if extra is None else part + extra)
             at += b - a
         return out
@@ -182,7 +182,7 @@ class FastfoodProjection(Projection):
             s = self._blocks_adjoint(part.contiguous(), j0, j1)
             acc = s if acc is None else acc + s
             at += b - a
-        return self._u_adjoint(acc)
+        return self._v_adjoint(acc)
 
     @staticmethod
     def _check(got: int, want: int, what: str) -> None:
