@@ -128,8 +128,18 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+_CLOSING_BARRIER: list = []  # the last barrier's handle, released only as the process exits
+
+
 def shutdown(clean: bool = True) -> None:
     """Barrier, then destroy the group: ranks leave together, so none aborts mid-collective.
+
+    The barrier's handle is kept to the end of the process. gloo's worker thread drops its own
+    reference to a finished work a moment after wait() returns; if that last reference went at
+    exit, while Python finalizes, the thread would need the GIL to free the work's tensors and the
+    process would abort ("terminate called without an active exception", SIGABRT). Held here, the
+    work is freed by the main thread. destroy_process_group() does not stop gloo's threads while
+    a model (DDP, FSDP) still refers to the group.
 
     clean=False (after an error on this rank): destroy without the barrier, which could only
     wait for peers that are themselves failing; torchrun then stops the rest of the group.
@@ -137,7 +147,9 @@ def shutdown(clean: bool = True) -> None:
     if dist.is_initialized():
         try:
             if clean:
-                dist.barrier()
+                work = dist.barrier(async_op=True)
+                work.wait()
+                _CLOSING_BARRIER.append(work)
         finally:
             dist.destroy_process_group()
 
@@ -177,15 +189,24 @@ def node_count() -> int:
     return len(set(everyone))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere what `platform` says). DISTID_CPU_NAME replaces
+    it: the docs test describes its runs as another machine's to check that pages compare alike."""
+    import platform
+
+    if os.environ.get("DISTID_CPU_NAME"):
+        return os.environ["DISTID_CPU_NAME"]
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """What a measurement ran on: CPU model, cores, torch threads and version, backend, world size."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name() if device().type == "cuda" else None
     return dict(cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=platform.python_version(), gpu=gpu,

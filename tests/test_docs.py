@@ -23,7 +23,7 @@ from datasets_for_tests import DATA_ROOT, have_dataset, have_mnist
 from distid.experiments import docs
 from distid.config import load_config
 from distid.models import build_model
-from procs import REPO, run
+from procs import REPO, run, user_env
 
 DOCS = Path(REPO) / "docs"
 LESSONS = sorted(DOCS.glob("lesson[0-9]*_*.md"))
@@ -115,6 +115,8 @@ def test_every_block_was_regenerated_and_names_its_machine():
             assert head.startswith("What `") or (b.options.get("gpu") and head.startswith("What it printed on")), \
                 f"{page.name}:{b.line + 1}: not regenerated (run `python -m distid.experiments.docs regenerate --page {page.stem}`)"
             assert " cores" in head or "NVIDIA" in head, f"{page.name}:{b.line + 2}: the caption names no machine"
+            assert b.options.get("gpu") or {"cpu", "torch"} <= docs.caption_machine(b).keys(), \
+                f"{page.name}:{b.line + 2}: the caption does not name the CPU and torch as docs.CAPTION_MACHINE reads them"
 
 
 def test_the_shape_and_figure_checks_fail_on_a_changed_figure():
@@ -129,8 +131,13 @@ def test_the_shape_and_figure_checks_fail_on_a_changed_figure():
     assert agree(page, reworded, "OUT", "OUT")  # a line printed in another shape
 
 
-def agree(page: list[str], now: list[str], page_out, now_out, kinds_only: bool = False, figures: bool = True) -> list[str]:
-    """What differs between the lines a page shows and the lines the code prints now."""
+def agree(page: list[str], now: list[str], page_out, now_out, kinds_only: bool = False, figures: bool = True,
+          page_machine: dict | None = None, now_machine: dict | None = None) -> list[str]:
+    """What differs between the lines a page shows and the lines the code prints now. Each side's
+    machine words (CPU model, GPU, torch build: `docs.unmachined`) are masked first, so a page made
+    on one machine compares with a run on another."""
+    page = [docs.unmachined(x, page_machine or {}) for x in page]
+    now = [docs.unmachined(x, now_machine or {}) for x in now]
     problems = []
     if kinds_only:
         mine, theirs = {docs.kind(x) for x in page}, {docs.kind(x) for x in now}
@@ -201,11 +208,47 @@ def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tiny_runs):
     if block is None or block.options.get("exit"):
         return  # a run meant to fail fails after a number of steps the tiny run does not reach
     now = [x for x in docs.select(out.stdout, block.options) if x.strip()]
-    problems = agree(docs.shown(block), now, block.out_dir, str(out_dir),
-                     kinds_only=module not in SAME_GRID or config in SMALLER,
-                     figures=module in SAME_GRID and config not in SMALLER)
+    problems = against(block, now, str(out_dir), docs.this_machine())
     assert not problems, (f"{page.name}:{block.line + 1} differs from what `{command}` prints now "
                           f"(`python -m distid.experiments.docs regenerate --page {page.stem}` rewrites it):\n" + "\n".join(problems))
+
+
+def against(block: docs.Block, now: list[str], now_out: str, now_machine: dict, masked: bool = True) -> list[str]:
+    """What differs between a block and the lines its tiny run printed on `now_machine`."""
+    words = shlex.split(block.command)
+    module = words[words.index("-m") + 1]
+    config = words[words.index("--config") + 1] if "--config" in words else ""
+    return agree(docs.shown(block), now, block.out_dir, now_out,
+                 kinds_only=module not in SAME_GRID or config in SMALLER,
+                 figures=module in SAME_GRID and config not in SMALLER,
+                 page_machine=docs.caption_machine(block) if masked else {}, now_machine=now_machine if masked else {})
+
+
+OTHER_CPU = "AMD EPYC 9B14 96-Core Processor"  # not the machine that made the pages, whatever it is
+
+
+@pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
+def test_a_block_regenerated_on_another_cpu_still_agrees_with_the_page(tmp_path, monkeypatch):
+    """The lesson-5 sweep's block prints the CPU's name; regenerated (at the tiny size) by a run that
+    describes its machine as another CPU, it still agrees with the page, and only because each side's
+    machine words are masked."""
+    page = DOCS / "lesson5_intrinsic_dimension.md"
+    block = next(b for b in docs.blocks(page) if any(docs.caption_machine(b)["cpu"] in x for x in docs.shown(b)))
+    other = OTHER_CPU if OTHER_CPU != docs.caption_machine(block)["cpu"] else "Intel(R) Xeon(R) Processor"
+    out = run(prepared(block.command, tmp_path), 300, env=user_env(DISTID_CPU_NAME=other))
+    assert out.returncode == 0, out.stderr[-3000:]
+    monkeypatch.setenv("DISTID_CPU_NAME", other)
+    remade = tmp_path / "lesson9_remade.md"
+    remade.write_text(f"<!-- regenerate: {block.command} ;; " + " ;; ".join(
+        k if v is True else f"{k}={v}" for k, v in block.options.items()) + " -->\n<!-- /regenerate -->\n")
+    (fresh,) = docs.blocks(remade)
+    docs.rewrite(remade, {fresh.line: docs.render(fresh, docs.select(out.stdout, fresh.options), 1.0)})
+    (fresh,) = docs.blocks(remade)
+    assert docs.caption_machine(fresh)["cpu"] == other and any(other in x for x in docs.shown(fresh))
+    now = docs.shown(fresh)
+    assert against(block, now, str(tmp_path / "out"), docs.caption_machine(fresh)) == []
+    assert against(block, now, str(tmp_path / "out"), docs.caption_machine(fresh), masked=False), \
+        "the block should differ from the other CPU's run where the CPU is named"
 
 
 def test_regenerate_rewrites_only_between_the_markers(tmp_path):

@@ -136,6 +136,31 @@ def elide(lines: list[str], run: int = 5) -> list[str]:
     return out
 
 
+CAPTION_MACHINE = re.compile(r"printed \((?P<cpu>.+?), \d+ cores(?:, (?P<gpu>[^;]+?))?, torch (?P<torch>[^;,\s]+)")
+
+
+def caption_machine(block: Block) -> dict[str, str]:
+    """The machine a page's block was made on, as its caption names it: {'cpu', 'torch'[, 'gpu']}
+    ({} for a caption in another form)."""
+    lines = block.page.read_text().splitlines()
+    m = CAPTION_MACHINE.search(lines[block.line + 1]) if block.line + 1 < len(lines) else None
+    return {k: v for k, v in m.groupdict().items() if v} if m else {}
+
+
+def this_machine() -> dict[str, str]:
+    """The machine the code runs on now, in the caption's terms (`caption_machine`)."""
+    m = runtime.machine()
+    return {"cpu": m["cpu"], "torch": m["torch"], **({"gpu": m["gpu"]} if m.get("gpu") else {})}
+
+
+def unmachined(line: str, machine: dict[str, str]) -> str:
+    """The line with the machine's own words (CPU model, GPU, torch build) as CPU, GPU, TORCH: what a
+    run prints on another machine differs from the page there, and in numbers, and nowhere else."""
+    for key, name in sorted(machine.items(), key=lambda kv: -len(kv[1])):
+        line = line.replace(name, key.upper())
+    return line
+
+
 def shape(line: str, out_dir: str | None) -> str:
     """A line with its output folder as OUT, numbers as #, whitespace collapsed: what must not change."""
     if out_dir:
