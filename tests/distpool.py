@@ -43,8 +43,9 @@ def _worker(rank: int, world_size: int, init_file: str, cmds, results) -> None:
             results.put((rank, True, _call(*cmd)))
         except BaseException:  # report, then stay alive: the parent decides to kill
             results.put((rank, False, traceback.format_exc()))
-    dist.barrier()
-    dist.destroy_process_group()
+    from distid.runtime import shutdown
+
+    shutdown()  # barrier, destroy, and the last work freed by this thread (see its docstring)
 
 
 class DistPool:
