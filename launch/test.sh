@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install distid with its test extras into ./.venv and run the whole test suite (gloo, CPU).
+# Install distid with its test extras into ./.venv and run the whole test suite (gloo, CPU), or with
+# --touched first, only the tests of what differs from the upstream branch (or HEAD): tests/touched.py.
 # MNIST and Fashion-MNIST are fetched first. Without them the tests that need them skip, except under
 # CI (CI=true), where a missing dataset fails here and any skip but a documented gate fails pytest.
 set -euo pipefail
@@ -19,5 +20,19 @@ fetch() {  # dataset, its name: fetched, or (under CI) a one-line failure; elsew
 }
 fetch mnist MNIST
 fetch fashion-mnist Fashion-MNIST
-echo "+ python -m pytest -q $*"
-exec python -m pytest -q "$@"
+if [ "${1:-}" = "--touched" ]; then  # the tests of what you touched (tests/touched.py), then any further pytest options
+  shift
+  mapfile -t picked < <(python tests/touched.py)
+  [ ${#picked[@]} -gt 0 ] || { echo "nothing to run: no test names what changed (run the full suite)"; exit 0; }
+  set -- "${picked[@]}" "$@"
+fi
+if [ $# -gt 0 ]; then  # a selection: one pytest, one process
+  echo "+ python -m pytest -q $*"
+  exec python -m pytest -q "$@"
+fi
+# The whole suite: the tests that measure the loopback interface alone, then the rest on two
+# pytest-xdist workers, a test file to each (most of a test's time is process start-up on one core).
+echo "+ python -m pytest -q -m alone"
+python -m pytest -q -m alone
+echo "+ python -m pytest -q -m 'not alone' -n 2 --dist loadfile"
+exec python -m pytest -q -m "not alone" -n 2 --dist loadfile

@@ -16,6 +16,11 @@ pytest_plugins = ["writes_nowhere", "ci_skips"]  # the session fails if a test w
 _pools: dict[int, DistPool] = {}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "alone: measures the loopback interface, so no other test may run beside it "
+                                       "(launch/test.sh runs these first, then the rest on two pytest-xdist workers)")
+
+
 @pytest.fixture(scope="session")
 def dist_pool():
     """dist_pool(n) -> a live DistPool of n gloo ranks (re-created after a failure)."""

@@ -104,6 +104,7 @@ def test_reports_never_mix_meanings():
     assert "payload" not in sums and sums.count("wire_") >= 6
 
 
+@pytest.mark.alone  # the loopback counts every process's bytes: no other test may run beside it
 def test_interface_counts_what_gloo_sends(dist_pool):
     """2 ranks, 16 MiB each: all-reduce and all-gather within 3 % of the wire figure (TCP/IP headers,
     ≈ 0.1 %); reduce-scatter within 3 % of gloo's all-reduce (twice the ring's); broadcast within 3 %

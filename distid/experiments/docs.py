@@ -165,6 +165,7 @@ def shape(line: str, out_dir: str | None) -> str:
     """A line with its output folder as OUT, numbers as #, whitespace collapsed: what must not change."""
     if out_dir:
         line = line.replace(out_dir.rstrip("/"), "OUT")
+    line = re.sub(r"(?<![\w.])-(?=\d)", "", line)  # a sign: a measured difference can fall either side of 0
     line = re.sub(r"\d[\d,]*(\.\d+)?(e[+-]\d+)?|\bnan\b", "#", line)  # nan: too few steps to time
     return " ".join(line.split())
 
