@@ -12,6 +12,8 @@ nproc=$1 module=$2
 shift 2
 # torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch#135712)
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
-cmd=(torchrun --standalone --nproc_per_node="$nproc" -m "$module" "$@")
+# --local-addr: with that store per attempt the workers meet at the agent's address, by default the
+# host's name, which need not resolve; one node meets on the loopback
+cmd=(torchrun --standalone --local-addr=127.0.0.1 --nproc_per_node="$nproc" -m "$module" "$@")
 echo "+ ${cmd[*]}"
 exec "${cmd[@]}"

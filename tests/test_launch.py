@@ -33,7 +33,7 @@ def test_two_nodes_on_one_host_equal_one_node_of_four(tmp_path):
         assert out.stdout.startswith("+ torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d")
     one = run(["bash", "launch/local.sh", "4", *TRAIN, "--out", str(tmp_path / "one")], timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert one.stdout.startswith("+ torchrun --standalone --nproc_per_node=4 -m distid.train")
+    assert one.stdout.startswith("+ torchrun --standalone --local-addr=127.0.0.1 --nproc_per_node=4 -m distid.train")
     two_s = json.loads((tmp_path / "two" / "summary.json").read_text())
     one_s = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert (two_s["world_size"], two_s["nnodes"], two_s["local_world_size"]) == (4, 2, 2)
@@ -47,14 +47,14 @@ def test_two_nodes_on_one_host_equal_one_node_of_four(tmp_path):
 
 def test_a_node_that_never_arrives_times_out(tmp_path):
     port = free_port()
-    env = multinode_env(port, f"lonely-{port}", JOIN_TIMEOUT="10", NPROC_PER_NODE="1")
+    env = multinode_env(port, f"lonely-{port}", JOIN_TIMEOUT="4", NPROC_PER_NODE="1")
     t0 = time.monotonic()
     out = run(["bash", "launch/multinode.sh", "distid.primitives", "--out", str(tmp_path)], timeout=90, env=env)
     elapsed = time.monotonic() - t0
     assert out.returncode != 0
     assert "RendezvousTimeoutError" in out.stderr
-    assert "timed out after 10 s waiting for 2 nodes" in out.stderr
-    assert elapsed < 60, f"took {elapsed:.0f} s"  # join_timeout 10 s + start-up; measured ≈ 16 s here
+    assert "timed out after 4 s waiting for 2 nodes" in out.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s"  # join_timeout 4 s + start-up
 
 
 def test_recipes_without_arguments_print_usage():

@@ -5,8 +5,8 @@
 Changed: files differing from BASE (default: the upstream branch if there is one, else HEAD) plus
 untracked files. A changed test file is selected; a changed `distid/a/b.py` selects the test files
 that name `distid.a.b` (an import, or `-m distid.a.b` in a command) or import `b` from `distid.a`;
-a changed `configs/x.toml` the tests that name it; a changed `docs/page.md` that page's cases of
-tests/test_docs.py. A module no test names directly (a helper deep in the package) selects nothing:
+a changed `docs/page.md` that page's cases of tests/test_docs.py; any other changed file (a config,
+a launch script) the tests that name its path. A module no test names directly (a helper deep in the package) selects nothing:
 the full suite is the check for it.
 """
 
@@ -52,10 +52,10 @@ def selection(paths: list[str]) -> list[str]:
             module, parent, name = ".".join(parts), ".".join(parts[:-1]), parts[-1]
             picked.update(dict.fromkeys(naming(rf"\b{re.escape(module)}\b(?!\.)"
                                                + (rf"|from {re.escape(parent)} import [^\n]*\b{name}\b" if parent else ""))))
-        elif p.parts[:1] == ("configs",):
-            picked.update(dict.fromkeys(naming(re.escape(p.name))))
-        elif p.parts[:1] == ("docs",) and p.suffix == ".md":
+        elif p.parts[:1] == ("docs",) and p.suffix == ".md" and p.name != "design.md":
             picked[path] = None  # replaced by that page's cases below
+        else:  # a config, a launch script, any other file: the tests that name its path
+            picked.update(dict.fromkeys(naming(re.escape(path))))
     pages = [k for k in picked if k.startswith("docs/")]
     for k in pages:
         del picked[k]
