@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install distid with its test extras into ./.venv and run the whole test suite (gloo, CPU), or with
-# --touched first, only the tests of what differs from the upstream branch (or HEAD): tests/touched.py.
+# --touched[=REF] first, only the tests of what differs from REF (default: the upstream branch, else
+# HEAD) and untracked files, as tests/touched.py selects them.
 # MNIST and Fashion-MNIST are fetched first. Without them the tests that need them skip, except under
 # CI (CI=true), where a missing dataset fails here and any skip but a documented gate fails pytest.
 set -euo pipefail
@@ -20,9 +21,10 @@ fetch() {  # dataset, its name: fetched, or (under CI) a one-line failure; elsew
 }
 fetch mnist MNIST
 fetch fashion-mnist Fashion-MNIST
-if [ "${1:-}" = "--touched" ]; then  # the tests of what you touched (tests/touched.py), then any further pytest options
-  shift
-  mapfile -t picked < <(python tests/touched.py)
+if [[ "${1:-}" == --touched || "${1:-}" == --touched=* ]]; then  # --touched[=REF]: the tests of what differs
+  base="${1#--touched}"                                           # from REF (tests/touched.py), then any
+  shift                                                           # further pytest options
+  mapfile -t picked < <(python tests/touched.py ${base:+"${base#=}"})
   [ ${#picked[@]} -gt 0 ] || { echo "nothing to run: no test names what changed (run the full suite)"; exit 0; }
   set -- "${picked[@]}" "$@"
 fi

@@ -71,6 +71,7 @@ def selection(paths: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     args = selection(changed(sys.argv[1] if len(sys.argv) > 1 else None))
-    if not args:
+    if args:
+        print("\n".join(args))
+    else:
         print("touched.py: no test names what changed (run the full suite)", file=sys.stderr)
-    print("\n".join(args))
