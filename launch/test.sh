@@ -22,19 +22,29 @@ fetch() {  # dataset, its name: fetched, or (under CI) a one-line failure; elsew
 fetch mnist MNIST
 fetch fashion-mnist Fashion-MNIST
 if [[ "${1:-}" == --touched || "${1:-}" == --touched=* ]]; then  # --touched[=REF]: the tests of what differs
-  base="${1#--touched}"                                           # from REF (tests/touched.py), then any
+  ref="${1#--touched}"                                            # from REF (tests/touched.py), then any
   shift                                                           # further pytest options
-  mapfile -t picked < <(python tests/touched.py ${base:+"${base#=}"})
-  [ ${#picked[@]} -gt 0 ] || { echo "nothing to run: no test names what changed (run the full suite)"; exit 0; }
-  set -- "${picked[@]}" "$@"
+  picked=$(python tests/touched.py ${ref#=}) || exit 2
+  if [ -z "$picked" ]; then
+    echo "nothing to run: no test names what changed (run the full suite: bash launch/test.sh)"
+    exit 0
+  fi
+  while IFS= read -r arg; do set -- "$arg" "$@"; done < <(printf '%s\n' "$picked" | tac)
 fi
-if [ $# -gt 0 ]; then  # a selection: one pytest, one process
+if [ $# -gt 0 ]; then  # a selection, or pytest options: one pytest process, every test in it
   echo "+ python -m pytest -q $*"
   exec python -m pytest -q "$@"
 fi
 # The whole suite: the tests that measure the loopback interface alone, then the rest on two
 # pytest-xdist workers, a test file to each (most of a test's time is process start-up on one core).
 echo "+ python -m pytest -q -m alone"
-python -m pytest -q -m alone
+alone=0
+python -m pytest -q -m alone || alone=$?
 echo "+ python -m pytest -q -m 'not alone' -n 2 --dist loadfile"
-exec python -m pytest -q -m "not alone" -n 2 --dist loadfile
+rest=0
+python -m pytest -q -m "not alone" -n 2 --dist loadfile || rest=$?
+if [ "$alone" -ne 0 ]; then
+  echo "error: the tests run alone (pytest -m alone) failed with exit code $alone" >&2
+  exit "$alone"
+fi
+exit "$rest"

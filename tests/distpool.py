@@ -18,6 +18,8 @@ from datetime import timedelta
 
 import torch.multiprocessing as mp
 
+from distid.runtime import shutdown
+
 INIT_TIMEOUT_S = 30
 
 
@@ -43,8 +45,6 @@ def _worker(rank: int, world_size: int, init_file: str, cmds, results) -> None:
             results.put((rank, True, _call(*cmd)))
         except BaseException:  # report, then stay alive: the parent decides to kill
             results.put((rank, False, traceback.format_exc()))
-    from distid.runtime import shutdown
-
     shutdown()  # barrier, destroy, and the last work freed by this thread (see its docstring)
 
 

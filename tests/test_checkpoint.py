@@ -41,7 +41,8 @@ def train(pool, out, resume=False, **kv):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.skipif(
-    "powersgd" in c and torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)) for c in CASES])
+    CASES[c].get("dist.comm_hook") == "powersgd" and torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE))
+    for c in CASES])
 def test_interrupted_and_resumed_equals_uninterrupted(dist_pool, tmp_path, case):
     pool, kv = dist_pool(2), CASES[case]
     whole = train(pool, tmp_path / "whole", **{"train.steps": 24, **kv})

@@ -5,8 +5,9 @@ same after `$ `), or the command of a `<!-- regenerate: … -->` block (distid/e
 written plus the module's TINY arguments (argparse keeps the last value of a repeated option, so they
 shrink it), its data root and a temporary --out. A page that shows a module without TINY arguments
 fails. For a regenerated block, what the tiny run prints must have the same line shapes as what
-the page shows (numbers masked; for compare and sweep, whose TINY arguments change the grid, the
-same kinds of line), and every machine-independent figure the page shows (distid.experiments.docs.FIGURES:
+the page shows (numbers masked, and each side's machine words: the CPU model, GPU and torch build
+the block's caption names, and this machine's; for compare and sweep, whose TINY arguments change
+the grid, the same kinds of line), and every machine-independent figure the page shows (distid.experiments.docs.FIGURES:
 trainable counts, bytes per step, MFLOP, the ledger's rows) must be among what it prints now.
 """
 
@@ -129,6 +130,14 @@ def test_the_shape_and_figure_checks_fail_on_a_changed_figure():
     assert agree(page, changed, "OUT", "OUT")  # a figure the code prints differently now
     reworded = [now[0], now[1].replace("trained numbers", "trainable")]
     assert agree(page, reworded, "OUT", "OUT")  # a line printed in another shape
+    assert agree(["measured -1,024 B/step"], ["measured 2,048 B/step"], "OUT", "OUT") == []  # a sign is a number's
+    made = ["Machine: Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu; warm-up 2 steps"]
+    here = ["Machine: arm, 8 cores, torch 2.13.0; warm-up 2 steps"]
+    assert agree(made, here, "OUT", "OUT", page_machine={"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.13.0+cpu"},
+                 now_machine={"cpu": "arm", "torch": "2.13.0", "gpu": ""}) == []
+    assert agree(made, here, "OUT", "OUT")  # the machine's words unmasked
+    assert agree(made, [here[0].replace("warm-up", "warm-up run")], "OUT", "OUT", page_machine={"cpu": "Intel(R) Xeon(R) Processor"},
+                 now_machine={"cpu": "arm"})  # only the machine's words are masked
 
 
 def agree(page: list[str], now: list[str], page_out, now_out, kinds_only: bool = False, figures: bool = True,
@@ -178,7 +187,9 @@ def prepared(command: str, tmp: Path) -> list[str] | str:
 @pytest.fixture(scope="module")
 def tiny_runs(request, tmp_path_factory):
     """{test id: (Future of the finished process, tmp) or a skip reason} for the cases this session
-    selected, started in their order PARALLEL at a time, so that each test finds its run done or running."""
+    selected, started in their order PARALLEL at a time, so that each test finds its run done or running.
+    Under pytest-xdist every worker's session holds every item: run this file on one worker
+    (`--dist loadfile`, as launch/test.sh does), or each worker would start every run."""
     wanted = {item.callspec.id for item in request.session.items
               if getattr(item, "originalname", "") == "test_docs_command_runs_at_a_tiny_size"}
     pool, runs = ThreadPoolExecutor(PARALLEL), {}
@@ -200,9 +211,6 @@ def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tiny_runs):
         pytest.skip(job)
     future, tmp = job
     out, out_dir = future.result(), tmp / "out"
-    words = shlex.split(command)
-    module = words[words.index("-m") + 1]
-    config = words[words.index("--config") + 1] if "--config" in words else ""
     expected = {0, int(block.options.get("exit", 0))} if block else {0}
     assert out.returncode in expected, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     if block is None or block.options.get("exit"):
@@ -224,7 +232,12 @@ def against(block: docs.Block, now: list[str], now_out: str, now_machine: dict, 
                  page_machine=docs.caption_machine(block) if masked else {}, now_machine=now_machine if masked else {})
 
 
-OTHER_CPU = "AMD EPYC 9B14 96-Core Processor"  # not the machine that made the pages, whatever it is
+OTHER_CPUS = ("AMD EPYC 9B14 96-Core Processor", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz")
+
+
+def another_cpu(cpu: str) -> str:
+    """A CPU name whose first word differs from `cpu`'s (a sweep's lines are compared by their first two)."""
+    return next(c for c in OTHER_CPUS if c.split()[0] != cpu.split()[0])
 
 
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
@@ -234,7 +247,7 @@ def test_a_block_regenerated_on_another_cpu_still_agrees_with_the_page(tmp_path,
     machine words are masked."""
     page = DOCS / "lesson5_intrinsic_dimension.md"
     block = next(b for b in docs.blocks(page) if any(docs.caption_machine(b)["cpu"] in x for x in docs.shown(b)))
-    other = OTHER_CPU if OTHER_CPU != docs.caption_machine(block)["cpu"] else "Intel(R) Xeon(R) Processor"
+    other = another_cpu(docs.caption_machine(block)["cpu"])
     out = run(prepared(block.command, tmp_path), 300, env=user_env(DISTID_CPU_NAME=other))
     assert out.returncode == 0, out.stderr[-3000:]
     monkeypatch.setenv("DISTID_CPU_NAME", other)

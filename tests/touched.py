@@ -1,13 +1,18 @@
-"""The tests of what you touched: the test files that name a changed module, config or page.
+"""The tests of what you touched: the test files that name a changed module, helper, config or page.
 
-    python tests/touched.py [BASE]     # prints pytest arguments, one per line (launch/test.sh --touched)
+    python tests/touched.py [REF]     # prints pytest arguments, one per line (launch/test.sh --touched)
 
-Changed: files differing from BASE (default: the upstream branch if there is one, else HEAD) plus
-untracked files. A changed test file is selected; a changed `distid/a/b.py` selects the test files
-that name `distid.a.b` (an import, or `-m distid.a.b` in a command) or import `b` from `distid.a`;
-a changed `docs/page.md` that page's cases of tests/test_docs.py; any other changed file (a config,
-a launch script) the tests that name its path. A module no test names directly (a helper deep in the package) selects nothing:
-the full suite is the check for it.
+Changed: what differs from REF (default: where HEAD left the upstream branch, if there is one, else
+HEAD), plus untracked files. Then:
+- a test file: itself (unless deleted);
+- `distid/a/b.py`: the test files naming `distid.a.b` (an import, `-m distid.a.b` in a command) or
+  importing `b` from `distid.a`;
+- a test helper `tests/x.py`: the test files naming `x`; `tests/conftest.py`: every test;
+- a page with a tiny-run case in tests/test_docs.py: those cases and the page checks;
+- anything else (a config, a launch script, another page): the test files naming its path, and the
+  docs cases whose command names it.
+A module no test names (a helper deep in the package) selects nothing: the full suite checks it.
+Exit 2 with one line when git cannot answer (not a repository, an unknown REF).
 """
 
 from __future__ import annotations
@@ -18,60 +23,78 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = sorted((REPO / "tests").glob("test_*.py"))
+TESTS = sorted(t for t in (REPO / "tests").glob("test_*.py") if t.name != "test_touched.py")  # it names paths as examples
+PAGE_CHECKS = ["tests/test_docs.py::test_every_lesson_page_has_a_command_its_output_and_an_exercise",
+               "tests/test_docs.py::test_every_block_was_regenerated_and_names_its_machine"]
 
 
-def git(*args: str) -> list[str]:
+def git(*args: str, check: bool = True) -> list[str]:
+    """git's NUL-separated output; on failure (check) one line and exit 2."""
     out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.split() if out.returncode == 0 else []
+    if out.returncode and check:
+        print(f"touched.py: git {' '.join(args)}: {(out.stderr.strip().splitlines() or ['failed'])[0]}", file=sys.stderr)
+        sys.exit(2)
+    return [x for x in out.stdout.split("\0") if x] if out.returncode == 0 else []
 
 
-def changed(base: str | None) -> list[str]:
-    """Paths (relative to the repository) that differ from `base` or are untracked."""
-    if base is None:
-        base = "@{upstream}" if git("rev-parse", "--verify", "-q", "@{upstream}") else "HEAD"
-    return sorted(set(git("diff", "--name-only", base)) | set(git("ls-files", "--others", "--exclude-standard")))
+def changed(ref: str | None) -> list[str]:
+    """Paths (relative to the repository) that differ from `ref`, or are untracked."""
+    if ref is None:
+        upstream = git("rev-parse", "--verify", "-q", "@{upstream}", check=False)
+        ref = git("merge-base", "HEAD", "@{upstream}")[0].strip() if upstream else "HEAD"
+    return sorted(set(git("diff", "-z", "--name-only", ref)) | set(git("ls-files", "-z", "--others", "--exclude-standard")))
 
 
 def naming(pattern: str) -> list[str]:
+    """The test files whose text matches `pattern`."""
     rx = re.compile(pattern)
     return [str(t.relative_to(REPO)) for t in TESTS if rx.search(t.read_text())]
 
 
-def selection(paths: list[str]) -> list[str]:
-    """pytest arguments for the tests of `paths`."""
-    picked: dict[str, None] = {}
-    for path in paths:
-        p = Path(path)
-        if p.parts[:1] == ("tests",) and p.name.startswith("test_") and p.suffix == ".py":
-            picked[path] = None
-        elif p.parts[:1] == ("distid",) and p.suffix == ".py":
-            parts = list(p.with_suffix("").parts)
-            if parts[-1] in ("__init__", "__main__"):
-                parts = parts[:-1]
-            module, parent, name = ".".join(parts), ".".join(parts[:-1]), parts[-1]
-            picked.update(dict.fromkeys(naming(rf"\b{re.escape(module)}\b(?!\.)"
-                                               + (rf"|from {re.escape(parent)} import [^\n]*\b{name}\b" if parent else ""))))
-        elif p.parts[:1] == ("docs",) and p.suffix == ".md" and p.name != "design.md":
-            picked[path] = None  # replaced by that page's cases below
-        else:  # a config, a launch script, any other file: the tests that name its path
-            picked.update(dict.fromkeys(naming(re.escape(path))))
-    pages = [k for k in picked if k.startswith("docs/")]
-    for k in pages:
-        del picked[k]
-    if pages and "tests/test_docs.py" not in picked:  # each case of those pages, by its node id
-        sys.path.insert(0, str(REPO / "tests"))
-        import test_docs
+def docs_cases(match) -> list[str]:
+    """Node ids of tests/test_docs.py's tiny-run cases for which match(page name, command) holds."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import test_docs
 
-        for page, i, _, _ in test_docs.CASES:
-            if f"docs/{page.name}" in pages:
-                picked[f"tests/test_docs.py::test_docs_command_runs_at_a_tiny_size[{page.name}:{i}]"] = None
-    return list(picked)
+    return [f"tests/test_docs.py::test_docs_command_runs_at_a_tiny_size[{page.name}:{i}]"
+            for page, i, command, _ in test_docs.CASES if match(page.name, command)]
+
+
+def for_module(p: Path) -> list[str]:
+    parts = list(p.with_suffix("").parts)
+    if parts[-1] in ("__init__", "__main__"):
+        parts = parts[:-1]
+    module, parent, name = ".".join(parts), ".".join(parts[:-1]), parts[-1]
+    also = rf"|from {re.escape(parent)} import [^\n]*\b{name}\b" if parent else ""
+    return naming(rf"\b{re.escape(module)}\b(?!\.\w)" + also)
+
+
+def for_path(path: str) -> list[str]:
+    """The tests of one changed path (see the module's docstring)."""
+    p = Path(path)
+    if p.parts[:1] == ("tests",) and p.suffix == ".py":
+        if p.name == "conftest.py":
+            return ["tests"]
+        if p.name.startswith("test_"):
+            return [path] if (REPO / p).exists() else []
+        return naming(rf"\b{re.escape(p.stem)}\b")
+    if p.parts[:1] == ("distid",) and p.suffix == ".py":
+        return for_module(p)
+    if p.parts[:1] == ("docs",) and (cases := docs_cases(lambda page, _: page == p.name)):
+        return cases + PAGE_CHECKS + naming(re.escape(path))
+    return naming(re.escape(path)) + docs_cases(lambda _, command: path in command)
+
+
+def selection(paths: list[str]) -> list[str]:
+    """pytest arguments for the tests of `paths`: whole files, or node ids of files not whole."""
+    picked = list(dict.fromkeys(x for path in paths for x in for_path(path)))
+    if "tests" in picked:
+        return ["tests"]
+    files = {x for x in picked if "::" not in x}
+    return [x for x in picked if x.split("::")[0] not in files or "::" not in x]
 
 
 if __name__ == "__main__":
-    args = selection(changed(sys.argv[1] if len(sys.argv) > 1 else None))
+    args = selection(changed(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None))
     if args:
         print("\n".join(args))
-    else:
-        print("touched.py: no test names what changed (run the full suite)", file=sys.stderr)

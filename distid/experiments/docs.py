@@ -136,28 +136,37 @@ def elide(lines: list[str], run: int = 5) -> list[str]:
     return out
 
 
-CAPTION_MACHINE = re.compile(r"printed \((?P<cpu>.+?), \d+ cores(?:, (?P<gpu>[^;]+?))?, torch (?P<torch>[^;,\s]+)")
+CAPTION_MACHINE = [  # what a caption says of its machine (`caption`; a GPU block's caption is written by hand)
+    re.compile(r"printed \((?P<cpu>.+?), \d+ cores(?:, (?P<gpu>[^;]+?))?, torch (?P<torch>[^;,\s]+)"),
+    re.compile(r"printed on (?:an? )?(?P<gpu>NVIDIA [^(]+?) \(torch (?P<torch>[^;,\s)]+)"),
+]
 
 
 def caption_machine(block: Block) -> dict[str, str]:
-    """The machine a page's block was made on, as its caption names it: {'cpu', 'torch'[, 'gpu']}
-    ({} for a caption in another form)."""
+    """The machine a page's block was made on, as its caption names it: {'cpu', 'torch'} and, for a
+    GPU block, 'gpu' ({} for a caption in another form)."""
     lines = block.page.read_text().splitlines()
-    m = CAPTION_MACHINE.search(lines[block.line + 1]) if block.line + 1 < len(lines) else None
+    head = lines[block.line + 1] if block.line + 1 < len(lines) else ""
+    m = next((m for rx in CAPTION_MACHINE if (m := rx.search(head))), None)
     return {k: v for k, v in m.groupdict().items() if v} if m else {}
 
 
 def this_machine() -> dict[str, str]:
     """The machine the code runs on now, in the caption's terms (`caption_machine`)."""
+    import torch
+
     m = runtime.machine()
-    return {"cpu": m["cpu"], "torch": m["torch"], **({"gpu": m["gpu"]} if m.get("gpu") else {})}
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {k: v for k, v in (("cpu", m["cpu"]), ("torch", m["torch"]), ("gpu", gpu)) if v}
 
 
 def unmachined(line: str, machine: dict[str, str]) -> str:
-    """The line with the machine's own words (CPU model, GPU, torch build) as CPU, GPU, TORCH: what a
-    run prints on another machine differs from the page there, and in numbers, and nowhere else."""
+    """The line with the machine's own words (CPU model, GPU, torch build), where they stand as whole
+    words, as <cpu>, <gpu>, <torch>: what a run prints on another machine differs from the page there,
+    and in numbers, and nowhere else."""
     for key, name in sorted(machine.items(), key=lambda kv: -len(kv[1])):
-        line = line.replace(name, key.upper())
+        if name.strip():
+            line = re.sub(rf"(?<!\w){re.escape(name.strip())}(?!\w)", f"<{key}>", line)
     return line
 
 
