@@ -29,7 +29,9 @@ if [[ "${1:-}" == --touched || "${1:-}" == --touched=* ]]; then  # --touched[=RE
     echo "nothing to run: no test names what changed (run the full suite: bash launch/test.sh)"
     exit 0
   fi
-  while IFS= read -r arg; do set -- "$arg" "$@"; done < <(printf '%s\n' "$picked" | tac)
+  selected=()
+  while IFS= read -r arg; do selected+=("$arg"); done <<< "$picked"
+  set -- "${selected[@]}" "$@"
 fi
 if [ $# -gt 0 ]; then  # a selection, or pytest options: one pytest process, every test in it
   echo "+ python -m pytest -q $*"

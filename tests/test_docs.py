@@ -80,10 +80,16 @@ def cases(page: Path) -> list[tuple[str, docs.Block | None]]:
     return [(b.command, b) for b in marked] + [(c, None) for c in dict.fromkeys(commands(page)) if plain(c) not in seen]
 
 
+def module_and_config(command: str) -> tuple[str, str]:
+    """The module a docs command runs (`-m`) and its --config ("" without one)."""
+    words = shlex.split(command)
+    return words[words.index("-m") + 1], words[words.index("--config") + 1] if "--config" in words else ""
+
+
 def argv(command: str, out: Path) -> list[str]:
     """The command as this test runs it: this Python, TINY arguments, data root, --out."""
     words = shlex.split(command)
-    module = words[words.index("-m") + 1]
+    module, config = module_and_config(command)
     if module not in TINY:
         pytest.fail(f"docs show `{command}`, but tests/test_docs.py has no TINY arguments for {module}")
     head = [sys.executable, "-m", "torch.distributed.run"] if words[0] == "torchrun" else [sys.executable]
@@ -92,7 +98,6 @@ def argv(command: str, out: Path) -> list[str]:
         extra = ["--out", str(out)]
     if module in ("distid.primitives", "distid.parallel"):
         extra = ["--out", str(out)]
-    config = words[words.index("--config") + 1] if "--config" in words else ""
     return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra
 
 
@@ -169,11 +174,10 @@ PARALLEL = 2  # tiny runs at a time: each is mostly start-up (imports on one cor
 
 def prepared(command: str, tmp: Path) -> list[str] | str:
     """The tiny run's argv (its --out is tmp/out), or why it cannot run here (a skip reason)."""
-    words, extra = shlex.split(command), []
-    module = words[words.index("-m") + 1]
+    extra = []
+    module, config = module_and_config(command)
     if module in NEEDS_GPU and not torch.cuda.is_available():
         return "needs a CUDA GPU"
-    config = words[words.index("--config") + 1] if "--config" in words else ""
     if config:
         cfg = load_config(str(Path(REPO) / config))
         if not have_dataset(cfg.data.dataset):
@@ -223,9 +227,7 @@ def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tiny_runs):
 
 def against(block: docs.Block, now: list[str], now_out: str, now_machine: dict, masked: bool = True) -> list[str]:
     """What differs between a block and the lines its tiny run printed on `now_machine`."""
-    words = shlex.split(block.command)
-    module = words[words.index("-m") + 1]
-    config = words[words.index("--config") + 1] if "--config" in words else ""
+    module, config = module_and_config(block.command)
     return agree(docs.shown(block), now, block.out_dir, now_out,
                  kinds_only=module not in SAME_GRID or config in SMALLER,
                  figures=module in SAME_GRID and config not in SMALLER,
@@ -246,8 +248,9 @@ def test_a_block_regenerated_on_another_cpu_still_agrees_with_the_page(tmp_path,
     describes its machine as another CPU, it still agrees with the page, and only because each side's
     machine words are masked."""
     page = DOCS / "lesson5_intrinsic_dimension.md"
-    block = next(b for b in docs.blocks(page) if any(docs.caption_machine(b)["cpu"] in x for x in docs.shown(b)))
-    other = another_cpu(docs.caption_machine(block)["cpu"])
+    block, cpu = next((b, m["cpu"]) for b in docs.blocks(page) for m in [docs.caption_machine(b)]
+                      if any(m["cpu"] in x for x in docs.shown(b)))  # a block whose lines name the CPU
+    other = another_cpu(cpu)
     out = run(prepared(block.command, tmp_path), 300, env=user_env(DISTID_CPU_NAME=other))
     assert out.returncode == 0, out.stderr[-3000:]
     monkeypatch.setenv("DISTID_CPU_NAME", other)

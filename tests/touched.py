@@ -17,6 +17,7 @@ Exit 2 with one line when git cannot answer (not a repository, an unknown REF).
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -40,15 +41,21 @@ def git(*args: str, check: bool = True) -> list[str]:
 def changed(ref: str | None) -> list[str]:
     """Paths (relative to the repository) that differ from `ref`, or are untracked."""
     if ref is None:
-        upstream = git("rev-parse", "--verify", "-q", "@{upstream}", check=False)
-        ref = git("merge-base", "HEAD", "@{upstream}")[0].strip() if upstream else "HEAD"
+        fork = git("merge-base", "HEAD", "@{upstream}", check=False)  # nothing without an upstream branch
+        ref = fork[0].strip() if fork else "HEAD"
     return sorted(set(git("diff", "-z", "--name-only", ref)) | set(git("ls-files", "-z", "--others", "--exclude-standard")))
+
+
+@functools.cache
+def texts() -> dict[str, str]:
+    """{test file (relative to the repository): its text}, read once."""
+    return {str(t.relative_to(REPO)): t.read_text() for t in TESTS}
 
 
 def naming(pattern: str) -> list[str]:
     """The test files whose text matches `pattern`."""
     rx = re.compile(pattern)
-    return [str(t.relative_to(REPO)) for t in TESTS if rx.search(t.read_text())]
+    return [name for name, text in texts().items() if rx.search(text)]
 
 
 def docs_cases(match) -> list[str]:
