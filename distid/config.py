@@ -1,11 +1,19 @@
 """Configuration: TOML files in ``configs/`` read into typed dataclasses.
 
-A config file has the sections ``[model] [data] [train] [dist] [sweep]`` (all
-optional) and an optional top-level ``name``. Any value can be overridden
-from the command line with ``--set section.key=value``; the value is parsed
-as TOML, falling back to the raw string (so ``--set train.projection=dense``
-needs no quotes). Unknown keys, wrong types and invalid choices raise
-:class:`ConfigError` with a message that names the key.
+A config file has sections by what they configure (all optional) and an optional top-level ``name``:
+
+    [model] [data]       what is trained, on what
+    [train]              the method, optimizer, length, seed, logging and evaluation
+    [subspace] [lora]    the re-parameterisations: d and P; LoRA's and PEFT's adapters
+    [checkpoint]         how often, how many kept
+    [dist]               the strategy that keeps replicas together, the backend, replica checks
+    [ddp] [powersgd] [local_sgd]   one strategy's own settings (refused under another strategy)
+    [sweep]              the grid of the intrinsic-dimension sweep
+
+Any value can be overridden from the command line with ``--set section.key=value``; the value is
+parsed as TOML, falling back to the raw string (so ``--set subspace.projection=dense`` needs no
+quotes). Unknown keys, wrong types and invalid choices raise :class:`ConfigError` with a message
+that names the key; a key of the older one-table layout (``train.d``) names its new place.
 """
 from __future__ import annotations
 
@@ -54,8 +62,6 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     method: str = "subspace"  # "full" | "subspace" | "lora" | PEFT's "vera" | "fourierft" | "unilora"
-    d: int = 750
-    projection: str = "fastfood"  # "dense" | "sparse" | "fastfood"
     optimizer: str = "adam"  # "adam" | "sgd"
     lr: float = 1e-3
     global_batch: int = 128
@@ -66,34 +72,60 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     stop_plateau: int = 0  # stop once this many evaluations in a row gained ≤ plateau_delta on the best before (0 = never)
     plateau_delta: float = 0.002  # test accuracy an evaluation must add to the best so far to count as progress
-    check_replicas_every: int = 0  # compare every rank's trainable state every N steps (0 = only at the end)
+
+
+@dataclass
+class SubspaceConfig:
+    d: int = 750  # trained numbers; also the budget LoRA (lora.rank = 0) and Uni-LoRA match
+    projection: str = "fastfood"  # "dense" | "sparse" | "fastfood"
+    said: bool = False  # one trainable scale per parameter tensor (Aghajanyan et al.), within d
+    layerwise: bool = False  # form θ = θ₀ + P·d one module at a time (large D: θ₀ + one slice in memory)
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
-    lora_rank: int = 0  # 0 = the rank whose trainable count is closest to train.d
-    lora_alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
-    lora_targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
-    lora_modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0 = the rank whose trainable count is closest to subspace.d (LoRA; VeRA's rank)
+    alpha: float = 0.0  # 0 = the rank (scale α/r = 1)
+    targets: str = ""  # comma-separated layer names, patterns or name suffixes ("q,v"); "" = all
+    modules_to_save: str = ""  # modules trained fully beside LoRA (PEFT's modules_to_save), e.g. "head"
     n_frequency: int = 1000  # fourierft: trainable spectral coefficients per layer (PEFT's n_frequency)
-    said: bool = False  # subspace: one trainable scale per parameter tensor (Aghajanyan et al.), within d
-    layerwise: bool = False  # subspace: form θ = θ₀ + P·d one module at a time (large D: θ₀ + one slice in memory)
-    ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
-    ckpt_keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
-    sync_every: int = 1  # H: 1 = DDP synchronises every gradient; H > 1 = local steps, replicas synchronised every H steps
-    outer: str = "nesterov"  # H > 1: "average" (local SGD: θ ← mean of the replicas) | "nesterov" (DiLoCo's outer step)
-    outer_lr: float = 0.7  # DiLoCo's outer learning rate (Douillard et al. 2023)
-    outer_momentum: float = 0.9  # DiLoCo's outer Nesterov momentum
-    outer_dtype: str = "float32"  # the pseudo-gradient on the wire: "float32" | "bfloat16" | "float16"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # checkpoint every N steps (0 = only at the end)
+    keep: int = 2  # keep the last K checkpoints (0 = never checkpoint)
 
 
 @dataclass
 class DistConfig:
-    strategy: str = "ddp"  # "ddp" | "fsdp" | "none"
+    strategy: str = "ddp"  # how replicas are kept together: "ddp" | "fsdp" | "local_sgd" | "none" | "package.module:Class"
     backend: str = "auto"  # "auto" | "gloo" | "nccl"
     timeout_s: float = 120.0
-    comm_hook: str = "none"  # DDP gradient compression: "none" | "fp16" | "bf16" | "powersgd" (PyTorch's hooks)
-    powersgd_rank: int = 1  # PowerSGD's matrix_approximation_rank
-    powersgd_start_iter: int = 10  # plain all-reduce for the steps before this one (PyTorch: >= 2)
-    powersgd_error_feedback: bool = True
+    check_replicas_every: int = 0  # compare every rank's trainable state every N steps (0 = only at the end)
     measure_interface: str = ""  # count the bytes this network interface carries ("lo" on one machine); "" = off
+
+
+@dataclass
+class DdpConfig:
+    hook: str = "none"  # gradient compression: "none" | "fp16" | "bf16" | "powersgd" (PyTorch's DDP comm hooks)
+
+
+@dataclass
+class PowerSGDConfig:
+    rank: int = 1  # matrix_approximation_rank
+    start_iter: int = 10  # plain all-reduce for the steps before this one (PyTorch: >= 2)
+    error_feedback: bool = True
+
+
+@dataclass
+class LocalSGDConfig:
+    every: int = 32  # H: the replicas take H local steps, then synchronise once
+    outer: str = "nesterov"  # "average" (local SGD: θ ← mean of the replicas) | "nesterov" (DiLoCo's outer step)
+    outer_lr: float = 0.7  # DiLoCo's outer learning rate (Douillard et al. 2023)
+    outer_momentum: float = 0.9  # DiLoCo's outer Nesterov momentum
+    outer_dtype: str = "float32"  # the pseudo-gradient on the wire: "float32" | "bfloat16" | "float16"
 
 
 @dataclass
@@ -123,24 +155,47 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    subspace: SubspaceConfig = field(default_factory=SubspaceConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    ddp: DdpConfig = field(default_factory=DdpConfig)
+    powersgd: PowerSGDConfig = field(default_factory=PowerSGDConfig)
+    local_sgd: LocalSGDConfig = field(default_factory=LocalSGDConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     name: str = "default"  # set from the TOML file's stem by load_config
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "dist": DistConfig,
-            "sweep": SweepConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "subspace": SubspaceConfig,
+            "lora": LoraConfig, "checkpoint": CheckpointConfig, "dist": DistConfig, "ddp": DdpConfig,
+            "powersgd": PowerSGDConfig, "local_sgd": LocalSGDConfig, "sweep": SweepConfig}
+# the sections that configure one strategy: a value other than the default there, with another
+# strategy chosen, would do nothing and is refused
+STRATEGIES = ("ddp", "fsdp", "local_sgd", "none")  # distid.strategies; or "package.module:Class"
+STRATEGY_SECTIONS = {"ddp": ("dist.strategy", "ddp"), "local_sgd": ("dist.strategy", "local_sgd")}
+# keys of the one-table layout, refused with their new place
+MOVED = {
+    "train.d": "subspace.d", "train.projection": "subspace.projection", "train.said": "subspace.said",
+    "train.layerwise": "subspace.layerwise", "train.max_dense_gb": "subspace.max_dense_gb",
+    "train.lora_rank": "lora.rank", "train.lora_alpha": "lora.alpha", "train.lora_targets": "lora.targets",
+    "train.lora_modules_to_save": "lora.modules_to_save", "train.n_frequency": "lora.n_frequency",
+    "train.ckpt_every": "checkpoint.every", "train.ckpt_keep": "checkpoint.keep",
+    "train.check_replicas_every": "dist.check_replicas_every",
+    "train.sync_every": "local_sgd.every (with dist.strategy = 'local_sgd')", "train.outer": "local_sgd.outer",
+    "train.outer_lr": "local_sgd.outer_lr", "train.outer_momentum": "local_sgd.outer_momentum",
+    "train.outer_dtype": "local_sgd.outer_dtype", "dist.comm_hook": "ddp.hook", "dist.powersgd_rank": "powersgd.rank",
+    "dist.powersgd_start_iter": "powersgd.start_iter", "dist.powersgd_error_feedback": "powersgd.error_feedback",
+}
 CHOICES = {
     "model.name": ("mlp", "mlp_wide", "lenet", "vit", "hf_vit"),
     "data.dataset": ("mnist", "fashion-mnist"),
     "train.method": ("full", "subspace", "lora", "vera", "fourierft", "unilora"),
-    "train.projection": ("dense", "sparse", "fastfood"),
+    "subspace.projection": ("dense", "sparse", "fastfood"),
     "train.optimizer": ("adam", "sgd"),
-    "train.outer": ("average", "nesterov"),
-    "train.outer_dtype": ("float32", "bfloat16", "float16"),
-    "dist.strategy": ("ddp", "fsdp", "none"),
+    "local_sgd.outer": ("average", "nesterov"),
+    "local_sgd.outer_dtype": ("float32", "bfloat16", "float16"),
     "dist.backend": ("auto", "gloo", "nccl"),
-    "dist.comm_hook": ("none", "fp16", "bf16", "powersgd"),
+    "ddp.hook": ("none", "fp16", "bf16", "powersgd"),
     "sweep.mode": ("split", "ddp"),
     "sweep.search": ("grid", "bisect"),
     "sweep.bisect_on": ("measured", "fixed_1.0", "both"),
@@ -157,6 +212,8 @@ def valid_keys() -> list[str]:
 
 
 def _unknown(key: str, origin: str) -> ConfigError:
+    if key in MOVED:
+        return ConfigError(f"'{key}'{origin} has moved: it is {MOVED[key]} now")
     msg = f"unknown key '{key}'{origin}"
     section = key.split(".")[0]
     if "." in key and section not in SECTIONS:
@@ -241,9 +298,11 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), attr)
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    t = cfg.train
+    t, sub, lo, ck, ds, ls, ps = cfg.train, cfg.subspace, cfg.lora, cfg.checkpoint, cfg.dist, cfg.local_sgd, cfg.powersgd
     checks = [
-        ("train.d", t.d >= 1, ">= 1", t.d),
+        ("dist.strategy", ds.strategy in STRATEGIES or ":" in ds.strategy,
+         f"one of {', '.join(map(repr, STRATEGIES))} or a class named by import path, 'package.module:Class'",
+         ds.strategy),
         ("train.lr", t.lr > 0, "> 0", t.lr),
         ("train.global_batch", t.global_batch >= 1, ">= 1", t.global_batch),
         ("train.steps", t.steps >= 0, ">= 0", t.steps),
@@ -254,23 +313,21 @@ def validate(cfg: Config) -> None:
         ("train.stop_plateau", t.stop_plateau == 0 or t.eval_every > 0,
          "0 unless train.eval_every > 0 (the plateau is over evaluations)", t.stop_plateau),
         ("train.plateau_delta", t.plateau_delta >= 0, ">= 0", t.plateau_delta),
-        ("train.check_replicas_every", t.check_replicas_every >= 0, ">= 0", t.check_replicas_every),
-        ("train.max_dense_gb", t.max_dense_gb >= 0, ">= 0", t.max_dense_gb),
-        ("train.lora_rank", t.lora_rank >= 0, ">= 0 (0: match train.d)", t.lora_rank),
-        ("train.n_frequency", t.n_frequency >= 1, ">= 1", t.n_frequency),
-        ("train.lora_alpha", t.lora_alpha >= 0, ">= 0 (0: the rank)", t.lora_alpha),
-        ("train.ckpt_every", t.ckpt_every >= 0, ">= 0 (0: only at the end)", t.ckpt_every),
-        ("train.ckpt_keep", t.ckpt_keep >= 0, ">= 0 (0: no checkpoints)", t.ckpt_keep),
-        ("train.sync_every", t.sync_every >= 1, ">= 1 (1: synchronise every step)", t.sync_every),
-        ("train.outer_lr", t.outer_lr > 0, "> 0", t.outer_lr),
-        ("train.outer_momentum", 0 <= t.outer_momentum < 1, "in [0, 1)", t.outer_momentum),
-        ("dist.timeout_s", cfg.dist.timeout_s > 0, "> 0", cfg.dist.timeout_s),
-        ("dist.comm_hook", cfg.dist.comm_hook == "none" or cfg.dist.strategy == "ddp",
-         "'none' unless dist.strategy = 'ddp' (it is a DDP comm hook)", cfg.dist.comm_hook),
-        ("dist.powersgd_rank", cfg.dist.powersgd_rank >= 1, ">= 1", cfg.dist.powersgd_rank),
-        ("dist.powersgd_start_iter", cfg.dist.powersgd_start_iter >= 2,
-         ">= 2 (PowerSGD's error feedback and warm start need DDP's first two steps plain)",
-         cfg.dist.powersgd_start_iter),
+        ("subspace.d", sub.d >= 1, ">= 1", sub.d),
+        ("subspace.max_dense_gb", sub.max_dense_gb >= 0, ">= 0", sub.max_dense_gb),
+        ("lora.rank", lo.rank >= 0, ">= 0 (0: match subspace.d)", lo.rank),
+        ("lora.n_frequency", lo.n_frequency >= 1, ">= 1", lo.n_frequency),
+        ("lora.alpha", lo.alpha >= 0, ">= 0 (0: the rank)", lo.alpha),
+        ("checkpoint.every", ck.every >= 0, ">= 0 (0: only at the end)", ck.every),
+        ("checkpoint.keep", ck.keep >= 0, ">= 0 (0: no checkpoints)", ck.keep),
+        ("dist.check_replicas_every", ds.check_replicas_every >= 0, ">= 0", ds.check_replicas_every),
+        ("dist.timeout_s", ds.timeout_s > 0, "> 0", ds.timeout_s),
+        ("local_sgd.every", ls.every >= 1, ">= 1 (1: synchronise after every step)", ls.every),
+        ("local_sgd.outer_lr", ls.outer_lr > 0, "> 0", ls.outer_lr),
+        ("local_sgd.outer_momentum", 0 <= ls.outer_momentum < 1, "in [0, 1)", ls.outer_momentum),
+        ("powersgd.rank", ps.rank >= 1, ">= 1", ps.rank),
+        ("powersgd.start_iter", ps.start_iter >= 2,
+         ">= 2 (PowerSGD's error feedback and warm start need DDP's first two steps plain)", ps.start_iter),
     ]
     w = cfg.sweep
     checks += [
@@ -294,20 +351,22 @@ def validate(cfg: Config) -> None:
     for key, ok, rule, value in checks:
         if not ok:
             raise ConfigError(f"{key} must be {rule}; got {value!r}")
-    _check_local_steps(cfg)
+    _check_strategy_sections(cfg)
 
 
-def _check_local_steps(cfg: Config) -> None:
-    """train.sync_every = H > 1 needs whole replicas that take local steps: DDP's, not FSDP's shards,
-    and no comm hook (it compresses a per-step gradient all-reduce that local steps do not have)."""
-    h = cfg.train.sync_every
-    if h > 1 and cfg.dist.strategy == "fsdp":
-        raise ConfigError(f"train.sync_every = {h} needs whole replicas that take local steps; dist.strategy = "
-                          f"'fsdp' shards one model over all ranks, so no rank can step alone: use 'ddp'")
-    if h > 1 and cfg.dist.comm_hook != "none":
-        raise ConfigError(f"dist.comm_hook = {cfg.dist.comm_hook!r} compresses DDP's per-step gradient all-reduce, "
-                          f"which train.sync_every = {h} does not run: use train.outer_dtype for a smaller "
-                          f"pseudo-gradient")
+def _check_strategy_sections(cfg: Config) -> None:
+    """A strategy's own section ([ddp], [local_sgd]) set away from its defaults while another strategy
+    runs would change nothing: refused, naming the setting that runs it. ([powersgd] may hold settings
+    for runs that turn the hook on, as the frontier's config does.)"""
+    for section, (key, owner) in STRATEGY_SECTIONS.items():
+        chosen = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+        if chosen == owner:
+            continue
+        default, mine = SECTIONS[section](), getattr(cfg, section)
+        for f in dataclasses.fields(mine):
+            if getattr(mine, f.name) != getattr(default, f.name):
+                raise ConfigError(f"{section}.{f.name} = {getattr(mine, f.name)!r} configures {key} = '{owner}', "
+                                  f"but this run's {key} is {chosen!r}: set {key} = '{owner}', or leave [{section}] out")
 
 
 def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
@@ -347,7 +406,7 @@ def add_config_args(parser: argparse.ArgumentParser, out: str = "runs/<config na
     help as `out`) to ``parser``."""
     parser.add_argument("--config", metavar="PATH", default=None, help="TOML config file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", dest="overrides",
-                        default=[], help="override a config value, e.g. train.d=1000")
+                        default=[], help="override a config value, e.g. subspace.d=1000")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help=f"output directory (default {out})")
 

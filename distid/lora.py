@@ -153,7 +153,7 @@ def _dims(m: nn.Module) -> tuple[int, int]:
 
 
 def parse_targets(text: str) -> list[str] | None:
-    """'q, v' → ['q', 'v']; '' → None (every Linear/Conv2d/Conv1D): the form of train.lora_targets."""
+    """'q, v' → ['q', 'v']; '' → None (every Linear/Conv2d/Conv1D): the form of lora.targets."""
     return [t.strip() for t in text.split(",") if t.strip()] or None
 
 
@@ -188,7 +188,7 @@ def train_fully(model: nn.Module, modules: Sequence[str]) -> int:
     for t in modules:
         hit = [n for n in named if n and (n == t or n.endswith("." + t))]
         if not hit:
-            raise ValueError(f"train.lora_modules_to_save: {t!r} names no module of the model")
+            raise ValueError(f"lora.modules_to_save: {t!r} names no module of the model")
         for n in hit:
             for p in named[n].parameters():
                 if not p.requires_grad:

@@ -80,17 +80,17 @@ def dp_runs(data_root, steps, global_batch, lr):
 
 
 def train_run(overrides, out_dir, bad_seed_rank=None, resume=False, rank_overrides=None):
-    """distid.run.api.run on this rank; returns (summary as summary.json holds it, trained parameters flattened).
+    """distid.train.train on this rank; returns (summary as summary.json holds it, trained parameters flattened).
     rank_overrides: {rank: [more overrides]} for ranks that should build something else."""
     from distid.config import load_config
-    from distid.run.api import run_with_model
+    from distid.train import train_model
     from datasets_for_tests import REPO
 
     if dist.get_rank() == bad_seed_rank:
         overrides = [*overrides, "train.seed=99"]
     overrides = [*overrides, *(rank_overrides or {}).get(dist.get_rank(), [])]
     cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
-    summary, model = run_with_model(cfg, out_dir, resume=resume)
+    summary, model = train_model(cfg, out_dir, resume=resume)
     from distid.parallel.fsdp import full_state
 
     state = full_state(model)  # trainable parameters, FSDP shards gathered
@@ -104,7 +104,7 @@ def peft_steps(strategy):
     from distid.models import build_model
     from distid.parallel.ddp import wrap_ddp
     from distid.parallel.fsdp import wrap_fsdp
-    from distid.run.api import train_step
+    from distid.train import train_step
 
     model = peft.get_peft_model(build_model("mlp", seed=0), peft.LoraConfig(r=2, target_modules=["1", "3", "5"]))
     net = wrap_ddp(model) if strategy == "ddp" else wrap_fsdp(model)
@@ -138,12 +138,12 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
     from distid.models.hf import byte_batch
     from distid.parallel.fsdp import full_state
     from distid.subspace import SubspaceModel
-    from distid.run.api import train_step
+    from distid.train import train_step
     from distid.run.build import make_optimizer, with_lora, wrap
 
     lr = {"full": 0.05, "subspace": 0.5, "lora": 0.05}[method]
     cfg = load_config(None, [f"dist.strategy={strategy}", "train.optimizer=sgd", f"train.lr={lr}",
-                             "train.lora_rank=2", "train.lora_targets=c_attn"])
+                             "lora.rank=2", "lora.targets=c_attn"])
     model = seeded(hf_gpt2, 0)
     hf = model.hf
     if method == "subspace":
@@ -165,36 +165,14 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
 
 
 def model_train_run(overrides, out_dir):
-    """distid.run.api.run on this rank with only `overrides` (defaults otherwise): (summary dict, trainable flat)."""
+    """distid.train.train on this rank with only `overrides` (defaults otherwise): (summary dict, trainable flat)."""
     from distid.config import load_config
     from distid.parallel.fsdp import full_state
-    from distid.run.api import run_with_model
+    from distid.train import train_model
 
-    summary, model = run_with_model(load_config(None, overrides), out_dir)
+    summary, model = train_model(load_config(None, overrides), out_dir)
     state = full_state(model)
     return summary.to_dict(), torch.cat([state[k].reshape(-1) for k in sorted(state)])
-
-
-def loop_and_api(overrides, out_dir):
-    """distid/train.py's loop and distid.run.api.run on the same config, one after the other on this
-    rank: (trained parameters of each, flattened; the two summaries' figures that depend on the run)."""
-    import importlib
-
-    from distid.config import load_config
-    from distid.parallel.fsdp import full_state
-    from distid.run.api import run_with_model
-    from datasets_for_tests import REPO
-
-    cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
-    loop = importlib.import_module("distid.train")  # a test may import the loop; distid/ may not
-    a = loop.train(cfg, f"{out_dir}/run1")  # folder names of one length: set-up broadcasts the path
-    a_params = torch.load(f"{out_dir}/run1/trainable.pt") if dist.get_rank() == 0 else None
-    b, model = run_with_model(cfg, f"{out_dir}/run2")
-    state = full_state(model)
-    b_params = {k: v.detach().cpu() for k, v in state.items()}
-    keys = ("test_accuracy", "train_loss", "comm_payload_bytes_per_step", "comm_payload_bytes_setup", "eval_curve", "steps")
-    pick = lambda s: {k: getattr(s, k) if k != "eval_curve" else [c[::2] for c in s.eval_curve] for k in keys}
-    return a_params, b_params, pick(a), pick(b)
 
 
 def interface_bytes(nbytes):

@@ -21,7 +21,7 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 
 def train(out: Path, *sets: str, resume: bool = False, env: dict | None = None):
     cmd = [sys.executable, "-m", "distid.train", "--out", str(out), *(["--resume"] if resume else [])]
-    for kv in (f"data.root={DATA_ROOT}", "train.steps=2", "train.d=64", *sets):
+    for kv in (f"data.root={DATA_ROOT}", "train.steps=2", "subspace.d=64", *sets):
         cmd += ["--set", kv]
     return run(cmd, timeout=120, env=env)
 
@@ -38,8 +38,8 @@ def assert_one_line_error(res, out: Path, *needles: str) -> str:
 
 @pytest.mark.parametrize("sets,needles", [
     (["train.lrr=0.1"], ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
-    (["train.d=many"], ["train.d", "expected int, got 'many'"]),
-    (["train.d=0"], ["train.d must be >= 1; got 0"]),
+    (["subspace.d=many"], ["subspace.d", "expected int, got 'many'"]),
+    (["subspace.d=0"], ["subspace.d must be >= 1; got 0"]),
 ], ids=["unknown-key", "wrong-type", "d-zero"])
 def test_bad_config_file_or_setting(tmp_path, capsys, sets, needles):
     """Refused while the config loads: the same `cli.main` as the shell's, called in this process."""
@@ -53,10 +53,10 @@ def test_bad_config_file_or_setting(tmp_path, capsys, sets, needles):
 
 
 @pytest.mark.parametrize("sets,needles", [
-    (["train.d=199211"], ["train.d = 199211 must be between 1 and D = 199,210"]),
-    (["train.projection=dense", "train.d=10000", "train.max_dense_gb=1"],
+    (["subspace.d=199211"], ["subspace.d = 199211 must be between 1 and D = 199,210"]),
+    (["subspace.projection=dense", "subspace.d=10000", "subspace.max_dense_gb=1"],
      ["a dense projection needs 7.97 GB", "Use projection = 'fastfood'"]),
-    (["train.method=lora", "train.lora_rank=11"], ["rank r=11 exceeds min(in, out)=10 of layer '5'"]),
+    (["train.method=lora", "lora.rank=11"], ["rank r=11 exceeds min(in, out)=10 of layer '5'"]),
 ], ids=["d-above-D", "dense-too-big", "lora-rank-too-big"])
 def test_bad_config(tmp_path, sets, needles):
     assert_one_line_error(train(tmp_path, *sets), tmp_path, *needles)

@@ -19,16 +19,16 @@ from procs import run, torchrun
 
 pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 # 20 global batches of 3,000 per epoch: 24 steps cross an epoch; checkpoints every 5 steps and at 13
-BASE = {"data.root": DATA_ROOT, "train.global_batch": 3000, "train.ckpt_every": 5, "train.log_every": 100,
-        "train.d": 64}
+BASE = {"data.root": DATA_ROOT, "train.global_batch": 3000, "checkpoint.every": 5, "train.log_every": 100,
+        "subspace.d": 64}
 CASES = {
     "subspace-ddp": {},
     "lora-ddp": {"train.method": "lora", "train.lr": 1e-2},
     "full-ddp": {"train.method": "full", "train.lr": 1e-3},
     "full-fsdp": {"train.method": "full", "train.lr": 1e-3, "dist.strategy": "fsdp"},
     "lora-fsdp": {"train.method": "lora", "train.lr": 1e-2, "dist.strategy": "fsdp"},
-    "powersgd-full-ddp": {"train.method": "full", "train.lr": 1e-3, "dist.comm_hook": "powersgd",
-                          "dist.powersgd_start_iter": 3},  # compressing, with error feedback, at the cut
+    "powersgd-full-ddp": {"train.method": "full", "train.lr": 1e-3, "ddp.hook": "powersgd",
+                          "powersgd.start_iter": 3},  # compressing, with error feedback, at the cut
 }
 
 
@@ -41,7 +41,7 @@ def train(pool, out, resume=False, **kv):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.skipif(
-    CASES[c].get("dist.comm_hook") == "powersgd" and torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE))
+    CASES[c].get("ddp.hook") == "powersgd" and torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE))
     for c in CASES])
 def test_interrupted_and_resumed_equals_uninterrupted(dist_pool, tmp_path, case):
     pool, kv = dist_pool(2), CASES[case]
@@ -77,11 +77,11 @@ def test_a_run_stopped_at_a_plateau_resumes_to_the_same_stop(dist_pool, tmp_path
 
 def test_a_resume_under_another_comm_hook_is_refused_in_one_line(tmp_path):
     out = tmp_path / "run"
-    first = cli_train(out, "train.steps=4", "dist.comm_hook=fp16")
+    first = cli_train(out, "train.steps=4", "ddp.hook=fp16")
     assert first.returncode == 0, first.stderr
-    again = cli_train(out, "train.steps=8", "dist.comm_hook=powersgd", resume=True, nproc=1)
+    again = cli_train(out, "train.steps=8", "ddp.hook=powersgd", resume=True, nproc=1)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
-    assert "another config (dist.comm_hook: 'fp16' → 'powersgd')" in again.stderr
+    assert "another config (ddp.hook: 'fp16' → 'powersgd')" in again.stderr
 
 
 def test_resuming_a_finished_run_says_so_and_changes_no_file(tmp_path):
@@ -96,9 +96,9 @@ def test_resuming_a_finished_run_says_so_and_changes_no_file(tmp_path):
 
 def test_resuming_a_finished_run_without_checkpoints_says_so_and_changes_no_file(tmp_path):
     out = tmp_path / "run"
-    assert cli_train(out, "train.steps=3", "train.ckpt_keep=0", nproc=1).returncode == 0
+    assert cli_train(out, "train.steps=3", "checkpoint.keep=0", nproc=1).returncode == 0
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
-    again = cli_train(out, "train.steps=3", "train.ckpt_keep=0", resume=True, nproc=1)
+    again = cli_train(out, "train.steps=3", "checkpoint.keep=0", resume=True, nproc=1)
     assert again.returncode == 0 and "no checkpoint to continue from: nothing to do" in again.stdout, again.stderr
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
 
@@ -107,7 +107,7 @@ def cli_train(out, *overrides, resume=False, nproc=2):
     """`torchrun -m distid.train` (nproc ranks; 1: `python -m distid.train`) on the quickstart config
     at d = 64, out = `out`."""
     args = ["--config", "configs/mnist_fc_subspace.toml", "--out", str(out), "--set", f"data.root={DATA_ROOT}",
-            "--set", "train.d=64", "--set", "train.global_batch=600"]
+            "--set", "subspace.d=64", "--set", "train.global_batch=600"]
     args += [w for o in overrides for w in ("--set", o)] + (["--resume"] if resume else [])
     if nproc == 1:
         return run([sys.executable, "-m", "distid.train", *args], timeout=120)
@@ -115,7 +115,7 @@ def cli_train(out, *overrides, resume=False, nproc=2):
 
 
 def test_subspace_checkpoint_is_kilobytes_and_reported(dist_pool, tmp_path):
-    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 6, "train.d": 750})
+    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 6, "subspace.d": 750})
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["checkpoint_bytes"] == s["checkpoint_bytes"] < 30_000  # d, Adam's two moments, RNG, config
     assert saved["full_state_dict_bytes"] == 4 * 199_210
@@ -180,13 +180,13 @@ def test_export_loads_into_the_plain_module(dist_pool, tmp_path, case):
 def test_resume_hash_ignores_only_run_length_logging_and_how_sums_travel():
     a = load_config(None, [])
     same = load_config(None, ["train.steps=7", "train.log_every=3", "dist.strategy=fsdp", "data.root=/x",
-                              "train.ckpt_every=9", "dist.backend=gloo", "train.check_replicas_every=5"])
+                              "checkpoint.every=9", "dist.backend=gloo", "dist.check_replicas_every=5"])
     assert resume_hash(a) == resume_hash(same)
-    for change in ("train.lr=0.5", "train.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet",
-                   "train.optimizer=sgd", "train.projection=dense", "dist.comm_hook=powersgd"):
+    for change in ("train.lr=0.5", "subspace.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet",
+                   "train.optimizer=sgd", "subspace.projection=dense", "ddp.hook=powersgd"):
         assert resume_hash(load_config(None, [change])) != resume_hash(a), change
     assert "train.lr" in flat_config(a) and "train.steps" not in flat_config(a)
-    powersgd = load_config(None, ["dist.comm_hook=powersgd"])  # its settings count only when it is on
-    assert resume_hash(load_config(None, ["dist.powersgd_rank=2"])) == resume_hash(a)
-    for change in ("dist.powersgd_rank=2", "dist.powersgd_start_iter=5", "dist.powersgd_error_feedback=false"):
-        assert resume_hash(load_config(None, ["dist.comm_hook=powersgd", change])) != resume_hash(powersgd), change
+    powersgd = load_config(None, ["ddp.hook=powersgd"])  # its settings count only when it is on
+    assert resume_hash(load_config(None, ["powersgd.rank=2"])) == resume_hash(a)
+    for change in ("powersgd.rank=2", "powersgd.start_iter=5", "powersgd.error_feedback=false"):
+        assert resume_hash(load_config(None, ["ddp.hook=powersgd", change])) != resume_hash(powersgd), change

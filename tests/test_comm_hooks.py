@@ -17,7 +17,7 @@ needs_mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -
 
 def train(pool, tmp_path, hook, *extra):
     over = [f"data.root={DATA_ROOT}", "train.method=full", "train.steps=14", "train.log_every=14",
-            "train.global_batch=64", f"dist.comm_hook={hook}", *extra]
+            "train.global_batch=64", f"ddp.hook={hook}", *extra]
     return pool.run("rank_targets:train_run", over, str(tmp_path / hook), timeout=240)[0][0]
 
 
@@ -46,7 +46,7 @@ def test_powersgd_sends_r_times_rows_plus_columns_and_the_vectors(dist_pool, tmp
     """Once compressing, each step all-reduces the biases (not worth compressing), P [n, r] and
     Q [m, r] of every weight [n, m]: 3 all-reduces of 4·(r·(Σn + Σm) + Σ|b|) bytes in all."""
     start = 3
-    s = train(dist_pool(2), tmp_path, "powersgd", f"dist.powersgd_rank={r}", f"dist.powersgd_start_iter={start}")
+    s = train(dist_pool(2), tmp_path, "powersgd", f"powersgd.rank={r}", f"powersgd.start_iter={start}")
     sent = 4 * (r * (ROWS + COLS) + VECTORS)
     assert s["comm_payload_bytes_per_step"] == {"all_reduce": sent, "total": sent} == s["comm_payload_formula"]
     assert s["comm_calls_per_step"] == {"all_reduce": 3.0}
@@ -64,10 +64,10 @@ def test_powersgd_formula_follows_pytorch_s_compression_rule():
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("dist.comm_hook=int8", "dist.comm_hook must be one of"),
-    ("dist.powersgd_start_iter=1", r"dist.powersgd_start_iter must be >= 2"),
-    ("dist.powersgd_rank=0", r"dist.powersgd_rank must be >= 1"),
-    ("dist.powersgd_error_feedback=1", "expected true or false"),
+    ("ddp.hook=int8", "ddp.hook must be one of"),
+    ("powersgd.start_iter=1", r"powersgd.start_iter must be >= 2"),
+    ("powersgd.rank=0", r"powersgd.rank must be >= 1"),
+    ("powersgd.error_feedback=1", "expected true or false"),
 ])
 def test_hook_settings_are_checked(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -75,9 +75,9 @@ def test_hook_settings_are_checked(override, pattern):
 
 
 def test_a_hook_needs_ddp():
-    with pytest.raises(ConfigError, match="dist.comm_hook must be 'none' unless dist.strategy = 'ddp'"):
-        load_config(None, ["dist.comm_hook=fp16", "dist.strategy=fsdp"])
-    assert load_config(None, ["dist.powersgd_error_feedback=false"]).dist.powersgd_error_feedback is False
+    with pytest.raises(ConfigError, match="ddp.hook must be 'none' unless dist.strategy = 'ddp'"):
+        load_config(None, ["ddp.hook=fp16", "dist.strategy=fsdp"])
+    assert load_config(None, ["powersgd.error_feedback=false"]).powersgd.error_feedback is False
 
 
 def test_powersgd_on_cpu_tensors_where_cuda_is_visible_is_refused_with_the_reason(monkeypatch):

@@ -37,7 +37,7 @@ def test_defaults():
     cfg = load_config(None)
     assert cfg == Config()
     assert cfg.name == "default"
-    assert cfg.train.d == 750 and cfg.train.projection == "fastfood"
+    assert cfg.subspace.d == 750 and cfg.subspace.projection == "fastfood"
     assert cfg.dist.strategy == "ddp" and cfg.data.dataset == "mnist"
 
 
@@ -45,7 +45,7 @@ def test_load_file(tmp_path):
     cfg = load_config(write(tmp_path, TOML))
     assert cfg.name == "custom"
     assert cfg.data.dataset == "fashion-mnist"
-    assert cfg.train.method == "full" and cfg.train.d == 1000
+    assert cfg.train.method == "full" and cfg.subspace.d == 1000
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted for float
     assert cfg.train.epochs == 0.5
     assert cfg.train.optimizer == "adam"  # untouched default
@@ -59,12 +59,12 @@ def test_name_from_stem(tmp_path):
 
 def test_overrides(tmp_path):
     cfg = load_config(write(tmp_path, TOML), [
-        "train.d=2000", "train.lr=0.5", "train.projection=dense",
+        "subspace.d=2000", "train.lr=0.5", "subspace.projection=dense",
         'data.root="/tmp/x"', "dist.timeout_s=30", "train.epochs=2", "name=run1",
     ])
-    assert cfg.train.d == 2000
+    assert cfg.subspace.d == 2000
     assert cfg.train.lr == 0.5
-    assert cfg.train.projection == "dense"  # unquoted string
+    assert cfg.subspace.projection == "dense"  # unquoted string
     assert cfg.data.root == "/tmp/x"
     assert cfg.dist.timeout_s == 30.0 and isinstance(cfg.dist.timeout_s, float)
     assert cfg.train.epochs == 2.0
@@ -73,12 +73,12 @@ def test_overrides(tmp_path):
 
 def test_bool_value_rejected_for_int():
     with pytest.raises(ConfigError, match=r"train\.d.*expected int.*True"):
-        load_config(None, ["train.d=true"])
+        load_config(None, ["subspace.d=true"])
 
 
 def test_override_missing_equals():
     with pytest.raises(ConfigError, match="section.key=value"):
-        load_config(None, ["train.d"])
+        load_config(None, ["subspace.d"])
 
 
 def test_unknown_key_in_file(tmp_path):
@@ -127,12 +127,12 @@ def test_type_errors(tmp_path, text, pattern):
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora', 'vera', 'fourierft', 'unilora'; got 'half'"),
-    ("train.projection=gauss", r"train\.projection must be one of 'dense', 'sparse', 'fastfood'"),
+    ("subspace.projection=gauss", r"train\.projection must be one of 'dense', 'sparse', 'fastfood'"),
     ("train.optimizer=rmsprop", r"train\.optimizer must be one of 'adam', 'sgd'"),
     ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'none'"),
     ("dist.backend=mpi", r"dist\.backend must be one of 'auto', 'gloo', 'nccl'"),
     ("data.dataset=cifar", r"data\.dataset must be one of 'mnist', 'fashion-mnist'"),
-    ("train.d=0", r"train\.d must be >= 1"),
+    ("subspace.d=0", r"train\.d must be >= 1"),
     ("train.lr=0", r"train\.lr must be > 0"),
     ("train.global_batch=0", r"train\.global_batch must be >= 1"),
     ("train.epochs=0", r"train\.epochs must be > 0"),
@@ -160,7 +160,7 @@ def test_to_dict_and_hash():
     h = config_hash(a)
     assert re.fullmatch(r"[0-9a-f]{16}", h)
     assert h == config_hash(b)
-    assert config_hash(load_config(None, ["train.d=751"])) != h
+    assert config_hash(load_config(None, ["subspace.d=751"])) != h
     assert config_hash(load_config(None, ["train.lr=0.002"])) != h
 
 
@@ -182,7 +182,7 @@ def test_default_out_dir():
 def test_bare_leaf_names_get_a_suggestion():
     with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
         load_config(None, ["lr=0.1"])
-    with pytest.raises(ConfigError, match="did you mean 'train.d'"):
+    with pytest.raises(ConfigError, match="did you mean 'subspace.d'"):
         load_config(None, ["d=100"])
 
 
@@ -192,4 +192,4 @@ def test_choices_match_the_registries():
     from distid.subspace import PROJECTIONS
 
     assert set(CHOICES["model.name"]) == set(MODELS)
-    assert set(CHOICES["train.projection"]) == set(PROJECTIONS)
+    assert set(CHOICES["subspace.projection"]) == set(PROJECTIONS)

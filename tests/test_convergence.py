@@ -13,7 +13,7 @@ from procs import run, torchrun
 def test_convergence_on_two_ranks_writes_three_curves(tmp_path):
     out = torchrun(2, "-m", "distid.experiments.convergence", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path),
                    "--set", f"data.root={DATA_ROOT}", "--set", "train.steps=6", "--set", "train.eval_every=3",
-                   "--set", "train.d=1600", timeout=240)
+                   "--set", "subspace.d=1600", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     curves = json.loads((tmp_path / "convergence.json").read_text())["curves"]
     assert [c["method"] for c in curves] == ["full", "lora", "subspace"]

@@ -33,14 +33,14 @@ TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
     "distid.train": ["--set", "train.steps=14", "--set", "train.log_every=7"],  # 2 warm-up, 10 booked, 2 timed
-    "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "train.d=64"],
+    "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "subspace.d=64"],
     "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]", "--set", "sweep.threshold=0.4"],  # 3 steps reach ~0.5, not 0.9
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
     "distid.experiments.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
-                                    "--set", "dist.powersgd_start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
+                                    "--set", "powersgd.start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
                                     "--dims", "250", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
                                     "--diloco-lora-ranks", "1", "--diloco-lora-h", "7"],  # every family, one cell each
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],

@@ -24,7 +24,7 @@ def torchrun(out, *extra, restarts=0, fault="", timeout=240, steps=STEPS, resume
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", "--monitor-interval=0.5", "--local-addr=127.0.0.1", "-m", "distid.train",
            "--config", "configs/mnist_fc_subspace.toml", "--out", str(out)] + (["--resume"] if resume else [])
-    for kv in (f"data.root={DATA_ROOT}", f"train.steps={steps}", "train.d=64", "train.ckpt_every=5",
+    for kv in (f"data.root={DATA_ROOT}", f"train.steps={steps}", "subspace.d=64", "checkpoint.every=5",
                "train.log_every=100", *extra):
         cmd += ["--set", kv]
     return run(cmd, timeout=timeout, env=user_env(DISTID_FAULT=fault, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"))
@@ -96,7 +96,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path)
 # subspace: checked every 2 steps, so after step 4; LoRA: before the checkpoint of step 5 (ckpt_every = 5)
 @pytest.mark.parametrize("method,every,found_after", [("subspace", 2, 4), ("lora", 0, 5)])
 def test_a_rank_that_skips_a_synchronisation_is_named_by_the_replica_check(tmp_path, method, every, found_after):
-    res = torchrun(tmp_path, f"train.method={method}", f"train.check_replicas_every={every}",
+    res = torchrun(tmp_path, f"train.method={method}", f"dist.check_replicas_every={every}",
                    "train.global_batch=120", fault="rank=1,step=3,mode=unsynced", steps=8, nproc=3, timeout=120)
     assert res.returncode != 0 and "rank 1: DISTID_FAULT: keeping its own gradient in step 4" in res.stderr
     msg = errors(res.stderr)

@@ -19,7 +19,7 @@ from procs import torchrun
 @pytest.mark.skipif(torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)
 def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     args = ["-m", "distid.experiments.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
-            "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "dist.powersgd_start_iter=2",
+            "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "powersgd.start_iter=2",
             "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--peft", "vera", "--diloco-h", "7",
             "--diloco-dims", "100", "--diloco-dims-h", "7", "--diloco-lora-ranks", "1", "--diloco-lora-h", "7",
             "--out", str(tmp_path)]

@@ -13,7 +13,7 @@ from distid.runtime import free_port
 from procs import finish, run, start, user_env
 
 TRAIN = ["distid.train", "--config", "configs/mnist_fc_subspace.toml", "--set", "train.steps=14",
-         "--set", "train.log_every=7", "--set", "train.d=100", "--set", f"data.root={DATA_ROOT}"]
+         "--set", "train.log_every=7", "--set", "subspace.d=100", "--set", f"data.root={DATA_ROOT}"]
 
 
 def multinode_env(port: int, job: str, **extra) -> dict:

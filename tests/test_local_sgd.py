@@ -16,9 +16,9 @@ from procs import run, torchrun
 
 mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 D = 199_210
-BASE = {"data.root": DATA_ROOT, "train.global_batch": 600, "train.log_every": 100, "train.d": 64}
+BASE = {"data.root": DATA_ROOT, "train.global_batch": 600, "train.log_every": 100, "subspace.d": 64}
 METHODS = {"full": {"train.method": "full", "train.lr": 1e-3}, "subspace": {},
-           "lora": {"train.method": "lora", "train.lr": 1e-2, "train.lora_rank": 2}}
+           "lora": {"train.method": "lora", "train.lr": 1e-2, "lora.rank": 2}}
 
 
 def over(**kv):
@@ -34,7 +34,7 @@ def train(pool, out, resume=False, **kv):
                                               (2, "lora", "bfloat16", 4)])
 def test_inner_steps_send_nothing_and_a_sync_sends_the_formula(dist_pool, tmp_path, n, method, dtype, h):
     """4 ranks, H = 32, full training: 796,840 / 32 bytes handed in per step, measured."""
-    results = train(dist_pool(n), tmp_path, **{"train.steps": 3 * h, "train.sync_every": h, "train.outer_dtype": dtype,
+    results = train(dist_pool(n), tmp_path, **{"train.steps": 3 * h, "dist.strategy": "local_sgd", "local_sgd.every": h, "local_sgd.outer_dtype": dtype,
                                                "train.global_batch": 120, **METHODS[method]})
     itemsize = 4 if dtype == "float32" else 2
     for s, _ in results:
@@ -54,10 +54,10 @@ def test_inner_steps_send_nothing_and_a_sync_sends_the_formula(dist_pool, tmp_pa
 
 @mnist
 def test_a_replica_that_drifts_is_caught_at_the_next_sync(dist_pool, tmp_path):
-    kv = {"train.steps": 8, "train.sync_every": 4, **METHODS["full"]}
+    kv = {"train.steps": 8, "dist.strategy": "local_sgd", "local_sgd.every": 4, **METHODS["full"]}
     with pytest.raises(RankFailed, match="after 4 steps the replicas' trainable states differ"):
         dist_pool(2).run("rank_targets:train_run", over(**kv), str(tmp_path), timeout=240,
-                         rank_overrides={1: ["train.outer_lr=0.5"]})
+                         rank_overrides={1: ["local_sgd.outer_lr=0.5"]})
 
 
 @mnist
@@ -67,7 +67,7 @@ def test_k_rounds_and_a_resume_equal_2k_rounds(dist_pool, tmp_path, method, oute
     resumed to 4 rounds: bitwise the straight run. Each rank's own inner Adam state and the outer
     momentum travel in the checkpoint; with rank 0's Adam state on both ranks the run would differ."""
     pool = dist_pool(2)
-    kv = {"train.sync_every": 3, "train.outer": outer, "train.ckpt_every": 5, **METHODS[method]}
+    kv = {"dist.strategy": "local_sgd", "local_sgd.every": 3, "local_sgd.outer": outer, "checkpoint.every": 5, **METHODS[method]}
     whole = train(pool, tmp_path / "whole", **{"train.steps": 12, **kv})
     train(pool, tmp_path / "cut", **{"train.steps": 6, **kv})
     resumed = train(pool, tmp_path / "cut", resume=True, **{"train.steps": 12, **kv})
@@ -79,7 +79,7 @@ def test_k_rounds_and_a_resume_equal_2k_rounds(dist_pool, tmp_path, method, oute
 
 @mnist
 def test_evaluations_fall_on_synchronisations(dist_pool, tmp_path):
-    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 20, "train.sync_every": 4, "train.eval_every": 6})
+    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 20, "dist.strategy": "local_sgd", "local_sgd.every": 4, "train.eval_every": 6})
     assert [c[0] for c in s["eval_curve"]] == [8, 12, 20]  # the first sync at or after 6, 12, 18; the end
 
 
@@ -116,12 +116,12 @@ def test_the_outer_step_is_diloco_s_nesterov_step_and_average_is_the_mean():
 
 
 @pytest.mark.parametrize("override,pattern", [
-    (["train.sync_every=0"], r"train\.sync_every must be >= 1"),
-    (["train.outer_lr=0"], r"train\.outer_lr must be > 0"),
-    (["train.outer_momentum=1.0"], r"train\.outer_momentum must be in \[0, 1\)"),
-    (["train.outer=adam"], r"train\.outer must be one of 'average', 'nesterov'"),
-    (["train.sync_every=8", "dist.strategy=fsdp"], r"shards one model over all ranks.*use 'ddp'"),
-    (["train.sync_every=8", "dist.comm_hook=fp16"], r"train\.outer_dtype for a smaller pseudo-gradient"),
+    (["dist.strategy=local_sgd", "local_sgd.every=0"], r"train\.sync_every must be >= 1"),
+    (["local_sgd.outer_lr=0"], r"train\.outer_lr must be > 0"),
+    (["local_sgd.outer_momentum=1.0"], r"train\.outer_momentum must be in \[0, 1\)"),
+    (["local_sgd.outer=adam"], r"train\.outer must be one of 'average', 'nesterov'"),
+    (["dist.strategy=local_sgd", "local_sgd.every=8", "dist.strategy=fsdp"], r"shards one model over all ranks.*use 'ddp'"),
+    (["dist.strategy=local_sgd", "local_sgd.every=8", "ddp.hook=fp16"], r"train\.outer_dtype for a smaller pseudo-gradient"),
 ])
 def test_what_cannot_work_is_refused(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -137,16 +137,16 @@ def test_another_world_size_is_refused_in_one_line(tmp_path):
         if nproc == 1:
             return run([sys.executable, "-m", "distid.train", *args], timeout=120)
         return torchrun(nproc, "-m", "distid.train", *args, timeout=120)
-    first = cli(2, "train.sync_every=2", "train.steps=4")
+    first = cli(2, "dist.strategy=local_sgd", "local_sgd.every=2", "train.steps=4")
     assert first.returncode == 0, first.stderr
-    other = cli(1, "train.sync_every=2", "train.steps=8", resume=True)
+    other = cli(1, "dist.strategy=local_sgd", "local_sgd.every=2", "train.steps=8", resume=True)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "inner optimizer states are each rank's own: resume it on 2 ranks" in other.stderr
 
 
 @mnist
 def test_train_py_and_the_run_api_are_one_loop_with_local_steps(dist_pool, tmp_path):
-    over_ = over(**{"train.steps": 10, "train.sync_every": 4, "train.eval_every": 4})
+    over_ = over(**{"train.steps": 10, "dist.strategy": "local_sgd", "local_sgd.every": 4, "train.eval_every": 4})
     loop_params, api_params, loop_summary, api_summary = dist_pool(2).run(
         "rank_targets:loop_and_api", over_, str(tmp_path), timeout=180)[0]
     assert all(torch.equal(loop_params[k], api_params[k]) for k in loop_params) and loop_summary == api_summary
@@ -159,8 +159,8 @@ def test_distid_s_diloco_follows_torchft_s(dist_pool, tmp_path):
     for bit (torchft averages per parameter, distid over one flat buffer; on 2 ranks both are exact
     halvings of the same sums)."""
     pytest.importorskip("torchft", reason="needs torchft: pip install -e .[diloco] (launch/setup.sh installs it)")
-    kv = {"train.method": "full", "train.lr": 1e-3, "train.steps": 8, "train.sync_every": 4, "train.outer": "nesterov",
-          "train.outer_lr": 0.7, "train.outer_momentum": 0.9}
+    kv = {"train.method": "full", "train.lr": 1e-3, "train.steps": 8, "dist.strategy": "local_sgd", "local_sgd.every": 4, "local_sgd.outer": "nesterov",
+          "local_sgd.outer_lr": 0.7, "local_sgd.outer_momentum": 0.9}
     (_, ours), _ = train(dist_pool(2), tmp_path / "distid", **kv)
     proc = run([sys.executable, "tests/torchft_diloco.py", str(tmp_path / "tft.pt"), DATA_ROOT, "8", "4", "600"],
                timeout=240)

@@ -21,7 +21,7 @@ from distid.lora import (
 )
 from distid.config import ConfigError
 from distid.models import build_model, count_params
-from distid.run.api import train_step
+from distid.train import train_step
 
 
 class Custom(nn.Module):
@@ -241,12 +241,12 @@ def test_modules_to_save_train_the_head_fully_beside_lora():
     from distid.config import load_config
     from distid.run.build import build
 
-    cfg = load_config(None, ["model.name=vit", "train.method=lora", "train.lora_targets=q,v", "train.lora_rank=16",
-                             "train.lora_modules_to_save=head"])
+    cfg = load_config(None, ["model.name=vit", "train.method=lora", "lora.targets=q,v", "lora.rank=16",
+                             "lora.modules_to_save=head"])
     model = build(cfg, 1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"head.weight", "head.bias"} <= trainable
     assert all("lora_" in n or n.startswith("head.") for n in trainable)
     assert count_params(model, trainable_only=True) == 16 * 2 * 4 * (96 + 96) + 96 * 10 + 10
     with pytest.raises(ConfigError, match="names no module"):
-        build(load_config(None, ["train.method=lora", "train.lora_modules_to_save=nohead"]), 1)
+        build(load_config(None, ["train.method=lora", "lora.modules_to_save=nohead"]), 1)

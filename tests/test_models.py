@@ -12,7 +12,7 @@ from distid import lora
 from distid.models import ViT, build_model, count_params, seeded
 from distid.parallel.fsdp import shard_units
 from distid.subspace import SubspaceModel
-from distid.run.api import train_step
+from distid.train import train_step
 
 
 def stated_D(doc: str) -> int:

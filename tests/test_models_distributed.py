@@ -67,8 +67,8 @@ def _run(pool, tmp_path, model, method, strategy):
         targets = ",".join(qv_targets(build_model("hf_vit")))
     over = [f"data.root={DATA_ROOT}", f"model.name={model}", f"train.method={method}", f"dist.strategy={strategy}",
             "train.steps=4", "train.log_every=4", "train.global_batch=32", "train.optimizer=sgd",
-            "train.lr=0.5" if method == "subspace" else "train.lr=0.05", "train.d=100",
-            "train.lora_rank=2", f"train.lora_targets={targets}"]
+            "train.lr=0.5" if method == "subspace" else "train.lr=0.05", "subspace.d=100",
+            "lora.rank=2", f"lora.targets={targets}"]
     return pool.run("rank_targets:model_train_run", over, str(tmp_path / f"{model}-{method}-{strategy}"),
                     timeout=240)
 

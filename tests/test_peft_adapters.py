@@ -24,9 +24,9 @@ def trainable(model):
 def test_trainable_counts_follow_each_method_s_formula():
     # VeRA: λ_d [r] and λ_b [out] per layer; FourierFT: n per layer; Uni-LoRA: the one vector θ_d [d]
     assert trainable(built("vera")) == 3 * 256 + (200 + 200 + 10)
-    assert trainable(built("vera", "train.lora_rank=16")) == 3 * 16 + (200 + 200 + 10)
-    assert trainable(built("fourierft", "train.n_frequency=100")) == 3 * 100
-    assert trainable(built("unilora", "train.d=1000")) == 1000
+    assert trainable(built("vera", "lora.rank=16")) == 3 * 16 + (200 + 200 + 10)
+    assert trainable(built("fourierft", "lora.n_frequency=100")) == 3 * 100
+    assert trainable(built("unilora", "subspace.d=1000")) == 1000
     frozen = sum(p.numel() for p in built("unilora").parameters() if not p.requires_grad)
     assert frozen == D
 
@@ -45,7 +45,7 @@ def test_random_parts_are_keyed_by_seed_and_leave_the_global_generator_alone():
 
 def test_targets_that_match_nothing_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="train.method = 'vera'") as e:
-        built("vera", "train.lora_targets=nothing_here")
+        built("vera", "lora.targets=nothing_here")
     assert "\n" not in str(e.value)
 
 
@@ -53,7 +53,7 @@ def test_targets_that_match_nothing_are_refused_in_one_line():
 @pytest.mark.parametrize("method,h", [("vera", 1), ("fourierft", 1), ("unilora", 1), ("vera", 3)])
 def test_ddp_sends_four_bytes_per_trainable_number(dist_pool, tmp_path, method, h):
     over = [f"data.root={DATA_ROOT}", "train.global_batch=600", "train.steps=12", f"train.method={method}",
-            "train.lr=1e-2", "train.n_frequency=50", "train.d=300", f"train.sync_every={h}"]
+            "train.lr=1e-2", "lora.n_frequency=50", "subspace.d=300", "dist.strategy=local_sgd", f"local_sgd.every={h}"]
     results = dist_pool(2).run("rank_targets:train_run", over, str(tmp_path), timeout=240)
     for s, _ in results:
         t = s["trainable_params"]

@@ -23,7 +23,7 @@ def weights(tmp_path):
 
 
 def test_init_from_makes_the_file_theta0(weights):
-    model = build(load_config(None, [f"model.init_from={weights}", "train.d=10"]), 1)
+    model = build(load_config(None, [f"model.init_from={weights}", "subspace.d=10"]), 1)
     assert isinstance(model, SubspaceModel)
     flat = torch.cat([p.reshape(-1) for p in build_model("mlp", seed=7).parameters()])
     assert torch.equal(model.theta0, flat)
@@ -63,7 +63,7 @@ def test_a_ddp_state_dict_loads_too(tmp_path):
 
 
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
-BASE = [f"data.root={DATA_ROOT}", "train.steps=14", "train.log_every=7", "train.d=40"]
+BASE = [f"data.root={DATA_ROOT}", "train.steps=14", "train.log_every=7", "subspace.d=40"]
 
 
 @needs_mnist

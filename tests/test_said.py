@@ -1,4 +1,4 @@
-"""SAID (train.said): one trainable scale per parameter tensor, inside the budget d."""
+"""SAID (subspace.said): one trainable scale per parameter tensor, inside the budget d."""
 
 import pytest
 import torch
@@ -47,13 +47,13 @@ def test_said_gradient_of_a_scale_is_its_slice_dot_the_weight_gradient():
 
 def test_said_needs_d_above_the_number_of_tensors():
     with pytest.raises(ConfigError, match="SAID needs d > 6"):
-        build(load_config(None, ["train.said=true", "train.d=6"]), 1)
-    with pytest.raises(ConfigError, match="train.said.*true or false"):
-        load_config(None, ["train.said=1"])
+        build(load_config(None, ["subspace.said=true", "subspace.d=6"]), 1)
+    with pytest.raises(ConfigError, match="subspace.said.*true or false"):
+        load_config(None, ["subspace.said=1"])
 
 
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
-BASE = [f"data.root={DATA_ROOT}", "train.steps=14", "train.log_every=7", "train.d=40", "train.said=true"]
+BASE = [f"data.root={DATA_ROOT}", "train.steps=14", "train.log_every=7", "subspace.d=40", "subspace.said=true"]
 
 
 @needs_mnist

@@ -14,7 +14,7 @@ D = 199_210
 # sign between two reduction orders and the runs would part by lr — a property of Adam, not of FSDP.
 METHODS = {"full": ["train.method=full", "train.optimizer=sgd", "train.lr=0.05"],
            "lora": ["train.method=lora", "train.optimizer=sgd", "train.lr=0.05"],
-           "subspace": ["train.method=subspace", "train.d=200", "train.optimizer=sgd", "train.lr=0.5"]}
+           "subspace": ["train.method=subspace", "subspace.d=200", "train.optimizer=sgd", "train.lr=0.5"]}
 
 
 def initial(method: str) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_fsdp_reduce_scatters_only_trainable_parameters(dist_pool, tmp_path):
 
 
 def test_dense_subspace_under_fsdp_is_refused(dist_pool, tmp_path):
-    over = [f"data.root={DATA_ROOT}", "train.steps=3", "dist.strategy=fsdp", "train.projection=dense", "train.d=8"]
+    over = [f"data.root={DATA_ROOT}", "train.steps=3", "dist.strategy=fsdp", "subspace.projection=dense", "subspace.d=8"]
     with pytest.raises(RankFailed, match="dense projection cannot be sharded"):
         dist_pool(2).run("rank_targets:train_run", over, str(tmp_path), timeout=120)
 

@@ -197,13 +197,13 @@ def test_fingerprint_follows_what_decides_a_result():
 
     base = fp()
     assert fp("train.log_every=7", "sweep.seeds=9", "sweep.fit_window=2", "data.root=/elsewhere", "dist.timeout_s=5") == base
-    for change in ("train.lr=0.1", "train.d=7", "data.dataset=fashion-mnist", "data.classes=[1]",
-                   "model.init_from=x.pt", "train.projection=sparse"):
+    for change in ("train.lr=0.1", "subspace.d=7", "data.dataset=fashion-mnist", "data.classes=[1]",
+                   "model.init_from=x.pt", "subspace.projection=sparse"):
         assert fp(change) != base, change
     assert fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml"), 2) != base
-    assert fp("train.lora_targets=3") == base  # a subspace point does not depend on LoRA's settings
+    assert fp("lora.targets=3") == base  # a subspace point does not depend on LoRA's settings
     full = ["train.method=full"]
-    assert fp(*full, "train.d=7", "train.projection=sparse") == fp(*full)
+    assert fp(*full, "subspace.d=7", "subspace.projection=sparse") == fp(*full)
 
 
 def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
@@ -221,7 +221,7 @@ def test_a_point_is_trained_again_after_a_code_or_world_size_change(monkeypatch)
     first = fingerprint(cfg, 2)
     assert fingerprint(cfg, 2) == first
     assert fingerprint(cfg, 4) != first  # another world size
-    assert fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", ["train.projection=sparse"]), 2) != first
+    assert fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", ["subspace.projection=sparse"]), 2) != first
     monkeypatch.setattr(runtime, "_code_version", runtime.code_version() + "-edited")  # a source file changed
     assert fingerprint(cfg, 2) != first
 

@@ -25,7 +25,7 @@ def base(**kv):
 @pytest.mark.parametrize("n,projection", [(2, "fastfood"), (4, "fastfood"), (3, "sparse")])
 def test_subspace_all_reduces_exactly_d_floats(dist_pool, tmp_path, n, projection):
     d = 50
-    over = base(**{"train.d": d, "train.projection": projection, "train.global_batch": 96})
+    over = base(**{"subspace.d": d, "subspace.projection": projection, "train.global_batch": 96})
     results = dist_pool(n).run("rank_targets:train_run", over,
                                str(tmp_path), timeout=180)
     s = results[0][0]
@@ -52,7 +52,7 @@ def test_full_training_all_reduces_all_D_floats(dist_pool, tmp_path):
 
 
 def test_world_size_does_not_change_d(dist_pool, tmp_path):
-    over = base(**{"train.d": 64, "train.global_batch": 96})
+    over = base(**{"subspace.d": 64, "train.global_batch": 96})
     (_, one), = dist_pool(1).run("rank_targets:train_run", over, str(tmp_path / "one"), timeout=180)
     four = dist_pool(4).run("rank_targets:train_run", over, str(tmp_path / "four"), timeout=180)
     torch.testing.assert_close(four[0][1], one, rtol=1e-4, atol=1e-6)
@@ -95,15 +95,6 @@ def test_d_outside_one_to_D_is_a_config_error(d):
     from distid.run.build import build
 
     with pytest.raises(ConfigError, match=r"train\.d"):  # d = 0: the config's own check; d > D: build's
-        build(load_config(None, [f"train.d={d}"]), 1)
+        build(load_config(None, [f"subspace.d={d}"]), 1)
 
 
-def test_train_py_and_the_run_api_are_one_loop(dist_pool, tmp_path):
-    """The loop a workshop reads (train.py) and the one experiments call (run.api) train the same run."""
-    over = base(**{"train.d": 40, "train.global_batch": 64, "train.eval_every": 7})
-    results = dist_pool(2).run("rank_targets:loop_and_api", over, str(tmp_path), timeout=180)
-    loop_params, api_params, loop_summary, api_summary = results[0]
-    assert loop_params.keys() == api_params.keys() == {"d"}
-    for k in loop_params:
-        assert torch.equal(loop_params[k], api_params[k]), k
-    assert loop_summary == api_summary

@@ -4,7 +4,7 @@
 
 Every cell of {full, subspace (dense, sparse, fastfood), LoRA} × {DDP, FSDP} trains the config's
 model on the same data, seed and steps; LoRA's rank is the one whose trainable count is closest
-to train.d. Each cell is `distid.run.api.run` with the config changed in three keys; a cell the
+to subspace.d. Each cell is `distid.train.train` with the config changed in three keys; a cell the
 machine or the method refuses (a dense P too large, a dense P under FSDP) is listed with the
 reason. Writes compare.json, compare.md and compare.png to --out.
 """
@@ -21,7 +21,7 @@ from distid import runtime
 from distid.config import METHOD_LR, ConfigError, load_config, timestamped_dir
 from distid.experiments.plotting import pyplot
 from distid.run import cli
-from distid.run.api import run_logged
+from distid.train import train_logged
 
 METHODS = [("full", None), ("subspace", "dense"), ("subspace", "sparse"), ("subspace", "fastfood"), ("lora", None)]
 STRATEGIES = ("ddp", "fsdp")
@@ -33,11 +33,11 @@ def cell_name(method: str, projection: str | None, strategy: str) -> str:
 
 def run_cell(args, method: str, projection: str | None, strategy: str, out: Path) -> dict:
     over = [*args.overrides, f"train.method={method}", f"dist.strategy={strategy}",
-            f"train.lr={getattr(args, 'lr_' + method)}"] + ([f"train.projection={projection}"] if projection else [])
+            f"train.lr={getattr(args, 'lr_' + method)}"] + ([f"subspace.projection={projection}"] if projection else [])
     name = cell_name(method, projection, strategy)
     folder = out / name.replace(" · ", "-").replace("/", "-")
     try:
-        s = run_logged(load_config(args.config, over), folder)
+        s = train_logged(load_config(args.config, over), folder)
     except (ConfigError, MemoryError) as e:
         runtime.print0(f"{name:<24} refused: {e}")
         return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
@@ -138,7 +138,7 @@ def compare(args, cfg) -> None:
     wire_ratios(cells)
     if rank == 0:
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, backend=runtime.machine()["backend"],
-                    steps=cfg.train.steps, global_batch=cfg.train.global_batch, d=cfg.train.d,
+                    steps=cfg.train.steps, global_batch=cfg.train.global_batch, d=cfg.subspace.d,
                     machine=runtime.machine())
         (out / "compare.json").write_text(json.dumps(dict(meta=meta, cells=cells), indent=2))
         md = to_markdown(cells, meta)

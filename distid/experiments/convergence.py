@@ -1,11 +1,11 @@
 """Convergence at a matched budget: full training, LoRA and a random subspace, test accuracy
 against steps and against training seconds, in one figure.
 
-    python -m distid.experiments.convergence --config configs/vit_finetune.toml [--set train.d=2000] [--out DIR]
+    python -m distid.experiments.convergence --config configs/vit_finetune.toml [--set subspace.d=2000] [--out DIR]
 
-Each curve is one `distid.run.api.run` of the config with train.method changed (lr: sweep.full_lr,
-train.lr, sweep.lora_lr — the sweep's); LoRA's rank is train.lora_rank, or the one whose trainable
-count is closest to train.d. The curve is summary.json's eval_curve (every train.eval_every steps;
+Each curve is one `distid.train.train` of the config with train.method changed (lr: sweep.full_lr,
+train.lr, sweep.lora_lr — the sweep's); LoRA's rank is lora.rank, or the one whose trainable
+count is closest to subspace.d. The curve is summary.json's eval_curve (every train.eval_every steps;
 training seconds exclude the evaluations). Writes convergence.json, .md and .png to --out.
 """
 
@@ -21,7 +21,7 @@ from distid import runtime
 from distid.config import Config, ConfigError, load_config, timestamped_dir
 from distid.experiments.plotting import pyplot
 from distid.run import cli
-from distid.run.api import run_logged
+from distid.train import train_logged
 
 METHODS = ("full", "lora", "subspace")
 
@@ -31,7 +31,7 @@ def lr_of(cfg: Config, method: str) -> float:
 
 
 def run_method(args, cfg: Config, method: str, out: Path) -> dict:
-    s = run_logged(load_config(args.config, [*args.overrides, f"train.method={method}", f"train.lr={lr_of(cfg, method)}"]),
+    s = train_logged(load_config(args.config, [*args.overrides, f"train.method={method}", f"train.lr={lr_of(cfg, method)}"]),
                    out / method)
     runtime.print0(f"{method:<9} test acc {s.test_accuracy:.4f} after {s.steps:,} steps  ({out / method}/train.log)")
     keep = ("trainable_params", "lora_rank", "test_accuracy", "step_time_s", "steps", "eval_curve", "theta0")

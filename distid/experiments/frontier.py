@@ -7,7 +7,7 @@ Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and wit
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d; PEFT's VeRA, FourierFT
 and Uni-LoRA (DDP over the PEFT-wrapped model); and the other axis, syncing less often: DiLoCo
 (train.sync_every = H, outer Nesterov step) for full training, the subspace and LoRA. Each cell is
-`distid.run.api.run` with a few keys changed — same data, global batch, steps and seeds — and its
+`distid.train.train` with a few keys changed — same data, global batch, steps and seeds — and its
 bytes are wire bytes: what a rank sends for the payloads the ledger measured at the dispatcher (PowerSGD's
 P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N of the payload).
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
@@ -37,7 +37,7 @@ from distid.experiments import links
 from distid.experiments.frontier_report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
-from distid.run.api import run_logged, train_step
+from distid.train import train_logged, train_step
 from distid.run.build import build, make_optimizer
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
@@ -59,24 +59,24 @@ class Cell:
 def cells(args) -> list[Cell]:
     """Every cell of the frontier, in the order of FAMILIES."""
     full = ("train.method=full", f"train.lr={args.lr_full}")
-    out = [Cell("DDP", "DDP", (*full, "dist.comm_hook=none"))]
-    out += [Cell("DDP + fp16/bf16", f"DDP + {h}", (*full, f"dist.comm_hook={h}")) for h in ("fp16", "bf16")]
+    out = [Cell("DDP", "DDP", (*full, "ddp.hook=none"))]
+    out += [Cell("DDP + fp16/bf16", f"DDP + {h}", (*full, f"ddp.hook={h}")) for h in ("fp16", "bf16")]
     out += [Cell("DDP + PowerSGD", f"DDP + PowerSGD r={r}",
-                 (*full, "dist.comm_hook=powersgd", f"dist.powersgd_rank={r}")) for r in args.powersgd_ranks]
-    out += [Cell("LoRA", f"LoRA r={r}", ("train.method=lora", f"train.lora_rank={r}", f"train.lr={args.lr_lora}",
-                                         "dist.comm_hook=none")) for r in args.lora_ranks]
-    out += [Cell("subspace", f"subspace d={d}", ("train.method=subspace", "train.projection=fastfood",
-                                                 f"train.d={d}", f"train.lr={args.lr_subspace}",
-                                                 "dist.comm_hook=none")) for d in args.dims]
+                 (*full, "ddp.hook=powersgd", f"powersgd.rank={r}")) for r in args.powersgd_ranks]
+    out += [Cell("LoRA", f"LoRA r={r}", ("train.method=lora", f"lora.rank={r}", f"train.lr={args.lr_lora}",
+                                         "ddp.hook=none")) for r in args.lora_ranks]
+    out += [Cell("subspace", f"subspace d={d}", ("train.method=subspace", "subspace.projection=fastfood",
+                                                 f"subspace.d={d}", f"train.lr={args.lr_subspace}",
+                                                 "ddp.hook=none")) for d in args.dims]
     out += [Cell("PEFT", PEFT_NAMES[m] + (f" d={args.unilora_d}" if m == "unilora" else ""),
-                 (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"train.d={args.unilora_d}",
-                  "dist.comm_hook=none")) for m in args.peft]
-    diloco = lambda h: (f"train.sync_every={h}", "train.outer=nesterov", "dist.comm_hook=none")
+                 (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"subspace.d={args.unilora_d}",
+                  "ddp.hook=none")) for m in args.peft]
+    diloco = lambda h: ("dist.strategy=local_sgd", f"local_sgd.every={h}", "local_sgd.outer=nesterov", "ddp.hook=none")
     out += [Cell("DiLoCo", f"DiLoCo H={h}", (*full, *diloco(h))) for h in args.diloco_h]
-    out += [Cell("subspace + DiLoCo", f"subspace d={d} H={h}", ("train.method=subspace", "train.projection=fastfood",
-                 f"train.d={d}", f"train.lr={args.lr_subspace}", *diloco(h)))
+    out += [Cell("subspace + DiLoCo", f"subspace d={d} H={h}", ("train.method=subspace", "subspace.projection=fastfood",
+                 f"subspace.d={d}", f"train.lr={args.lr_subspace}", *diloco(h)))
             for d in args.diloco_dims for h in args.diloco_dims_h]
-    out += [Cell("LoRA + DiLoCo", f"LoRA r={r} H={h}", ("train.method=lora", f"train.lora_rank={r}",
+    out += [Cell("LoRA + DiLoCo", f"LoRA r={r} H={h}", ("train.method=lora", f"lora.rank={r}",
                  f"train.lr={args.lr_lora}", *diloco(h))) for r in args.diloco_lora_ranks for h in args.diloco_lora_h]
     return out
 
@@ -90,7 +90,7 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
     cached = _cached(where / "summary.json", config_hash(cfg))
-    s = cached or run_logged(cfg, where)
+    s = cached or train_logged(cfg, where)
     runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
                    f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
@@ -264,10 +264,10 @@ def main_body(args, cfg) -> None:
         steps = next((r["seeds"][0]["steps"] for r in rows if "seeds" in r), cfg.train.steps)
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, steps=steps,
                     global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
-                    seeds=args.seeds or [cfg.train.seed], powersgd_start_iter=cfg.dist.powersgd_start_iter,
-                    powersgd_error_feedback=cfg.dist.powersgd_error_feedback, machine=runtime.machine(),
+                    seeds=args.seeds or [cfg.train.seed], powersgd_start_iter=cfg.powersgd.start_iter,
+                    powersgd_error_feedback=cfg.powersgd.error_feedback, machine=runtime.machine(),
                     lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR},
-                    outer=dict(lr=cfg.train.outer_lr, momentum=cfg.train.outer_momentum))
+                    outer=dict(lr=cfg.local_sgd.outer_lr, momentum=cfg.local_sgd.outer_momentum))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
         md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)
         (out / "frontier.md").write_text(md)

@@ -7,8 +7,8 @@ training, with what each costs per step.
 On the config's model and data (any model the config accepts, the Hugging Face ones included),
 with sweep.seeds seeds, as one bisection sweep (experiments/sweep.py, sweep.search = "bisect"):
 full training (the baseline); a bisection on log d in [sweep.d_min, sweep.d_max] for the subspace
-(train.projection); a bisection over LoRA ranks in [sweep.lora_min, sweep.lora_max] on
-train.lora_targets (lora_max 0: the largest rank every target takes, at most MAX_RANK) — each to
+(subspace.projection); a bisection over LoRA ranks in [sweep.lora_min, sweep.lora_max] on
+lora.targets (lora_max 0: the largest rank every target takes, at most MAX_RANK) — each to
 t = sweep.threshold × the measured baseline (sweep.bisect_on picks another target). The
 recommendation for each is the largest of the seeds' first budgets that reached t, and every seed
 is trained at it (the check, in the same run). The table: per method the budget, the trainable
@@ -41,7 +41,7 @@ def prepare(cfg: Config) -> Config:
 
     cfg.sweep.search, cfg.sweep.mode = "bisect", "ddp"
     if not cfg.sweep.lora_max:
-        top = lora.max_rank(build_model(cfg.model.name), lora.parse_targets(cfg.train.lora_targets))
+        top = lora.max_rank(build_model(cfg.model.name), lora.parse_targets(cfg.lora.targets))
         cfg.sweep.lora_max = max(cfg.sweep.lora_min, min(top, MAX_RANK))
     return cfg
 
@@ -76,8 +76,8 @@ def table(cfg: Config, records: list[dict], n: int) -> str:
     head = (f"| method | budget | trainable | accuracy per seed (target {t:.4f}) | wire B/step, DDP "
             + " | ".join(f"{k} ranks" for k in RANKS) + f" | step time here ({n} rank{'s' * (n > 1)}) |")
     lines = [head, "|---|---:|---:|---|" + "---:|" * (len(RANKS) + 1)]
-    for kind, label in (("full", "full training"), ("subspace", f"subspace ({cfg.train.projection})"),
-                        ("lora", f"LoRA on {cfg.train.lora_targets or 'every layer'}")):
+    for kind, label in (("full", "full training"), ("subspace", f"subspace ({cfg.subspace.projection})"),
+                        ("lora", f"LoRA on {cfg.lora.targets or 'every layer'}")):
         x = 0 if kind == "full" else recommended(cfg, records, kind)
         if x is None:
             lines.append(f"| {label} | not reached in the range searched | | | " + "| " * (len(RANKS) + 1))

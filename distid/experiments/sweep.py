@@ -4,7 +4,7 @@ a grid of d, several seeds each, and report d_int90 (distid.experiments.intrinsi
     python -m distid.experiments.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
     torchrun --nproc_per_node=2 -m distid.experiments.sweep --config configs/mnist_fc_id.toml
 
-Every point is `distid.run.api.run` with [train] changed in method, d (or lora_rank), seed and lr.
+Every point is `distid.train.train` with [train] changed in method, d (or lora_rank), seed and lr.
 sweep.mode = "split" (the fast path on CPUs): the ranks share out the points and each trains its
 own alone, as a one-process run; results meet on rank 0 at the end. "ddp": every point trains on
 all ranks under DDP, one after another. A finished point is recorded in OUT/sweep.json at once;
@@ -29,7 +29,7 @@ from distid import runtime
 from distid.experiments import intrinsic, sweep_store
 from distid.config import Config, ConfigError, load_config, to_dict
 from distid.run import cli
-from distid.run.api import run_logged
+from distid.train import train_logged
 
 COST = {"full": 0.6, "subspace": 1.0, "lora": 0.7}  # rough relative run time, to balance the ranks' shares
 
@@ -66,14 +66,14 @@ def overrides(cfg: Config, point: dict) -> list[str]:
     k, s = point["kind"], cfg.sweep
     lr = {"full": s.full_lr, "subspace": cfg.train.lr, "lora": s.lora_lr}[k]
     over = [f"train.method={k}", f"train.seed={point['seed']}", f"train.lr={lr}"]
-    return over + ([f"train.d={point['x']}"] if k == "subspace" else []) + \
-        ([f"train.lora_rank={point['x']}"] if k == "lora" else [])
+    return over + ([f"subspace.d={point['x']}"] if k == "subspace" else []) + \
+        ([f"lora.rank={point['x']}"] if k == "lora" else [])
 
 
-RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy", "dist.comm_hook",
+RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy", "ddp.hook",
                "dist.powersgd_")  # what decides a point's result
 NOT_RESULT = ("train.log_every", "train.eval_every")
-ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("train.d", "train.projection", "train.said", "train.max_dense_gb")}
+ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("subspace.d", "subspace.projection", "subspace.said", "subspace.max_dense_gb")}
 
 
 def fingerprint(cfg: Config, ranks: int) -> str:
@@ -123,7 +123,7 @@ def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int
     """Train one point (train's own output goes to OUT/points/KEY/train.log) and return its record."""
     pcfg = point_cfg(args, cfg, point)
     t0 = time.perf_counter()
-    s = run_logged(pcfg, out / "points" / key(point))
+    s = train_logged(pcfg, out / "points" / key(point))
     keep = ("test_accuracy", "train_loss", "trainable_params", "total_params", "steps", "steps_planned",
             "stopped_early", "epochs", "step_time_s",
             "lora_rank", "world_size", "theta0")

@@ -19,7 +19,7 @@ def lora_budgets(cfg: Config) -> dict[int, int]:
     from distid.models import build_model
 
     model = build_model(cfg.model.name)
-    targets = lora.parse_targets(cfg.train.lora_targets)
+    targets = lora.parse_targets(cfg.lora.targets)
     out = {}
     for r in BUDGET_RANKS:
         try:

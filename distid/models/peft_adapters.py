@@ -4,12 +4,12 @@ trainable tensors like any other.
 
     vera      (Kopiczko et al. 2024)  ΔW = Λ_b·B·Λ_d·A: A [r, in] and B [out, r] random, frozen and
               shared by every layer (sliced to each shape); trained: λ_d [r] and λ_b [out] per layer.
-              r = train.lora_rank (0: PEFT's 256).
+              r = lora.rank (0: PEFT's 256).
     fourierft (Gao et al. 2024)       ΔW = α·Re(IDFT₂(S)): S holds n trainable spectral coefficients at
-              n random frequencies of each layer. n = train.n_frequency.
+              n random frequencies of each layer. n = lora.n_frequency.
     unilora   (Uni-LoRA)              every LoRA factor entry of every layer is one entry of a single
               trainable vector θ_d [d] (a random, normalised assignment): a subspace of LoRA's
-              parameters. d = train.d, LoRA rank r = train.lora_rank (0: PEFT's 4).
+              parameters. d = subspace.d, LoRA rank r = lora.rank (0: PEFT's 4).
 
 Every random part is keyed by (seed, purpose) (`runtime.rng_seed`): the frozen projections by their
 PEFT seed argument, and the initial values PEFT draws from torch's global generator (FourierFT's

@@ -2,7 +2,7 @@
 4 pre-norm blocks (4 heads, MLP 96→192→96, GELU), D = 306,826.  x: [B, 1, 28, 28] → logits [B, 10].
 
 Block: h = h + o(attn(q(n₁h), k(n₁h), v(n₁h))); h = h + fc2(gelu(fc1(n₂h))). q, k, v and o are
-separate nn.Linears, so LoRA can target them by name (`--set train.lora_targets=q,v`, PEFT's choice).
+separate nn.Linears, so LoRA can target them by name (`--set lora.targets=q,v`, PEFT's choice).
 """
 
 from __future__ import annotations

@@ -76,6 +76,8 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self.ledger.recorders[-1] is not self:  # a phase opened inside this one books its own ops
+            return out
         if func.namespace == "c10d" and self.ledger.book(self.phase, func.__name__.split(".")[0], args) \
                 not in POINT_TO_POINT and not _on_cuda(args):
             for work in (o for o in (out if isinstance(out, tuple) else (out,)) if hasattr(o, "wait")):
@@ -94,13 +96,17 @@ class CommLedger:
 
     with ledger.phase("setup"): ...                 # DDP construction, consistency checks
     with ledger.phase("step", steps=1): ...         # one optimizer step
+    with ledger.phase("sync", steps=1): ...         # inside a step: a strategy's own synchronisation
     ledger.per_step("step") → {op: bytes per step, ..., "total": ...}
+
+    Phases nest: an op is booked once, under the innermost phase open.
     """
 
     def __init__(self, world_size: int):
         self.world_size = world_size
         self.stats: dict[str, dict[str, OpStat]] = defaultdict(lambda: defaultdict(OpStat))
         self.steps: dict[str, int] = defaultdict(int)
+        self.recorders: list[_Recorder] = []
 
     def book(self, phase: str, c10d_name: str, args) -> str:
         """Book one c10d op under `phase`; returns the collective's name."""
@@ -112,8 +118,13 @@ class CommLedger:
 
     @contextmanager
     def phase(self, name: str, steps: int = 0):
-        with _Recorder(self, name):
-            yield
+        recorder = _Recorder(self, name)
+        self.recorders.append(recorder)
+        try:
+            with recorder:
+                yield
+        finally:
+            self.recorders.pop()
         self.steps[name] += steps
 
     def totals(self, phase: str) -> dict[str, int]:
@@ -127,14 +138,16 @@ class CommLedger:
         n = max(self.steps[phase], 1)
         return {op: b / n for op, b in self.totals(phase).items()}
 
-    def per_training_step(self, sync_every: int = 1) -> dict[str, float] | None:
-        """{op: payload bytes per training step, ..., 'total'}: the "step" phase's average, or with
-        local steps (H = sync_every > 1, inner steps hand in nothing) a synchronisation's ("outer") / H;
-        None before any is booked."""
-        phase = "outer" if sync_every > 1 else "step"
-        if not self.steps[phase]:
+    def per_training_step(self, steps_run: int) -> dict[str, float] | None:
+        """{op: payload bytes per training step, ..., 'total'}: the booked steps' average ("step"),
+        plus every synchronisation a strategy ran between steps ("sync", all booked) spread over the
+        `steps_run` steps of this process; None before any step is booked."""
+        if not self.steps["step"] and not self.steps["sync"]:
             return None
-        return {op: b / sync_every for op, b in self.per_step(phase).items()}
+        per = self.per_step("step") if self.steps["step"] else {"total": 0.0}
+        for op, b in self.totals("sync").items():
+            per[op] = per.get(op, 0.0) + b / max(steps_run, 1)
+        return per
 
     def calls_per_step(self, phase: str = "step") -> dict[str, float]:
         n = max(self.steps[phase], 1)
@@ -163,3 +176,10 @@ def to_wire(payload: dict, n: int) -> dict[str, float]:
     out = {op: wire_bytes(op, b, n) for op, b in payload.items() if op != "total"}
     out["total"] = sum(out.values())
     return out
+
+
+def sent_per_step(ledger_wire: dict | None, formula_wire: dict) -> float:
+    """Wire bytes a rank sends per training step: the ledger's figure once it has booked steps,
+    else the formula's. Every place that quotes one number per step (the progress line, the summary,
+    the closing table, compare) takes it from here."""
+    return (ledger_wire or formula_wire)["total"]

@@ -10,6 +10,7 @@ import psutil
 
 from distid import runtime
 from distid.observe.summary import Summary
+from distid.primitives.formulas import wire_factor
 
 
 class Progress:
@@ -83,7 +84,7 @@ def method_label(s: Summary) -> str:
     if s.projection:
         return f"{s.method} ({s.projection}, d = {s.trainable_params:,})"
     if s.method == "lora":
-        names = [t.strip() for t in (s.config.get("train", {}).get("lora_targets") or "").split(",") if t.strip()]
+        names = [t.strip() for t in (s.config.get("lora", {}).get("targets") or "").split(",") if t.strip()]
         targets = ", ".join(f"layer {t}" if t.isdigit() else t for t in names) or "every Linear/Conv layer"
         return f"lora (rank {s.lora_rank} on {targets})"
     return s.method
@@ -97,11 +98,9 @@ def final_table(s: Summary, ledger_table: str) -> str:
     """The closing table, in words: what ran, what it reached, what one rank sent per step (wire
     bytes: a ring all-reduce of S bytes sends 2(N−1)/N·S), time, memory, and where the files are."""
     n = s.world_size
-    full = 2 * (n - 1) / n * 4 * s.total_params  # full training under DDP: ring all-reduce of D floats
-    sent = (s.comm_wire_bytes_per_step or s.comm_wire_formula)["total"]
-    how = s.strategy.upper() if s.sync_every == 1 else \
-        f"{'DiLoCo' if s.outer == 'nesterov' else 'local SGD'} (H = {s.sync_every})"
-    where = f"{how} on {n} ranks, {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend})" \
+    full = wire_factor("all_reduce", n) * 4 * s.total_params  # full training under DDP: all-reduce of D floats
+    sent = s.wire_per_step
+    where = f"{s.strategy_label} on {n} ranks, {s.nnodes} node{'s' if s.nnodes > 1 else ''} ({s.backend})" \
         if n > 1 else f"one process ({s.device})"
     lines = [f"\n{method_label(s)}, {where}, {s.steps:,} steps of global batch {s.global_batch}",
              _row("trained numbers", f"{s.trainable_params:,} " + (f"(the adapters; the model's D = {s.total_params:,} "
@@ -113,21 +112,22 @@ def final_table(s: Summary, ledger_table: str) -> str:
         lines += [_row("sent per step", f"{sent:,.0f} B by each rank; full training under DDP would send "
                        f"{full:,.0f} B ({more})"),
                   _row("sent at set-up", f"{s.comm_wire_bytes_setup['total']:,.0f} B by each rank, once")]
-        if s.sync_every > 1 and s.comm_wire_bytes_per_sync:
-            lines.append(_row("synchronised", f"every {s.sync_every} steps ({s.outer}), {s.comm_syncs} times: "
-                              f"{s.comm_wire_bytes_per_sync['total']:,.0f} B by each rank each time; "
-                              f"inner steps send nothing"))
+        if s.comm_syncs and s.comm_wire_bytes_per_sync:
+            lines.append(_row("synchronised", f"every {s.sync_period} steps and after the last, {s.comm_syncs} "
+                              f"times: {s.comm_wire_bytes_per_sync['total']:,.0f} B by each rank each time; "
+                              f"the steps between send nothing"))
     else:
         lines.append(_row("sent per step", "nothing: one process"))
     if s.comm_measured_bytes_per_step is not None:
         lines.append(_row("measured", f"{s.comm_measured_bytes_per_step:,.0f} B/step/rank on {s.comm_measured_interface} "
                           f"(its counters: headers and the backend's own algorithms included)"))
-    lines += [_row("step time", f"{1e3 * s.step_time_s:.2f} ms (median)" if s.step_time_s else
+    how_timed = "(median)" if s.sync_period == 1 else "(mean, the synchronisations included)"
+    lines += [_row("step time", f"{1e3 * s.step_time_s:.2f} ms {how_timed}" if s.step_time_s else
                    "not timed (too few steps after the booked ones)"),
               _row("peak memory", f"{s.peak_rss_mb:.0f} MB resident, the largest rank"),
               _row("compute", f"{s.flops_per_step / 1e6:.1f} MFLOP per step per rank")]
     if n > 1 and ledger_table.count("\n") > 0:
-        per, booked = ("synchronisation", f"{s.comm_syncs} synchronisations") if s.sync_every > 1 \
+        per, booked = ("synchronisation", f"{s.comm_syncs} synchronisations") if s.comm_syncs \
             else ("step", f"{s.comm_steps_booked} steps")
         lines += [f"collectives per {per} on rank 0 ({booked} booked; sent: what a ring algorithm "
                   f"sends; handed in: the tensor given to the collective):", ledger_table]

@@ -8,9 +8,14 @@ otherwise, each named by its meaning — never add or divide two of different me
   comm_payload_*  the tensors this rank hands to collectives (all_gather: its 1/N shard);
   comm_measured_* what the network interface counted (opt-in: dist.measure_interface).
 `*_bytes_per_step` come from the ledger over `comm_steps_booked` steps, `*_formula` from the
-parameters, `*_setup` / `*_warmup` are phase totals. With local steps (`sync_every` = H > 1) the
-inner steps hand in nothing (`comm_payload_bytes_inner_step`, booked as usual) and
-`*_bytes_per_step` is a synchronisation's bytes (`*_bytes_per_sync`, over `comm_syncs`) / H.
+parameters, `*_setup` / `*_warmup` are phase totals. A strategy that synchronises between steps
+(local SGD, DiLoCo: every `sync_period` steps) has its synchronisations booked apart
+(`*_bytes_per_sync`, over `comm_syncs`, every one booked) and spread over the steps run:
+`*_bytes_per_step` = the booked steps' own (`comm_payload_bytes_inner_step`: nothing) + all
+synchronisations' bytes ÷ steps. `wire_per_step` is the one figure to quote per step.
+
+`schema` counts the changes of this layout: 2 = the config by sections, the strategy's label and
+period (1 had `sync_every` and `outer`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from distid.observe.ledger import sent_per_step
+
+SCHEMA = 2
+
 
 @dataclass
 class Summary:
     # what ran
     method: str
-    strategy: str
+    strategy: str  # dist.strategy as configured
     ddp_active: bool
     world_size: int
     nnodes: int
@@ -86,14 +95,20 @@ class Summary:
     checkpoint: str | None = None
     checkpoint_bytes: int | None = None
     full_state_dict_bytes: int | None = None
-    # local steps (train.sync_every)
-    sync_every: int = 1  # H: 1 = DDP synchronises every gradient
-    outer: str | None = None  # "average" | "nesterov" when H > 1
-    comm_syncs: int = 0  # synchronisations booked (every one is)
+    # the strategy
+    strategy_label: str = ""  # in words: "DDP + PowerSGD (rank 1)", "DiLoCo (H = 32)"
+    sync_period: int = 1  # the replicas are one model every this many steps (1: every step)
+    comm_syncs: int = 0  # synchronisations between steps, booked (every one is)
     comm_payload_bytes_per_sync: dict | None = None
     comm_wire_bytes_per_sync: dict | None = None
     comm_calls_per_sync: dict | None = None
-    comm_payload_bytes_inner_step: dict | None = None  # H > 1: what the booked inner steps handed in
+    comm_payload_bytes_inner_step: dict | None = None  # with synchronisations: what the booked steps handed in
+    schema: int = SCHEMA
+
+    @property
+    def wire_per_step(self) -> float:
+        """Bytes each rank sends per step: the ledger's figure, else the formula's."""
+        return sent_per_step(self.comm_wire_bytes_per_step, self.comm_wire_formula)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +121,10 @@ class Summary:
 
     @classmethod
     def load(cls, path: Path) -> "Summary":
-        """A summary.json; keys this version does not know are dropped (missing ones raise TypeError)."""
+        """A summary.json of this schema; keys this version does not know are dropped; an older schema
+        raises ValueError naming it (its runs are to be rerun)."""
         raw = json.loads(Path(path).read_text())
+        if raw.get("schema", 1) != SCHEMA:
+            raise ValueError(f"{path} has summary schema {raw.get('schema', 1)}, this distid reads {SCHEMA}: rerun it")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -6,7 +6,9 @@ Subspace and LoRA (trainable state replicated on every rank): one file written b
 FSDP-sharded LoRA: a `torch.distributed.checkpoint` folder `step_000040/` (each rank writes its
 shards, any world size loads them) with the same meta in `meta.pt`. meta = steps done, loader
 position, the config and its resume hash, θ₀/P fingerprints, the RNG state (once when all ranks'
-agree) and each rank's recent losses.
+agree), each rank's recent losses and its strategy's own state (PowerSGD's), and the strategy's
+shared state once (DiLoCo's outer momentum). Where each rank's optimizer state is its own (local
+steps), each rank's is in meta and none in the file.
 Atomic: written as `.tmp-step_…`, fsync'd, renamed; a crash before the rename leaves the previous
 checkpoint the latest.
 """
@@ -23,18 +25,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distid.parallel.local_sgd import falls_due
-from distid.run import fault_injection
 from distid.config import SECTIONS, Config, timestamped_dir, to_dict
+from distid.run import fault_injection
+from distid.strategies import Strategy
+from distid.strategies.base import falls_due
 
-FORMAT = 2  # 2: random streams keyed by (seed, purpose), the comm hook's state and settings
+FORMAT = 3  # 3: the config by sections, the strategy's state
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
 # Keys that may change between a checkpoint and its resume: run length, logging, where data lives,
-# and the dist.* settings that only decide how the same sums travel (strategy, backend, timeout).
-# The comm hook and its settings decide the trajectory (PowerSGD's approximation, its warm-up).
+# and the [dist] settings that decide how the run talks, not what it computes (backend, timeout).
+# A strategy's own sections ([ddp], [powersgd], [local_sgd]) decide the trajectory.
 RESUMABLE_CHANGES = ("name", "data.root", "train.steps", "train.epochs", "train.log_every", "train.eval_every",
-                     "train.ckpt_every", "train.ckpt_keep", "train.max_dense_gb", "train.check_replicas_every")
-TRAJECTORY_DIST = ("dist.comm_hook", "dist.powersgd_rank", "dist.powersgd_start_iter", "dist.powersgd_error_feedback")
+                     "checkpoint.every", "checkpoint.keep", "subspace.max_dense_gb", "dist.backend",
+                     "dist.timeout_s", "dist.check_replicas_every", "dist.measure_interface")
+# Strategies that apply the same mean gradient every step: one may resume another's checkpoint
+EVERY_STEP = ("none", "ddp", "fsdp")
 # torch.distributed.checkpoint is imported where a DCP checkpoint is written or read: it pulls in
 # DTensor (about 1 s per process on a 2-core AMD EPYC), which runs without one need not pay.
 FROZEN_LEFT_OUT = dict(ignore_frozen_params=True)  # a LoRA base is rebuilt from the seed, not saved
@@ -56,15 +61,13 @@ class AlreadyFinished(Exception):
     """--resume of a run that has finished: nothing to do, and nothing is written."""
 
 
-def flat_config(cfg: Config | dict, gated: bool = True) -> dict:
-    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES);
-    gated: PowerSGD's settings only when it is the hook (False: always, to show what changed)."""
+def flat_config(cfg: Config | dict) -> dict:
+    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES)."""
     raw = to_dict(cfg) if isinstance(cfg, Config) else cfg
     flat = {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
-    hook = flat.get("dist.comm_hook", "none")
-    return {k: v for k, v in sorted(flat.items())
-            if k not in RESUMABLE_CHANGES and (not k.startswith("dist.") or k in TRAJECTORY_DIST)
-            and not (gated and k.startswith("dist.powersgd_") and hook != "powersgd")}
+    if flat.get("dist.strategy") in EVERY_STEP:
+        flat["dist.strategy"] = "every step"
+    return {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES}
 
 
 def resume_hash(cfg: Config | dict) -> str:
@@ -185,17 +188,18 @@ def _diff(saved: dict, mine: dict) -> str:
 class Checkpointer:
     """Saves every `every` steps (0: only at the end) and at the end, keeps the last `keep` (0: none)."""
 
-    def __init__(self, folder: Path, cfg: Config, model: torch.nn.Module, fingerprint: dict | None = None):
+    def __init__(self, folder: Path, cfg: Config, model: torch.nn.Module, strategy: Strategy,
+                 fingerprint: dict | None = None):
         self.folder, self.cfg, self.model, self.fingerprint = Path(folder), cfg, model, fingerprint
-        self.every, self.keep, self.h = cfg.train.ckpt_every, cfg.train.ckpt_keep, cfg.train.sync_every
+        self.every, self.keep, self.strategy = cfg.checkpoint.every, cfg.checkpoint.keep, strategy
         self.rank, self.n = dist.get_rank(), dist.get_world_size()
         self.dcp = uses_dcp(cfg, model)
         self.last: Path | None = None
 
     def due(self, done: int, steps: int) -> bool:
-        """After `done` steps of `steps`: every `every` steps (with local steps, at the first
-        synchronisation at or after each multiple) and at the end."""
-        return self.keep > 0 and (done == steps or falls_due(done, self.every, self.h))
+        """After `done` steps of `steps`: every `every` steps (where the strategy synchronises every
+        period steps, at the first synchronisation at or after each multiple) and at the end."""
+        return self.keep > 0 and (done == steps or falls_due(done, self.every, self.strategy.period))
 
     def _meta(self, done: int, loader, local: dict) -> dict | None:
         """Meta on rank 0 (None elsewhere): every rank's local state (RNG, recent losses) gathered."""
@@ -207,10 +211,16 @@ class Checkpointer:
         rngs = rngs[:1] if all(torch.equal(rngs[0], g) for g in rngs) else rngs
         return dict(format=FORMAT, step=done, world_size=self.n, config=to_dict(self.cfg),
                     resume_hash=resume_hash(self.cfg), loader=loader.state_dict(),
-                    fingerprint=self.fingerprint, ranks=everyone, rng=rngs, dcp=self.dcp)
+                    fingerprint=self.fingerprint, ranks=everyone, rng=rngs, dcp=self.dcp,
+                    shared=self.strategy.shared_state_dict())
 
     def save(self, done: int, opt: torch.optim.Optimizer, loader, local: dict) -> Path:
-        """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path."""
+        """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path.
+        `local`: this rank's own state (RNG, losses, …), to which its strategy's state is added."""
+        local = dict(local, strategy=self.strategy.state_dict())
+        own = self.strategy.own_optimizer
+        if own:
+            local["optim"] = opt.state_dict()
         name = f"step_{done:06d}"
         final, tmp = self.folder / (name if self.dcp else name + ".pt"), self.folder / f".tmp-{name}"
         if self.rank == 0:
@@ -221,12 +231,12 @@ class Checkpointer:
             dist.barrier()  # the stale temporary is gone before anyone writes into it
             dcp, sd = _dcp()
             msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))
-            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+            dcp.save({"model": msd} if own else {"model": msd, "optim": osd}, checkpoint_id=str(tmp))
             if self.rank == 0:
                 _save_file(meta, tmp / "meta.pt")
         elif self.rank == 0:
             trainable = {k: p.detach().cpu().clone() for k, p in self.model.named_parameters() if p.requires_grad}
-            _save_file(dict(meta=meta, trainable=trainable, optim=opt.state_dict()), tmp)
+            _save_file(dict(meta=meta, trainable=trainable, **({} if own else dict(optim=opt.state_dict()))), tmp)
         if self.rank == 0:
             _publish(tmp, final, done)
             for _, old in find(self.folder)[:-self.keep]:
@@ -237,7 +247,8 @@ class Checkpointer:
 
     def resume(self, opt: torch.optim.Optimizer, loader) -> tuple[int, dict, str] | None:
         """Load the latest checkpoint into model, optimizer and loader (a collective).
-        Returns (steps done, this rank's local state, a line for the user), or None if there is none."""
+        Returns (steps done, this rank's local state, a line for the user), or None if there is none;
+        the strategy's state is restored here too."""
         box = [None]
         if self.rank == 0:
             path = latest(self.folder)
@@ -256,9 +267,10 @@ class Checkpointer:
         if self.dcp:
             dcp, sd = _dcp()
             msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))
-            state = {"model": msd, "optim": osd}
+            own = self.strategy.own_optimizer
+            state = {"model": msd} if own else {"model": msd, "optim": osd}
             dcp.load(state, checkpoint_id=str(path))
-            keys = sd.set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+            keys = sd.set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state.get("optim", {}),
                                      options=sd.StateDictOptions(**FROZEN_LEFT_OUT, strict=False))  # base missing
             trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
             if set(keys.missing_keys) & trainable:
@@ -268,6 +280,10 @@ class Checkpointer:
         loader.load_state_dict(meta["loader"])
         same_world = meta["world_size"] == self.n
         local = meta["ranks"][self.rank] if same_world else {"evals": meta["ranks"][0].get("evals", [])}  # every rank's
+        if self.strategy.own_optimizer:
+            opt.load_state_dict(local["optim"])
+        self.strategy.load_state_dict(local.get("strategy", {}))
+        self.strategy.load_shared_state_dict(meta.get("shared") or {})
         if len(meta["rng"]) == 1 or same_world:
             torch.set_rng_state(meta["rng"][0 if len(meta["rng"]) == 1 else self.rank])
         note = f"resuming from {path} ({meta['step']} steps done)"
@@ -278,25 +294,22 @@ class Checkpointer:
         return meta["step"], local, note
 
     def _check(self, path: Path, meta: dict) -> None:
-        if meta.get("format") == 1:
+        if meta.get("format") in (1, 2):
+            why = "random streams differ" if meta["format"] == 1 else "config layout and strategy state differ"
             raise CheckpointError(f"checkpoint {path} was written by an older distid (checkpoint format "
-                                  f"{meta['format']}, this one writes {FORMAT}): its random streams differ from "
-                                  f"this version's, so it cannot be continued; start afresh with another --out")
+                                  f"{meta['format']}, this one writes {FORMAT}): its {why} from this version's, so "
+                                  f"it cannot be continued; start afresh with another --out")
         if meta.get("format") != FORMAT or meta.get("dcp") != self.dcp:
             raise CheckpointError(f"checkpoint {path} is not a distid checkpoint of this kind "
                                   f"({'full/sharded' if self.dcp else 'subspace/LoRA'}); use another --out")
         if meta["resume_hash"] != resume_hash(self.cfg):
-            diff = _diff(flat_config(meta["config"], gated=False), flat_config(self.cfg, gated=False))
+            diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
             raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
                                   f"resume with the same config, or start afresh with another --out")
-        if meta["world_size"] != self.n and meta["ranks"][0].get("comm_hook"):
+        if meta["world_size"] != self.n and self.strategy.own_state:
             raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks under "
-                                  f"dist.comm_hook = {self.cfg.dist.comm_hook!r}, whose state (error feedback, "
-                                  f"warm start) is each rank's own: resume it on {meta['world_size']} ranks")
-        if meta["world_size"] != self.n and meta["ranks"][0].get("inner_optim"):
-            raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks taking local steps "
-                                  f"(train.sync_every = {self.cfg.train.sync_every}), whose inner optimizer states "
-                                  f"are each rank's own: resume it on {meta['world_size']} ranks")
+                                  f"{self.strategy.label}, whose {self.strategy.own_state} is each rank's own: "
+                                  f"resume it on {meta['world_size']} ranks")
         if self.fingerprint and meta.get("fingerprint") and meta["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path}: θ₀/P regenerated here differ from the checkpoint's (fingerprint "

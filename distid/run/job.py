@@ -1,12 +1,13 @@
 """One training run's parts, set up from a config, and what happens around each step.
 
     with Job(cfg, out_dir, resume) as job:      # process group, data, model, strategy, optimizer, resume
-        for step in job.steps(): ...            # the loop: distid/train.py (or distid.run.api.run)
+        for step in job.steps(): ...            # the loop: distid/train.py
         summary = job.finish()                  # final evaluation, summary.json, the closing table
 
 Everything the loop does not show lives here: the ledger's set-up phase, the start-up checks that
-every rank regenerated the same θ₀ and P, checkpoints and resume, the NaN stop, progress, evaluation,
-and — when a collective fails — naming the rank that died or hangs (run/watchdog.py).
+every rank regenerated the same θ₀ and P, the strategy (chosen once, from dist.strategy: it wraps
+the model and hooks the optimizer), checkpoints and resume, the NaN stop, progress, evaluation, and
+— when a collective fails — naming the rank that died or hangs (run/watchdog.py).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ from distid.observe.evaluate import accuracy
 from distid.observe.ledger import CommLedger, to_wire
 from distid.observe.progress import Progress, final_table
 from distid.observe.summary import Summary
-from distid.parallel import compression
 from distid.parallel.consistency import assert_same_across_ranks, check_replicas
 from distid.parallel.fsdp import full_state
-from distid.parallel.local_sgd import OuterSync, falls_due
-from distid.run.build import build, make_optimizer, wrap
+from distid.run.build import build, make_optimizer
 from distid.run.checkpoint import AlreadyFinished, Checkpointer, default_out_dir, restart_count, size_bytes
 from distid.run.fault_injection import Injector
 from distid.run.meter import StepMeter
 from distid.run.summarize import summarize
 from distid.run.watchdog import Watch, check_finite, is_collective_error, restart_hazard
+from distid.strategies import choose
+from distid.strategies.base import falls_due
 from distid.subspace import SubspaceModel
 
 
@@ -67,6 +68,7 @@ class Job:
         cfg, rank, n = self.cfg, self.rank, self.n
         self.device, self.ledger, self.t_start = runtime.device(), CommLedger(n), time.perf_counter()
         with self.ledger.phase("setup"):  # data, model, start-up checks and the strategy's wrapper
+            self.strategy = choose(cfg, n, self.device)  # refuses what it cannot run before anything is built
             if cfg.dist.measure_interface:
                 try:
                     interface.check_everywhere(cfg.dist.measure_interface)
@@ -82,19 +84,13 @@ class Job:
             self.theta0 = pretrained.theta0_source(cfg.model.init_from, cfg.train.seed)
             assert_same_across_ranks({**(self.fingerprint or {}), "theta0_source": self.theta0})
             self.shape = _shape(self.model)
-            self.net, self.counter, self.formula = wrap(self.model, cfg, n, self.device)
+            self.net = self.strategy.wrap(self.model)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-            self.outer = _outer(cfg, self.trainable, n)
-            if self.outer:  # no DDP start-up broadcast: the replicas must have been built equal
-                check_replicas(self.model, 0)
         self.opt = make_optimizer(cfg, self.trainable)
         self.total_steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(self.loader)))
-        self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.fingerprint)
-        with self.ledger.phase("checkpoint"):
+        self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.strategy, self.fingerprint)
+        with self.ledger.phase("checkpoint"):  # model, optimizer, loader, RNG and the strategy's state
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
-        if self.resumed and self.outer:  # each rank's own inner optimizer; the outer one
-            self.opt.load_state_dict(self.resumed[1]["inner_optim"])
-            self.outer.load_state_dict(self.resumed[1]["outer"])
         self.start = self.resumed[0] if self.resumed else 0
         self.evals = list(self.resumed[1].get("evals", [])) if self.resumed else []  # test accuracies so far
         self.settled_at = self.start if self.resumed and self._settled() else None  # steps done at a plateau
@@ -103,7 +99,7 @@ class Job:
                                   f"(train.stop_plateau = {cfg.train.stop_plateau}): nothing to do and nothing "
                                   f"written; start afresh with another --out")
         if resume and _finished(self.out):
-            if not self.resumed:  # train.ckpt_keep = 0: nothing to continue from
+            if not self.resumed:  # checkpoint.keep = 0: nothing to continue from
                 raise AlreadyFinished(f"{self.out} holds a finished run (summary.json written) and no checkpoint "
                                       f"to continue from: nothing to do and nothing written; start afresh with "
                                       f"another --out")
@@ -113,8 +109,6 @@ class Job:
                                       f"(N > {self.start}), or start afresh with another --out")
             if rank == 0:  # training on: the folder no longer holds a finished run until this one ends
                 (self.out / "summary.json").unlink(missing_ok=True)
-        if self.resumed and self.counter is not None and self.resumed[1].get("comm_hook") is not None:
-            compression.load_state_dict(self.counter.state, self.resumed[1]["comm_hook"])
         self.losses = [torch.tensor(v) for v in self.resumed[1].get("losses", [])] if self.resumed else []
         if restart_hazard() and restart_count() == 0:
             runtime.print0(restart_hazard())
@@ -122,11 +116,10 @@ class Job:
             runtime.print0(self.resumed[2] if self.resumed else f"no checkpoint in {self.ckpt.folder}: starting from step 0")
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
-        done_by_hook = getattr(self.counter.state, "iter", 0) if self.counter else 0  # PowerSGD's restored count
-        plain = max(compression.plain_steps(cfg.dist.comm_hook, cfg.dist.powersgd_start_iter) - done_by_hook, 0)
-        self.meter = StepMeter(self.ledger, to_wire(self.formula, n), self.start, plain, self.device,
-                               cfg.dist.measure_interface, cfg.train.sync_every)
-        self.inject_faults = Injector(rank, self.counter)
+        self.strategy.attach(self.opt, self.ledger, self.start, self.total_steps)
+        self.meter = StepMeter(self.ledger, to_wire(self.strategy.payload, n), self.start,
+                               self.strategy.warm_steps(), self.device, cfg.dist.measure_interface)
+        self.inject_faults = Injector(rank, self.strategy.counter)
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
 
@@ -164,17 +157,6 @@ class Job:
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def outer_sync(self, step: int) -> None:
-        """train.sync_every = H > 1: after every H-th step (and the last), the replicas' pseudo-gradients
-        are all-reduced and the outer step taken (parallel/local_sgd.py), then every rank's trainable
-        state is compared. Nothing with H = 1: DDP synchronised the gradient inside the step."""
-        if self.outer is None or not self.outer.due(step, self.total_steps):
-            return
-        with self.ledger.phase("outer", steps=1):
-            self.outer.sync()
-        with self.ledger.phase("checks"):
-            check_replicas(self.model, step + 1)
-
     def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Stop at a non-finite loss; then, when due: the progress line, an evaluation (and with it
         the plateau test that ends the run early), the replica check (every check_replicas_every
@@ -185,9 +167,9 @@ class Job:
         self.progress.add(loss, (logits.detach().argmax(1) == y).sum(), len(y))
         if self.progress.due(step):
             with self.ledger.phase("metrics"):
-                self.progress.log(step, self.meter.wire_per_step())
-        h = self.cfg.train.sync_every  # H > 1: the replicas are one model only right after a synchronisation
-        if falls_due(step + 1, self.cfg.train.eval_every, h) and step + 1 < self.total_steps:
+                self.progress.log(step, self.meter.wire_per_step(step + 1))
+        period = self.strategy.period  # > 1: the replicas are one model only right after a synchronisation
+        if falls_due(step + 1, self.cfg.train.eval_every, period) and step + 1 < self.total_steps:
             with self.ledger.phase("eval"):
                 self.evals.append(self.evaluate(step))
             if self._settled():
@@ -196,16 +178,13 @@ class Job:
                                f"gained at most {self.cfg.train.plateau_delta:g} on the best before them")
         last = self.settled_at or self.total_steps
         saving = self.ckpt.due(step + 1, last)
-        due = saving or falls_due(step + 1, self.cfg.train.check_replicas_every, h) or step + 1 == last
-        if due and self.outer is None:  # with local steps outer_sync compared them at each synchronisation
+        due = saving or falls_due(step + 1, self.cfg.dist.check_replicas_every, period) or step + 1 == last
+        if due:
             with self.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
                 check_replicas(self.model, step + 1)
         if saving:
             with self.ledger.phase("checkpoint"):
-                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]], evals=self.evals,
-                             comm_hook=compression.state_dict(self.counter.state if self.counter else None))
-                if self.outer:  # each rank's inner optimizer is its own (DiLoCo); the outer one is shared
-                    local.update(inner_optim=self.opt.state_dict(), outer=self.outer.state_dict())
+                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]], evals=self.evals)
                 self.ckpt.save(step + 1, self.opt, self.loader, local)
 
     def evaluate(self, step: int) -> float:
@@ -244,18 +223,10 @@ class Job:
         if self.rank == 0:
             torch.save(trained, self.out / "trainable.pt")
             summary.save(self.out / "summary.json")
-            print(final_table(summary, self.ledger.table(*(("outer", "sync") if self.outer else ("step",)))),
-                  flush=True)
+            per_sync = self.ledger.steps["sync"] > 0  # a strategy that synchronises between steps
+            print(final_table(summary, self.ledger.table(*(("sync", "sync") if per_sync else ("step",)))), flush=True)
         self.progress.close()
         return summary
-
-
-def _outer(cfg: Config, trainable: list, n: int) -> OuterSync | None:
-    """The outer loop of train.sync_every = H > 1 (parallel/local_sgd.py); None for H = 1."""
-    t = cfg.train
-    if t.sync_every == 1:
-        return None
-    return OuterSync(trainable, t.sync_every, t.outer, t.outer_lr, t.outer_momentum, t.outer_dtype, n)
 
 
 def settled(accs: list[float], k: int, delta: float) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import torch
@@ -19,35 +18,36 @@ from distid.subspace import SubspaceModel
 
 def summarize(job) -> Summary:
     """The Summary of `job` after its final evaluation (a collective: every rank calls it)."""
-    cfg, n, model, ledger, counter, device = job.cfg, job.n, job.model, job.ledger, job.counter, job.device
+    cfg, n, model, ledger, device, strategy = job.cfg, job.n, job.model, job.ledger, job.device, job.strategy
+    counter = strategy.counter
     subspace = isinstance(model, SubspaceModel)
     recent = torch.stack(job.losses[-50:]).mean().item() if job.losses else float("nan")
     train_loss = runtime.reduce_scalar(recent, dist.ReduceOp.SUM) / n
     peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
         if device.type == "cuda" else None
     held = state_bytes(getattr(job.net, "module", job.net), job.opt)
-    times = job.meter.times
-    median = statistics.median(times) if times else None
-    step_times = runtime.gather_floats(median if median is not None else float("nan"))
+    step_time = job.meter.step_time(strategy.period)
+    step_times = runtime.gather_floats(step_time if step_time is not None else float("nan"))
     rss = runtime.gather_floats(job.progress.peak_rss_mb())
     state = runtime.gather_floats(float(held["total"]))
     nnodes = runtime.node_count()
-    booked, h, syncs = ledger.steps["step"], cfg.train.sync_every, ledger.steps["outer"]
-    per_step = ledger.per_training_step(h)
+    booked, syncs = ledger.steps["step"], ledger.steps["sync"]
+    per_step = ledger.per_training_step(job.steps_done - job.start)
     return Summary(
-        method=cfg.train.method, strategy=cfg.dist.strategy, ddp_active=counter is not None,
+        method=cfg.train.method, strategy=cfg.dist.strategy, strategy_label=strategy.label,
+        ddp_active=counter is not None,
         world_size=n, nnodes=nnodes, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", n)),
         backend=dist.get_backend(), device=str(device),
-        projection=cfg.train.projection if subspace else None,
+        projection=cfg.subspace.projection if subspace else None,
         total_params=job.shape["total"], trainable_params=job.shape["trainable"],
         lora_rank=lora.rank_of(model) if cfg.train.method == "lora" else None,
         steps=job.steps_done, global_batch=cfg.train.global_batch, epochs=job.steps_done / len(job.loader),
         steps_planned=job.total_steps, stopped_early=job.settled_at is not None,
         comm_wire_bytes_per_step=to_wire(per_step, n) if per_step else None,
-        comm_wire_formula=to_wire(job.formula, n),
+        comm_wire_formula=to_wire(strategy.payload, n),
         comm_wire_bytes_setup=ledger.wire_totals("setup"), comm_wire_bytes_warmup=ledger.wire_totals("warmup"),
         comm_payload_bytes_per_step=per_step,
-        comm_payload_formula=job.formula,
+        comm_payload_formula=strategy.payload,
         comm_payload_bytes_setup=ledger.totals("setup"), comm_payload_bytes_warmup=ledger.totals("warmup"),
         comm_measured_bytes_per_step=job.meter.measured_per_step(),
         comm_measured_interface=cfg.dist.measure_interface or None,
@@ -55,7 +55,7 @@ def summarize(job) -> Summary:
         comm_steps_booked=booked, comm_steps_warmup=ledger.steps["warmup"],
         ddp_hook_payload_bytes_per_step=counter.payload / max(job.steps_done - job.start, 1) if counter else 0.0,
         test_accuracy=job.curve[-1][2], train_loss=train_loss, eval_curve=job.curve,
-        step_time_s=median, peak_rss_mb=max(rss), peak_gpu_mb=peak_gpu, state_bytes=held,
+        step_time_s=step_time, peak_rss_mb=max(rss), peak_gpu_mb=peak_gpu, state_bytes=held,
         step_time_s_per_rank=step_times, peak_rss_mb_per_rank=rss, state_bytes_per_rank=state,
         flops_per_step=job.meter.flops, projection_flops_per_step=model.projection.flops() if subspace else 0,
         wall_time_s=time.perf_counter() - job.t_start,
@@ -63,9 +63,9 @@ def summarize(job) -> Summary:
         fingerprint=job.fingerprint, theta0=job.theta0, machine=runtime.machine(),
         config=to_dict(cfg), config_hash=config_hash(cfg), out_dir=str(job.out),
         code_version=runtime.code_version(),
-        sync_every=h, outer=cfg.train.outer if h > 1 else None, comm_syncs=syncs,
-        comm_payload_bytes_per_sync=ledger.per_step("outer") if syncs else None,
-        comm_wire_bytes_per_sync=ledger.wire_per_step("outer") if syncs else None,
-        comm_calls_per_sync=ledger.calls_per_step("outer") if syncs else None,
-        comm_payload_bytes_inner_step=ledger.per_step("step") if h > 1 and booked else None,
+        sync_period=strategy.period, comm_syncs=syncs,
+        comm_payload_bytes_per_sync=ledger.per_step("sync") if syncs else None,
+        comm_wire_bytes_per_sync=ledger.wire_per_step("sync") if syncs else None,
+        comm_calls_per_sync=ledger.calls_per_step("sync") if syncs else None,
+        comm_payload_bytes_inner_step=ledger.per_step("step") if syncs and booked else None,
     )

@@ -26,7 +26,7 @@ def check_dense_fits(D: int, d: int, max_bytes: int | None = None, copies: int =
             f"a dense projection needs {need / 1e9:.2f} GB (D={D:,} × d={d:,} × 4 bytes"
             f"{f' × {copies} processes' if copies > 1 else ''}) but the limit is {limit / 1e9:.2f} GB. "
             f"Use projection = 'fastfood' (O(D) memory) or 'sparse' (about d·√D entries), "
-            f"or raise train.max_dense_gb.")
+            f"or raise subspace.max_dense_gb.")
 
 
 class DenseProjection(Projection):

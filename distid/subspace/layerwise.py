@@ -105,7 +105,7 @@ class Layerwise:
             return ("θ slice", lo, hi, version, t.size(), t.stride(), t.storage_offset() - base)
         if key == self.theta0_key:
             raise RuntimeError("layerwise θ: an operation saved θ₀ itself — some module uses parameters outside "
-                               "its own forward (a parent reading a child's weight); use train.layerwise = false")
+                               "its own forward (a parent reading a child's weight); use subspace.layerwise = false")
         return t
 
     def _unpack(self, x):

@@ -17,6 +17,7 @@ from distid.subspace.dense import DenseProjection
 from distid.subspace.fastfood import FastfoodProjection
 from distid.subspace.layerwise import Layerwise
 from distid.subspace.projection import Projection
+from distid.subspace.sharded import ShardedSubspaceModel
 from distid.subspace.sparse import SparseProjection
 
 PROJECTIONS = ("dense", "sparse", "fastfood")
@@ -153,6 +154,10 @@ class SubspaceModel(nn.Module):
         broadcast nor sync. The module's own buffers (batch-norm statistics) are not among them."""
         return (["theta0"] + [f"module.{n}" for n in self._frozen]
                 + [f"projection.{n}" for n, _ in self.projection.named_buffers()])
+
+    def sharded(self) -> ShardedSubspaceModel:
+        """This model's FSDP form: θ₀ sharded across the ranks, the same forward and d (sharded.py)."""
+        return ShardedSubspaceModel(self)
 
     def fingerprint(self) -> dict[str, str]:
         """SHA-256 of θ₀ and of P·e₁: equal on every rank iff θ₀ and P were regenerated identically."""

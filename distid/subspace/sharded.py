@@ -1,4 +1,4 @@
-"""Subspace training with θ₀ sharded across ranks (strategy = "fsdp"): where FSDP and the subspace
+"""Subspace training with θ₀ sharded across ranks (dist.strategy = "fsdp"): where FSDP and the subspace
 meet, in one file.
 
 Rank r keeps only its slice θ₀[a_r:b_r] (D/N floats) at rest. Forward: every rank computes its
@@ -11,17 +11,20 @@ per step), replicated it would undo the memory saving.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from distid import runtime
 from distid.primitives.ring import chunk_bounds
-from distid.subspace.model import SubspaceModel
+if TYPE_CHECKING:
+    from distid.subspace.model import SubspaceModel
 
 
 DENSE_UNDER_FSDP = ("a dense projection cannot be sharded without sending ∂L/∂θ (D floats) each step: "
-                    "use projection = 'fastfood' or 'sparse' with strategy = 'fsdp', or strategy = 'ddp'")
+                    "use subspace.projection = 'fastfood' or 'sparse' with dist.strategy = 'fsdp', or 'ddp'")
 
 
 class _GatherTheta(torch.autograd.Function):
@@ -51,11 +54,11 @@ class ShardedSubspaceModel(nn.Module):
         if inner.kind == "dense":
             raise ValueError(DENSE_UNDER_FSDP)
         if inner.layerwise is not None:
-            raise ValueError("train.layerwise = true is for strategy = 'ddp': under 'fsdp' each rank already "
+            raise ValueError("subspace.layerwise = true is for dist.strategy = 'ddp': under 'fsdp' each rank already "
                              "forms only its own rows of θ")
         if inner.said is not None:
-            raise ValueError("train.said = true is not supported with strategy = 'fsdp' (the sharded forward "
-                             "applies P·d slice by slice); use strategy = 'ddp'")
+            raise ValueError("subspace.said = true is not supported with dist.strategy = 'fsdp' (the sharded forward "
+                             "applies P·d slice by slice); use 'ddp'")
         n, r = dist.get_world_size(), dist.get_rank()
         self.all_bounds = chunk_bounds(inner.D, n)
         self.bounds = self.all_bounds[r]

@@ -1,5 +1,5 @@
 """Peak memory of one forward + backward at large D: subspace with θ formed whole, subspace with θ
-formed layer by layer (train.layerwise), and full training, on a deep MLP of D parameters.
+formed layer by layer (subspace.layerwise), and full training, on a deep MLP of D parameters.
 
 Each case runs in its own process (a fresh heap): RSS after the imports is its zero; the model and
 the projection are built; the kernel's high-water mark is reset (/proc/self/clear_refs, Linux); one

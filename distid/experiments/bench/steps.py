@@ -16,7 +16,7 @@ from distid import runtime
 from distid.experiments.bench.timing import interleaved, median, spread, time_calls
 from distid.config import load_config
 from distid.models import count_params
-from distid.run.api import train_step
+from distid.train import train_step
 from distid.run.build import build, make_optimizer, wrap
 
 VARIANTS = [("full", None), ("subspace", "fastfood"), ("subspace", "sparse"), ("subspace", "dense"), ("lora", None)]
@@ -25,8 +25,8 @@ MODELS = ("mlp", "mlp_wide")
 
 def make_stepper(model_name: str, method: str, projection: str | None, d: int, local_batch: int, n: int):
     """(one optimizer step of this variant on a fixed random MNIST-shaped batch, trainable count)."""
-    over = [f"model.name={model_name}", f"train.method={method}", f"train.d={d}"]
-    over += [f"train.projection={projection}"] if projection else []
+    over = [f"model.name={model_name}", f"train.method={method}", f"subspace.d={d}"]
+    over += [f"subspace.projection={projection}"] if projection else []
     cfg = load_config(None, over)
     device = runtime.device()
     model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)

@@ -1,0 +1,97 @@
+"""What a strategy is: how the replicas of one model, one per rank, are kept together.
+
+    s = choose(cfg, n, device)    # dist.strategy; its own settings read here, combinations refused
+    net = s.wrap(model)           # the module the loop calls (DDP, FSDP, or the model itself)
+    s.attach(opt, ledger, start)  # hook the optimizer's step (torchft's LocalSGD does the same)
+    ... loop: forward, backward, opt.step() ...   # the strategy acts inside backward or after step()
+
+A strategy knows nothing of subspaces or LoRA: those are re-parameterisations of the model that any
+strategy carries (it synchronises whatever requires a gradient: d, the adapters, or all D). A model
+may bring its own form for a strategy: a subspace model's `sharded()` is its FSDP form (θ₀ sharded,
+d's gradient all-reduced). Strategies compose by holding one another: the FSDP form of a subspace
+runs DDP over d; local steps run over an inner strategy (none today: each replica is whole).
+
+Bytes: `payload` is what the strategy hands its collectives per training step, by formula
+({op: bytes, ..., "total"}); the ledger measures the same. State: `state_dict` is this rank's own,
+`shared_state_dict` what every rank holds alike (a checkpoint stores it once).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from distid.config import Config, ConfigError
+
+BUILTIN = {"none": "distid.strategies.single:Single", "ddp": "distid.strategies.ddp:DDP",
+           "fsdp": "distid.strategies.fsdp:FSDP", "local_sgd": "distid.strategies.local_sgd:LocalSGD"}
+
+
+class Strategy:
+    """The interface, with the behaviour of one process that synchronises nothing."""
+
+    period = 1  # the replicas hold the same trainable state after every `period`-th step (and the last)
+    own_optimizer = False  # each rank's optimizer state is its own (a checkpoint keeps every rank's)
+    own_state = ""  # what of this rank's state is its own, in words (a resume on other world sizes is refused)
+
+    def __init__(self, cfg: Config, n: int, device: torch.device):
+        self.cfg, self.n, self.device = cfg, n, device
+        self.payload: dict = {"total": 0}  # per training step, by formula; set by wrap
+        self.counter = None  # DDP's BucketCounter, where DDP runs
+
+    @property
+    def label(self) -> str:
+        """The strategy in words, for tables: "DDP", "DiLoCo (H = 32)"."""
+        return type(self).__name__
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls; sets `payload`."""
+        return model
+
+    def attach(self, opt: torch.optim.Optimizer, ledger, start: int, steps: int) -> None:
+        """Called once before the first step (`start` steps already done, of `steps`)."""
+
+    def warm_steps(self) -> int:
+        """Steps from now whose bytes are not yet the steady state (PowerSGD's plain ones)."""
+        return 0
+
+    def state_dict(self) -> dict:
+        """This rank's own state (e.g. PowerSGD's error feedback), as tensors and numbers."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def shared_state_dict(self) -> dict:
+        """State every rank holds alike (e.g. DiLoCo's outer momentum)."""
+        return {}
+
+    def load_shared_state_dict(self, state: dict) -> None:
+        pass
+
+
+def find(name: str) -> type:
+    """The class `dist.strategy` names: a built-in name, or "package.module:Class"."""
+    path = BUILTIN.get(name, name)
+    module, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"dist.strategy = {name!r}: cannot import {path!r} ({type(e).__name__}: {e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"dist.strategy = {name!r}: {path} is not a subclass of distid.strategies.Strategy")
+    return cls
+
+
+def choose(cfg: Config, n: int, device: torch.device) -> Strategy:
+    """The strategy of `cfg` for `n` ranks; a combination it cannot run raises ConfigError in one line."""
+    return find(cfg.dist.strategy)(cfg, n, device)
+
+
+def falls_due(done: int, every: int, period: int = 1) -> bool:
+    """Is something that runs every `every` steps (an evaluation, a replica check, a checkpoint) due
+    after `done` steps? The replicas are one model only every `period` steps, so it falls on the
+    first such step at or after each multiple of `every` (period 1: done % every == 0)."""
+    return every > 0 and done % period == 0 and done // every > (done - period) // every
