@@ -14,7 +14,7 @@ from torch import nn
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.run.checkpoint import find, flat_config, resume_hash
 from distid.config import load_config
-from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE
+from distid.strategies.hooks import CPU_POWERSGD_ON_GPU_MACHINE
 from procs import run, torchrun
 
 pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")

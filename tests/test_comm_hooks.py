@@ -7,8 +7,7 @@ import torch
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
 from distid.models import build_model
-from distid.parallel import formulas
-from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE, comm_hook
+from distid.strategies.hooks import CPU_POWERSGD_ON_GPU_MACHINE, PowerSGD
 
 FULL = 4 * 199_210
 ROWS, COLS, VECTORS = 200 + 200 + 10, 784 + 200 + 200, 200 + 200 + 10  # the MLP's weight matrices [n, m], biases
@@ -58,9 +57,9 @@ def test_powersgd_sends_r_times_rows_plus_columns_and_the_vectors(dist_pool, tmp
 
 def test_powersgd_formula_follows_pytorch_s_compression_rule():
     mlp = build_model("mlp", seed=0)
-    assert formulas.powersgd_bytes(mlp, 4)["total"] == 4 * (4 * (ROWS + COLS) + VECTORS)
+    assert PowerSGD(4).payload(mlp)["total"] == 4 * (4 * (ROWS + COLS) + VECTORS)
     # at r = 5 the 10×200 layer fails (n + m)·r·2 < n·m (2,100 ≥ 2,000) and is sent whole
-    assert formulas.powersgd_bytes(mlp, 5)["total"] == 4 * (5 * (ROWS - 10 + COLS - 200) + 10 * 200 + VECTORS)
+    assert PowerSGD(5).payload(mlp)["total"] == 4 * (5 * (ROWS - 10 + COLS - 200) + 10 * 200 + VECTORS)
 
 
 @pytest.mark.parametrize("override, pattern", [
@@ -75,7 +74,8 @@ def test_hook_settings_are_checked(override, pattern):
 
 
 def test_a_hook_needs_ddp():
-    with pytest.raises(ConfigError, match="ddp.hook must be 'none' unless dist.strategy = 'ddp'"):
+    with pytest.raises(ConfigError, match="ddp.hook = 'fp16' configures dist.strategy = 'ddp', but this run's "
+                                          "dist.strategy is 'fsdp': set dist.strategy = 'ddp', or leave"):
         load_config(None, ["ddp.hook=fp16", "dist.strategy=fsdp"])
     assert load_config(None, ["powersgd.error_feedback=false"]).powersgd.error_feedback is False
 
@@ -83,5 +83,5 @@ def test_a_hook_needs_ddp():
 def test_powersgd_on_cpu_tensors_where_cuda_is_visible_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
-        comm_hook("powersgd", device_type="cpu")
-    assert comm_hook("powersgd", device_type="cuda")[1].__name__ == "powerSGD_hook"
+        PowerSGD(device_type="cpu")
+    assert PowerSGD(device_type="cuda").fn.__name__ == "powerSGD_hook"

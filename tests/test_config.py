@@ -18,9 +18,10 @@ name = "mlp"
 dataset = "fashion-mnist"
 [train]
 method = "full"
-d = 1000
 lr = 1
 epochs = 0.5
+[subspace]
+d = 1000
 [dist]
 strategy = "none"
 backend = "gloo"
@@ -53,7 +54,7 @@ def test_load_file(tmp_path):
 
 
 def test_name_from_stem(tmp_path):
-    cfg = load_config(write(tmp_path, "[train]\nd = 5\n", "small_run.toml"))
+    cfg = load_config(write(tmp_path, "[subspace]\nd = 5\n", "small_run.toml"))
     assert cfg.name == "small_run"
 
 
@@ -72,7 +73,7 @@ def test_overrides(tmp_path):
 
 
 def test_bool_value_rejected_for_int():
-    with pytest.raises(ConfigError, match=r"train\.d.*expected int.*True"):
+    with pytest.raises(ConfigError, match=r"subspace\.d.*expected int.*True"):
         load_config(None, ["subspace.d=true"])
 
 
@@ -114,7 +115,7 @@ def test_unknown_section(tmp_path):
 
 
 @pytest.mark.parametrize("text, pattern", [
-    ("[train]\nd = 1.5\n", r"train\.d.*expected int.*1\.5"),
+    ("[subspace]\nd = 1.5\n", r"subspace\.d.*expected int.*1\.5"),
     ("[train]\nlr = \"fast\"\n", r"train\.lr.*expected float.*'fast'"),
     ("[train]\nmethod = 3.5\n", r"train\.method.*expected str.*3\.5"),
     ("[train]\nmethod = 3\n", r"train\.method must be one of .*got '3'"),  # an int is read as a name
@@ -127,12 +128,13 @@ def test_type_errors(tmp_path, text, pattern):
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora', 'vera', 'fourierft', 'unilora'; got 'half'"),
-    ("subspace.projection=gauss", r"train\.projection must be one of 'dense', 'sparse', 'fastfood'"),
+    ("subspace.projection=gauss", r"subspace\.projection must be one of 'dense', 'sparse', 'fastfood'"),
     ("train.optimizer=rmsprop", r"train\.optimizer must be one of 'adam', 'sgd'"),
-    ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'none'"),
+    ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'local_sgd', 'none' or a class named "
+                            r"by import path, 'package.module:Class'; got 'zero3'"),
     ("dist.backend=mpi", r"dist\.backend must be one of 'auto', 'gloo', 'nccl'"),
     ("data.dataset=cifar", r"data\.dataset must be one of 'mnist', 'fashion-mnist'"),
-    ("subspace.d=0", r"train\.d must be >= 1"),
+    ("subspace.d=0", r"subspace\.d must be >= 1"),
     ("train.lr=0", r"train\.lr must be > 0"),
     ("train.global_batch=0", r"train\.global_batch must be >= 1"),
     ("train.epochs=0", r"train\.epochs must be > 0"),
@@ -155,7 +157,7 @@ def test_config_error_is_value_error():
 def test_to_dict_and_hash():
     a, b = load_config(None), load_config(None)
     d = to_dict(a)
-    assert d["train"]["d"] == 750 and d["name"] == "default"
+    assert d["subspace"]["d"] == 750 and d["name"] == "default"
     assert json.loads(json.dumps(d)) == d
     h = config_hash(a)
     assert re.fullmatch(r"[0-9a-f]{16}", h)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
-from distid.parallel.compression import CPU_POWERSGD_ON_GPU_MACHINE
+from distid.strategies.hooks import CPU_POWERSGD_ON_GPU_MACHINE
 from distid.experiments import links
 from distid.experiments.frontier import FAMILIES, cumulative_bytes, reach
 from distid.experiments.frontier_report import pareto

@@ -1,7 +1,8 @@
-"""Sync less often (train.sync_every = H, parallel/local_sgd.py; gloo, 1–4 ranks): inner steps hand
-no collective anything; a synchronisation hands in the formula's bytes (4·T, 2·T in half precision);
-the replicas agree after every one (and a rank that drifts is caught); k rounds + resume == 2k
-straight, bitwise; the outer step is DiLoCo's Nesterov step; what cannot work is refused in one line."""
+"""Sync less often (dist.strategy = "local_sgd", H = local_sgd.every; strategies/local_sgd.py; gloo,
+1–4 ranks): inner steps hand no collective anything; a synchronisation hands in the formula's bytes
+(4·T, 2·T in half precision), spread over the steps run (a partial last round included); the
+replicas agree after every one (and a rank that drifts is caught); k rounds + resume == 2k straight,
+bitwise; the outer step is DiLoCo's Nesterov step; what cannot work is refused in one line."""
 
 import sys
 
@@ -10,7 +11,9 @@ import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
-from distid.parallel.local_sgd import OuterSync, falls_due
+from distid.observe.ledger import CommLedger
+from distid.strategies.base import falls_due
+from distid.strategies.local_sgd import LocalSGD
 from distpool import RankFailed
 from procs import run, torchrun
 
@@ -47,7 +50,7 @@ def test_inner_steps_send_nothing_and_a_sync_sends_the_formula(dist_pool, tmp_pa
         assert s["comm_payload_bytes_per_sync"] == {"all_reduce": itemsize * t, "total": itemsize * t}
         assert s["comm_payload_bytes_per_step"]["total"] == itemsize * t / h == s["comm_payload_formula"]["total"]
         assert s["comm_wire_bytes_per_step"]["total"] == pytest.approx(2 * (n - 1) / n * itemsize * t / h)
-        assert not s["ddp_active"] and s["sync_every"] == h and s["outer"] == "nesterov"
+        assert not s["ddp_active"] and s["sync_period"] == h and s["strategy_label"] == f"DiLoCo (H = {h})"
     first = results[0][1]
     assert all(torch.equal(first, p) for _, p in results[1:])  # one model again after the last sync
 
@@ -90,38 +93,63 @@ def test_falls_due_at_the_first_sync_at_or_after_each_multiple():
     assert not any(falls_due(k, 0, 4) for k in range(1, 41))
 
 
+def _one_rank(*sets, numel=3):
+    """LocalSGD on one process (no group: the replica check has nobody to compare with) over one
+    parameter of `numel` ones."""
+    model = torch.nn.Linear(numel, 1, bias=False)
+    torch.nn.init.ones_(model.weight)
+    strategy = LocalSGD(load_config(None, ["dist.strategy=local_sgd", *sets]), 1, torch.device("cpu"))
+    strategy.wrap(model)
+    return strategy, model.weight
+
+
 def test_the_outer_step_is_diloco_s_nesterov_step_and_average_is_the_mean():
     """One rank: θ_start = 1, the inner steps moved θ to 0.8 (Δ = 0.2), then to 0.5 (Δ = 0.3)."""
-    p = torch.nn.Parameter(torch.ones(3))
-    outer = OuterSync([p], every=2, outer="nesterov", lr=0.7, momentum=0.9)
+    outer, p = _one_rank("local_sgd.every=2")
     with torch.no_grad():
         p.fill_(0.8)
     outer.sync()
     v = 0.2
     expect = 1 - 0.7 * (0.2 + 0.9 * v)  # v ← μ·v + Δ; θ ← θ_start − η·(Δ + μ·v)
-    assert torch.allclose(p, torch.full((3,), expect)) and torch.equal(outer.start[0], p.detach())
+    assert torch.allclose(p, torch.full_like(p, expect)) and torch.equal(outer.start[0], p.detach())
     with torch.no_grad():
         p.sub_(0.3)
     outer.sync()
     v = 0.9 * v + 0.3
     expect = expect - 0.7 * (0.3 + 0.9 * v)
-    assert torch.allclose(p, torch.full((3,), expect))
-    q = torch.nn.Parameter(torch.ones(2))
-    mean = OuterSync([q], every=2, outer="average", lr=0.7, momentum=0.9)  # lr and momentum: Nesterov's only
+    assert torch.allclose(p, torch.full_like(p, expect))
+    mean, q = _one_rank("local_sgd.outer=average", numel=2)  # lr and momentum: Nesterov's only
     with torch.no_grad():
         q.fill_(0.25)
     mean.sync()
-    assert torch.equal(q.detach(), torch.full((2,), 0.25)) and q.grad is None
-    assert [outer.due(s, 7) for s in range(7)] == [False, True, False, True, False, True, True]
+    assert torch.equal(q.detach(), torch.full_like(q, 0.25)) and q.grad is None
+
+
+def test_it_synchronises_after_every_h_th_step_and_the_last_and_counts_each_in_the_bytes():
+    """7 steps at H = 2: synchronisations after steps 2, 4, 6 and 7, each booked as one "sync"; the
+    formula per step is 4 synchronisations' bytes / 7 steps, not one's / H."""
+    strategy, p = _one_rank("local_sgd.every=2")
+    strategy.n = 2  # the formula of two ranks (sync() is not called: no group)
+    strategy.payload_per_sync = {"all_reduce": 12, "total": 12}
+    ledger, opt, synced = CommLedger(1), torch.optim.SGD([p], lr=0.1), []
+    strategy.sync = lambda: synced.append(strategy.done)
+    strategy.attach(opt, ledger, 0, 7)
+    for _ in range(7):
+        opt.step()
+    assert synced == [2, 4, 6, 7] and ledger.steps["sync"] == 4
+    assert strategy.payload == {"all_reduce": 4 * 12 / 7, "total": 4 * 12 / 7}
 
 
 @pytest.mark.parametrize("override,pattern", [
-    (["dist.strategy=local_sgd", "local_sgd.every=0"], r"train\.sync_every must be >= 1"),
-    (["local_sgd.outer_lr=0"], r"train\.outer_lr must be > 0"),
-    (["local_sgd.outer_momentum=1.0"], r"train\.outer_momentum must be in \[0, 1\)"),
-    (["local_sgd.outer=adam"], r"train\.outer must be one of 'average', 'nesterov'"),
-    (["dist.strategy=local_sgd", "local_sgd.every=8", "dist.strategy=fsdp"], r"shards one model over all ranks.*use 'ddp'"),
-    (["dist.strategy=local_sgd", "local_sgd.every=8", "ddp.hook=fp16"], r"train\.outer_dtype for a smaller pseudo-gradient"),
+    (["dist.strategy=local_sgd", "local_sgd.every=0"], r"local_sgd\.every must be >= 1"),
+    (["dist.strategy=local_sgd", "local_sgd.outer_lr=0"], r"local_sgd\.outer_lr must be > 0"),
+    (["local_sgd.outer_momentum=1.0"], r"local_sgd\.outer_momentum must be in \[0, 1\)"),
+    (["local_sgd.outer=adam"], r"local_sgd\.outer must be one of 'average', 'nesterov'"),
+    (["local_sgd.every=8"], r"local_sgd\.every = 8 configures dist.strategy = 'local_sgd', but this run's "
+                            r"dist.strategy is 'ddp'"),
+    (["dist.strategy=local_sgd", "ddp.hook=fp16"], r"ddp\.hook = 'fp16' configures dist.strategy = 'ddp'"),
+    (["train.sync_every=8"], r"'train.sync_every' .* has moved: it is local_sgd.every \(with dist.strategy = "
+                             r"'local_sgd'\) now"),
 ])
 def test_what_cannot_work_is_refused(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -141,21 +169,24 @@ def test_another_world_size_is_refused_in_one_line(tmp_path):
     assert first.returncode == 0, first.stderr
     other = cli(1, "dist.strategy=local_sgd", "local_sgd.every=2", "train.steps=8", resume=True)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
-    assert "inner optimizer states are each rank's own: resume it on 2 ranks" in other.stderr
+    assert "under DiLoCo (H = 2), whose inner optimizer state is each rank's own: resume it on 2 ranks" in other.stderr
 
 
 @mnist
-def test_train_py_and_the_run_api_are_one_loop_with_local_steps(dist_pool, tmp_path):
-    over_ = over(**{"train.steps": 10, "dist.strategy": "local_sgd", "local_sgd.every": 4, "train.eval_every": 4})
-    loop_params, api_params, loop_summary, api_summary = dist_pool(2).run(
-        "rank_targets:loop_and_api", over_, str(tmp_path), timeout=180)[0]
-    assert all(torch.equal(loop_params[k], api_params[k]) for k in loop_params) and loop_summary == api_summary
+def test_a_partial_last_round_counts_in_the_bytes_per_step(dist_pool, tmp_path):
+    """40 steps at H = 32 on 2 ranks: two synchronisations (after steps 32 and 40) of the full MLP,
+    2 × 796,840 B handed in over 40 steps = 39,842 B per step (not 796,840 / 32 = 24,901)."""
+    (s, _), _ = train(dist_pool(2), tmp_path, **{"train.steps": 40, "dist.strategy": "local_sgd",
+                                                 "local_sgd.every": 32, **METHODS["full"]})
+    assert s["comm_syncs"] == 2
+    assert s["comm_payload_bytes_per_step"] == {"all_reduce": 39_842.0, "total": 39_842.0}
+    assert s["comm_payload_formula"] == s["comm_payload_bytes_per_step"]
 
 
 @mnist
 def test_distid_s_diloco_follows_torchft_s(dist_pool, tmp_path):
     """torchft 0.2's DiLoCo (its Manager, Lighthouse and gloo process groups, tests/torchft_diloco.py)
-    and distid's train.sync_every on the same MLP, data, seed and optimizers: the same trajectory, bit
+    and distid's local_sgd strategy on the same MLP, data, seed and optimizers: the same trajectory, bit
     for bit (torchft averages per parameter, distid over one flat buffer; on 2 ranks both are exact
     halvings of the same sums)."""
     pytest.importorskip("torchft", reason="needs torchft: pip install -e .[diloco] (launch/setup.sh installs it)")

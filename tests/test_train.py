@@ -94,7 +94,7 @@ def test_d_outside_one_to_D_is_a_config_error(d):
     from distid.config import ConfigError, load_config
     from distid.run.build import build
 
-    with pytest.raises(ConfigError, match=r"train\.d"):  # d = 0: the config's own check; d > D: build's
+    with pytest.raises(ConfigError, match=r"subspace\.d"):  # d = 0: the config's own check; d > D: build's
         build(load_config(None, [f"subspace.d={d}"]), 1)
 
 

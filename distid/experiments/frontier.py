@@ -6,7 +6,7 @@ shrink DDP's all-reduce, measured side by side in one run.
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d; PEFT's VeRA, FourierFT
 and Uni-LoRA (DDP over the PEFT-wrapped model); and the other axis, syncing less often: DiLoCo
-(train.sync_every = H, outer Nesterov step) for full training, the subspace and LoRA. Each cell is
+(`dist.strategy = "local_sgd"`, H steps between synchronisations, outer Nesterov step) for full training, the subspace and LoRA. Each cell is
 `distid.train.train` with a few keys changed — same data, global batch, steps and seeds — and its
 bytes are wire bytes: what a rank sends for the payloads the ledger measured at the dispatcher (PowerSGD's
 P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N of the payload).
@@ -39,6 +39,7 @@ from distid.observe.summary import Summary
 from distid.run import cli
 from distid.train import train_logged, train_step
 from distid.run.build import build, make_optimizer
+from distid.strategies import hooks, local_sgd
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
             "LoRA + DiLoCo")
@@ -59,19 +60,20 @@ class Cell:
 def cells(args) -> list[Cell]:
     """Every cell of the frontier, in the order of FAMILIES."""
     full = ("train.method=full", f"train.lr={args.lr_full}")
-    out = [Cell("DDP", "DDP", (*full, "ddp.hook=none"))]
-    out += [Cell("DDP + fp16/bf16", f"DDP + {h}", (*full, f"ddp.hook={h}")) for h in ("fp16", "bf16")]
+    ddp = hooks.overrides("none")
+    out = [Cell("DDP", "DDP", (*full, *ddp))]
+    out += [Cell("DDP + fp16/bf16", f"DDP + {h}", (*full, *hooks.overrides(h))) for h in ("fp16", "bf16")]
     out += [Cell("DDP + PowerSGD", f"DDP + PowerSGD r={r}",
-                 (*full, "ddp.hook=powersgd", f"powersgd.rank={r}")) for r in args.powersgd_ranks]
-    out += [Cell("LoRA", f"LoRA r={r}", ("train.method=lora", f"lora.rank={r}", f"train.lr={args.lr_lora}",
-                                         "ddp.hook=none")) for r in args.lora_ranks]
+                 (*full, *hooks.overrides("powersgd", r))) for r in args.powersgd_ranks]
+    out += [Cell("LoRA", f"LoRA r={r}", ("train.method=lora", f"lora.rank={r}", f"train.lr={args.lr_lora}", *ddp))
+            for r in args.lora_ranks]
     out += [Cell("subspace", f"subspace d={d}", ("train.method=subspace", "subspace.projection=fastfood",
-                                                 f"subspace.d={d}", f"train.lr={args.lr_subspace}",
-                                                 "ddp.hook=none")) for d in args.dims]
+                                                 f"subspace.d={d}", f"train.lr={args.lr_subspace}", *ddp))
+            for d in args.dims]
     out += [Cell("PEFT", PEFT_NAMES[m] + (f" d={args.unilora_d}" if m == "unilora" else ""),
-                 (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"subspace.d={args.unilora_d}",
-                  "ddp.hook=none")) for m in args.peft]
-    diloco = lambda h: ("dist.strategy=local_sgd", f"local_sgd.every={h}", "local_sgd.outer=nesterov", "ddp.hook=none")
+                 (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"subspace.d={args.unilora_d}", *ddp))
+            for m in args.peft]
+    diloco = local_sgd.overrides
     out += [Cell("DiLoCo", f"DiLoCo H={h}", (*full, *diloco(h))) for h in args.diloco_h]
     out += [Cell("subspace + DiLoCo", f"subspace d={d} H={h}", ("train.method=subspace", "subspace.projection=fastfood",
                  f"subspace.d={d}", f"train.lr={args.lr_subspace}", *diloco(h)))
@@ -82,12 +84,12 @@ def cells(args) -> list[Cell]:
 
 
 KEEP = ("trainable_params", "lora_rank", "comm_wire_formula", "comm_calls_per_step", "comm_steps_warmup",
-        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s", "sync_every")
+        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s", "sync_period")
 
 
 def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     """One training run of `cell` (reused from out/ when its summary.json is `reusable`)."""
-    cfg = load_config(args.config, [*args.overrides, "dist.strategy=ddp", *cell.overrides, f"train.seed={seed}"])
+    cfg = load_config(args.config, [*args.overrides, *cell.overrides, f"train.seed={seed}"])
     where = out / cell.slug / f"seed{seed}"
     cached = _cached(where / "summary.json", config_hash(cfg))
     s = cached or train_logged(cfg, where)
@@ -95,8 +97,8 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
                    f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
     calls = s.comm_calls_per_step
-    if s.sync_every > 1:  # inner steps call nothing; a synchronisation's calls spread over its H steps
-        calls = {op: c / s.sync_every for op, c in (s.comm_calls_per_sync or {}).items()}
+    if s.comm_syncs:  # the steps between call nothing; a synchronisation's calls spread over its period
+        calls = {op: c / s.sync_period for op, c in (s.comm_calls_per_sync or {}).items()}
     return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
@@ -162,8 +164,9 @@ def reusable(s: Summary, hash_: str, world_size: int) -> bool:
 def cumulative_bytes(seed_run: dict, step: int) -> float:
     """Wire bytes this rank sent by the end of `step` (1-based): set-up, the warm-up steps
     (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step; with
-    local steps (H > 1), set-up + the synchronisations done by then (every H-th step, and the last)."""
-    h = seed_run.get("sync_every", 1)
+    synchronisations between steps (period H > 1), set-up + those done by then (every H-th step, and
+    the last)."""
+    h = seed_run.get("sync_period", 1)
     if h > 1:
         syncs = step // h + (step == seed_run["steps"] and step % h > 0)
         return seed_run["wire_setup_bytes"] + syncs * seed_run["wire_bytes_per_sync"]
@@ -179,7 +182,7 @@ def summarize(cell: Cell, seeds: list[dict]) -> dict:
              for i, (step, _, _) in enumerate(seeds[0]["eval_curve"])]
     accs = [s["test_accuracy"] for s in seeds]
     return dict(cell=cell.name, family=cell.family, trainable_params=seeds[0]["trainable_params"],
-                sync_every=seeds[0].get("sync_every", 1),
+                sync_period=seeds[0].get("sync_period", 1),
                 wire_bytes_per_step=statistics.mean(s["wire_bytes_per_step"] for s in seeds),
                 wire_formula_bytes_per_step=seeds[0]["comm_wire_formula"]["total"],
                 calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
@@ -223,7 +226,7 @@ def add_args(p) -> None:
                    "per layer, Uni-LoRA), through the installed peft; '' for none")
     p.add_argument("--unilora-d", type=int, default=1000, help="Uni-LoRA's trainable vector length (default 1000)")
     p.add_argument("--diloco-h", type=lambda t: _floats(t, int), default=[8, 32, 128],
-                   help="full-training DiLoCo cells: train.sync_every values")
+                   help="full-training DiLoCo cells: their H values")
     p.add_argument("--diloco-dims", type=lambda t: _floats(t, int), default=[1000, 4000])
     p.add_argument("--diloco-dims-h", type=lambda t: _floats(t, int), default=[8, 32],
                    help="the subspace DiLoCo cells: every d of --diloco-dims at every H here")
@@ -264,10 +267,8 @@ def main_body(args, cfg) -> None:
         steps = next((r["seeds"][0]["steps"] for r in rows if "seeds" in r), cfg.train.steps)
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, steps=steps,
                     global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
-                    seeds=args.seeds or [cfg.train.seed], powersgd_start_iter=cfg.powersgd.start_iter,
-                    powersgd_error_feedback=cfg.powersgd.error_feedback, machine=runtime.machine(),
-                    lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR},
-                    outer=dict(lr=cfg.local_sgd.outer_lr, momentum=cfg.local_sgd.outer_momentum))
+                    seeds=args.seeds or [cfg.train.seed], **hooks.describe(cfg), machine=runtime.machine(),
+                    lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR}, outer=local_sgd.describe(cfg))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
         md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)
         (out / "frontier.md").write_text(md)

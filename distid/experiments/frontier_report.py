@@ -52,7 +52,7 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Every cell: the same data, global batch "
              f"{meta['global_batch']}, {meta['steps']} steps, seeds {', '.join(map(str, meta['seeds']))}; Adam at lr "
              f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
-             f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo (H = train.sync_every): "
+             f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo (dist.strategy = local_sgd, H steps): "
              f"those inner steps, then the pseudo-gradient averaged and an outer Nesterov step (lr "
              f"{meta.get('outer', {}).get('lr')}, momentum {meta.get('outer', {}).get('momentum')}), every H "
              f"steps. PowerSGD: PyTorch's `powerSGD_hook`, plain "

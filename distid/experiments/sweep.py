@@ -70,20 +70,20 @@ def overrides(cfg: Config, point: dict) -> list[str]:
         ([f"lora.rank={point['x']}"] if k == "lora" else [])
 
 
-RESULT_KEYS = ("model.", "data.dataset", "data.classes", "train.", "dist.strategy", "ddp.hook",
-               "dist.powersgd_")  # what decides a point's result
-NOT_RESULT = ("train.log_every", "train.eval_every")
-ONLY_FOR = {"lora": ("train.lora_",), "subspace": ("subspace.d", "subspace.projection", "subspace.said", "subspace.max_dense_gb")}
+NOT_RESULT = ("data.root", "checkpoint.", "sweep.", "dist.backend", "dist.timeout_s", "dist.check_replicas_every",
+              "dist.measure_interface", "train.log_every", "train.eval_every")  # every other key decides a result
+ONLY_FOR = {"lora": ("lora.",), "subspace": ("subspace.",)}  # a sweep's kinds: the settings of one kind only
 
 
 def fingerprint(cfg: Config, ranks: int) -> str:
     """Hash of everything that decides a point's result: its settings (the method's own, not another
     method's), the world size and the code (runtime.code_version: any change to distid's sources)."""
     flat = _flat(to_dict(cfg))
-    other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != cfg.train.method for p in prefixes)
-    ignored = NOT_RESULT if not cfg.train.stop_plateau else ("train.log_every",)  # evaluations decide a stop
-    what = {k: v for k, v in flat.items() if k.startswith(RESULT_KEYS) and k not in ignored
-            and not k.startswith(other)}
+    method = cfg.train.method
+    other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != method and method in ("full", *ONLY_FOR)
+                  for p in prefixes)
+    ignored = NOT_RESULT if not cfg.train.stop_plateau else tuple(k for k in NOT_RESULT if k != "train.eval_every")
+    what = {k: v for k, v in flat.items() if "." in k and not k.startswith(ignored + other)}
     what.update(ranks=ranks, code=runtime.code_version())
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -270,8 +270,10 @@ class Checkpointer:
             own = self.strategy.own_optimizer
             state = {"model": msd} if own else {"model": msd, "optim": osd}
             dcp.load(state, checkpoint_id=str(path))
-            keys = sd.set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state.get("optim", {}),
-                                     options=sd.StateDictOptions(**FROZEN_LEFT_OUT, strict=False))  # base missing
+            options = sd.StateDictOptions(**FROZEN_LEFT_OUT, strict=False)  # the frozen base is missing
+            keys = sd.set_model_state_dict(self.model, state["model"], options=options) if own else \
+                sd.set_state_dict(self.model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                                  options=options)
             trainable = {k for k, p in self.model.named_parameters() if p.requires_grad}
             if set(keys.missing_keys) & trainable:
                 raise CheckpointError(f"checkpoint {path} lacks {sorted(set(keys.missing_keys) & trainable)}")
@@ -322,4 +324,5 @@ class Checkpointer:
         with torch.no_grad():
             for k, p in mine.items():
                 p.copy_(payload["trainable"][k])
-        opt.load_state_dict(payload["optim"])
+        if not self.strategy.own_optimizer:  # else each rank's own, from meta (resume)
+            opt.load_state_dict(payload["optim"])

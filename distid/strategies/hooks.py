@@ -132,3 +132,13 @@ def load_state_dict(state, saved: dict) -> None:
         setattr(state, k, value)
     rng = saved["rng"]
     state.rng.set_state(("MT19937", rng["keys"].numpy().astype(np.uint32), rng["pos"], rng["has_gauss"], rng["gauss"]))
+
+
+def overrides(name: str, rank: int | None = None) -> tuple[str, ...]:
+    """The `--set` lines that run DDP with the hook `name` (PowerSGD at `rank`), for experiments."""
+    return ("dist.strategy=ddp", f"ddp.hook={name}") + ((f"powersgd.rank={rank}",) if rank else ())
+
+
+def describe(cfg) -> dict:
+    """PowerSGD's warm-up and error feedback, for a report."""
+    return dict(powersgd_start_iter=cfg.powersgd.start_iter, powersgd_error_feedback=cfg.powersgd.error_feedback)

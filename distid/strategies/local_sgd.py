@@ -107,3 +107,13 @@ class LocalSGD(Strategy):
         with torch.no_grad():
             for p, s in zip(self.params, self.start):
                 s.copy_(p)
+
+
+def overrides(every: int, outer: str = "nesterov") -> tuple[str, ...]:
+    """The `--set` lines that turn local steps on (DiLoCo by default), for experiments that build runs."""
+    return ("dist.strategy=local_sgd", f"local_sgd.every={every}", f"local_sgd.outer={outer}")
+
+
+def describe(cfg) -> dict:
+    """The outer step's settings, for a report: {lr, momentum}."""
+    return dict(lr=cfg.local_sgd.outer_lr, momentum=cfg.local_sgd.outer_momentum)
