@@ -169,10 +169,12 @@ class Config:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "subspace": SubspaceConfig,
             "lora": LoraConfig, "checkpoint": CheckpointConfig, "dist": DistConfig, "ddp": DdpConfig,
             "powersgd": PowerSGDConfig, "local_sgd": LocalSGDConfig, "sweep": SweepConfig}
-# the sections that configure one strategy: a value other than the default there, with another
-# strategy chosen, would do nothing and is refused
-STRATEGIES = ("ddp", "fsdp", "local_sgd", "none")  # distid.strategies; or "package.module:Class"
-STRATEGY_SECTIONS = {"ddp": ("dist.strategy", "ddp"), "local_sgd": ("dist.strategy", "local_sgd")}
+STRATEGIES = ("ddp", "fsdp", "local_sgd", "none")  # distid/strategies; or "package.module:Class"
+# sections that apply only when a key has a value: a strategy's own, and a hook's
+APPLIES_WHEN = {"ddp": ("dist.strategy", "ddp"), "powersgd": ("ddp.hook", "powersgd"),
+                "local_sgd": ("dist.strategy", "local_sgd")}
+REFUSED_WHEN_IDLE = ("ddp", "local_sgd")  # set away from their defaults while idle: refused ([powersgd] may
+# hold settings for runs that turn the hook on, as the frontier's config does)
 # keys of the one-table layout, refused with their new place
 MOVED = {
     "train.d": "subspace.d", "train.projection": "subspace.projection", "train.said": "subspace.said",
@@ -250,7 +252,7 @@ def _set(cfg: Config, key: str, value: Any, origin: str = "") -> None:
         setattr(target, attr, value)
         return
     if expected is str and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # a layer name such as --set train.lora_targets=3
+        value = str(value)  # a layer name such as --set lora.targets=3
     ok = isinstance(value, expected) and not isinstance(value, bool)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
@@ -354,19 +356,23 @@ def validate(cfg: Config) -> None:
     _check_strategy_sections(cfg)
 
 
+def idle_sections(flat: dict) -> set[str]:
+    """The sections of APPLIES_WHEN that do not apply to the flat config {'section.key': value}."""
+    return {section for section, (key, value) in APPLIES_WHEN.items() if flat.get(key) != value}
+
+
 def _check_strategy_sections(cfg: Config) -> None:
     """A strategy's own section ([ddp], [local_sgd]) set away from its defaults while another strategy
-    runs would change nothing: refused, naming the setting that runs it. ([powersgd] may hold settings
-    for runs that turn the hook on, as the frontier's config does.)"""
-    for section, (key, owner) in STRATEGY_SECTIONS.items():
-        chosen = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
-        if chosen == owner:
-            continue
+    runs would change nothing: refused, naming the setting that would make it apply."""
+    flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() if isinstance(sec, dict) for k, v in sec.items()}
+    for section in sorted(idle_sections(flat) & set(REFUSED_WHEN_IDLE)):
+        key, owner = APPLIES_WHEN[section]
         default, mine = SECTIONS[section](), getattr(cfg, section)
         for f in dataclasses.fields(mine):
             if getattr(mine, f.name) != getattr(default, f.name):
                 raise ConfigError(f"{section}.{f.name} = {getattr(mine, f.name)!r} configures {key} = '{owner}', "
-                                  f"but this run's {key} is {chosen!r}: set {key} = '{owner}', or leave [{section}] out")
+                                  f"but this run's {key} is {flat[key]!r}: set {key} = '{owner}', or leave "
+                                  f"[{section}] out")
 
 
 def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:

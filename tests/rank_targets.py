@@ -128,8 +128,8 @@ def callback_collectives(numel):
 
 
 def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
-    """The byte-level GPT-2 of distid.models.hf (tied embedding/head) wrapped as distid.run.build.wrap wraps
-    any model (distid.run.build.wrap): `method` full, subspace (Fastfood, d=64) or LoRA (r=2 on c_attn),
+    """The byte-level GPT-2 of distid.models.hf (tied embedding/head) wrapped by the strategy, as any
+    model is: `method` full, subspace (Fastfood, d=64) or LoRA (r=2 on c_attn),
     `steps` SGD steps on this rank's rows of a global byte batch; steps ≥ 2 booked by the ledger.
     Returns (losses, trainable parameters gathered and flattened, ledger bytes/step, formula, tie intact)."""
     from distid.config import load_config
@@ -139,7 +139,8 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
     from distid.parallel.fsdp import full_state
     from distid.subspace import SubspaceModel
     from distid.train import train_step
-    from distid.run.build import make_optimizer, with_lora, wrap
+    from distid.run.build import make_optimizer, with_lora
+    from distid.strategies import choose
 
     lr = {"full": 0.05, "subspace": 0.5, "lora": 0.05}[method]
     cfg = load_config(None, [f"dist.strategy={strategy}", "train.optimizer=sgd", f"train.lr={lr}",
@@ -151,7 +152,8 @@ def hf_gpt2_steps(method, strategy, steps=4, global_batch=8):
     elif method == "lora":
         model = with_lora(model, cfg)
     rank, n = dist.get_rank(), dist.get_world_size()
-    net, _, formula = wrap(model, cfg, n, torch.device("cpu"))
+    strategy = choose(cfg, n, torch.device("cpu"))
+    net, formula = strategy.wrap(model), strategy.payload
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     ledger, losses, b = CommLedger(n), [], global_batch // n
     for step in range(steps):

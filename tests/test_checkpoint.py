@@ -183,7 +183,7 @@ def test_resume_hash_ignores_only_run_length_logging_and_how_sums_travel():
                               "checkpoint.every=9", "dist.backend=gloo", "dist.check_replicas_every=5"])
     assert resume_hash(a) == resume_hash(same)
     for change in ("train.lr=0.5", "subspace.d=10", "train.seed=1", "train.global_batch=64", "model.name=lenet",
-                   "train.optimizer=sgd", "subspace.projection=dense", "ddp.hook=powersgd"):
+                   "train.optimizer=sgd", "subspace.projection=dense", "ddp.hook=powersgd", "dist.strategy=local_sgd"):
         assert resume_hash(load_config(None, [change])) != resume_hash(a), change
     assert "train.lr" in flat_config(a) and "train.steps" not in flat_config(a)
     powersgd = load_config(None, ["ddp.hook=powersgd"])  # its settings count only when it is on

@@ -1,5 +1,5 @@
 """The import graph against the map in docs/design.md: each layer imports only the layers its row
-lists (an entry may also name one file, `observe/memory.py`); nothing imports distid/train.py."""
+lists (an entry may also name one file, `observe/memory.py`); only experiments import distid/train.py."""
 
 from __future__ import annotations
 
@@ -79,22 +79,22 @@ def test_every_import_follows_the_map():
         for target in imports(path):
             theirs = layer_of(target, table)
             rel = target.relative_to(PKG).as_posix()
-            if target == PKG / "train.py" or (theirs != mine and not {theirs, rel} & allowed[mine]):
+            if theirs != mine and not {theirs, rel} & allowed[mine]:
                 bad.append(f"{path.relative_to(REPO)} ({mine}) imports {rel} ({theirs})")
     assert not bad, "imports against docs/design.md:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("layer, forbidden", [
-    ("models", ("parallel", "observe/ledger.py", "run", "train.py")),
-    ("subspace", ("parallel", "observe/ledger.py", "run", "train.py", "lora.py")),
-    ("lora", ("parallel", "observe/ledger.py", "run", "train.py", "subspace")),
-    ("parallel", ("subspace", "lora.py", "run", "train.py")),
+    ("models", ("parallel", "strategies", "observe/ledger.py", "run", "train.py")),
+    ("subspace", ("parallel", "strategies", "observe/ledger.py", "run", "train.py", "lora.py")),
+    ("lora", ("parallel", "strategies", "observe/ledger.py", "run", "train.py", "subspace")),
+    ("parallel", ("subspace", "lora.py", "strategies", "run", "train.py")),
+    ("strategies", ("subspace", "lora.py", "models", "run", "train.py")),  # models and strategies meet in run/
     ("foundation", ("primitives", "data", "observe", "models", "parallel", "run", "experiments", "train.py")),
     ("primitives", ("data", "observe", "models", "parallel", "run", "experiments", "train.py")),
     ("data", ("observe", "models", "parallel", "run", "experiments", "train.py")),
     ("observe", ("models", "subspace", "lora.py", "parallel", "run", "experiments", "train.py")),
     ("run", ("experiments", "train.py")),
-    ("experiments", ("train.py",)),
 ])
 def test_the_rules_the_map_must_keep(layer, forbidden):
     """The table itself may not grant what the design forbids (the map could otherwise drift)."""
@@ -116,7 +116,7 @@ def test_import_checker_sees_a_bad_import(tmp_path):
 
 def test_top_level_stays_small_and_mapped():
     entries = sorted(p.name for p in PKG.iterdir() if p.name != "__pycache__")
-    assert len(entries) - 1 <= 13, entries  # besides __init__.py; the 13th is probe.py, `python -m distid.probe`
+    assert len(entries) - 1 <= 14, entries  # besides __init__.py; probe.py is `python -m distid.probe`
     mapped = {f.rstrip("/") for _, files, _ in layer_table() for f in files}
     assert set(entries) <= mapped, f"not in docs/design.md's table: {sorted(set(entries) - mapped)}"
 
@@ -124,7 +124,7 @@ def test_top_level_stays_small_and_mapped():
 def test_train_py_is_a_short_loop():
     text = (PKG / "train.py").read_text()
     assert len(text.splitlines()) <= 200
-    loop = text[text.index("    with Job("):text.index("def main")]
-    assert len(loop.strip().splitlines()) <= 25
+    loop = text[text.index("def train_step("):text.index("def train(")]  # one step, then the loop around it
+    assert len(loop.strip().splitlines()) <= 32
     for line in ("logits = net(x)", "loss.backward()", "opt.step()", "all-reduces"):
         assert line in loop, line

@@ -16,7 +16,7 @@ LEDGER = ("op               calls/step  sent B/step  handed in B/step\n"
 
 def summary(**kv) -> Summary:
     """A Summary of a 4-rank d = 750 subspace run under DDP, with `kv` changed."""
-    base = dict(method="subspace", strategy="ddp", world_size=4, nnodes=1, backend="gloo", device="cpu",
+    base = dict(method="subspace", strategy="ddp", strategy_label="DDP", world_size=4, nnodes=1, backend="gloo", device="cpu",
                 projection="fastfood", total_params=199_210, trainable_params=750, lora_rank=None, steps=1404,
                 global_batch=128, comm_wire_bytes_per_step={"all_reduce": 4500.0, "total": 4500.0},
                 comm_wire_formula={"all_reduce": 4500.0, "total": 4500.0},
@@ -53,7 +53,7 @@ def test_one_process_prints_no_collectives_and_no_bytes():
 
 @pytest.mark.parametrize("targets,said", [("3", "layer 3"), ("q,v", "q, v"), ("", "every Linear/Conv layer")])
 def test_lora_label_names_its_rank_and_targets(targets, said):
-    s = summary(method="lora", projection=None, lora_rank=2, config={"train": {"lora_targets": targets}})
+    s = summary(method="lora", projection=None, lora_rank=2, config={"lora": {"targets": targets}})
     assert method_label(s) == f"lora (rank 2 on {said})"
     assert "(the adapters; the model's D = 199,210 stay frozen)" in final_table(s, LEDGER)
 

@@ -61,7 +61,7 @@ def test_said_under_ddp_all_reduces_d_floats_and_fsdp_says_no(dist_pool, tmp_pat
     (s, a), (_, b) = dist_pool(2).run("rank_targets:train_run", BASE, str(tmp_path / "ddp"), timeout=180)
     assert s["trainable_params"] == 40 and s["comm_payload_bytes_per_step"]["total"] == 4 * 40
     assert torch.equal(a, b)
-    with pytest.raises(RankFailed, match="said = true is not supported with strategy = 'fsdp'"):
+    with pytest.raises(RankFailed, match="said = true is not supported with dist.strategy = 'fsdp'"):
         dist_pool(2).run("rank_targets:train_run", [*BASE, "dist.strategy=fsdp"], str(tmp_path / "fsdp"), timeout=120)
 
 

@@ -73,7 +73,7 @@ def test_fsdp_reduce_scatters_only_trainable_parameters(dist_pool, tmp_path):
 
 def test_dense_subspace_under_fsdp_is_refused(dist_pool, tmp_path):
     over = [f"data.root={DATA_ROOT}", "train.steps=3", "dist.strategy=fsdp", "subspace.projection=dense", "subspace.d=8"]
-    with pytest.raises(RankFailed, match="dense projection cannot be sharded"):
+    with pytest.raises(RankFailed, match="subspace.projection = .dense. cannot be sharded"):
         dist_pool(2).run("rank_targets:train_run", over, str(tmp_path), timeout=120)
 
 

@@ -267,7 +267,7 @@ def main_body(args, cfg) -> None:
         steps = next((r["seeds"][0]["steps"] for r in rows if "seeds" in r), cfg.train.steps)
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, steps=steps,
                     global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
-                    seeds=args.seeds or [cfg.train.seed], **hooks.describe(cfg), machine=runtime.machine(),
+                    seeds=args.seeds or [cfg.train.seed], powersgd=hooks.describe(cfg), machine=runtime.machine(),
                     lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR}, outer=local_sgd.describe(cfg))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
         md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)

@@ -52,12 +52,9 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Every cell: the same data, global batch "
              f"{meta['global_batch']}, {meta['steps']} steps, seeds {', '.join(map(str, meta['seeds']))}; Adam at lr "
              f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
-             f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo (dist.strategy = local_sgd, H steps): "
-             f"those inner steps, then the pseudo-gradient averaged and an outer Nesterov step (lr "
-             f"{meta.get('outer', {}).get('lr')}, momentum {meta.get('outer', {}).get('momentum')}), every H "
-             f"steps. PowerSGD: PyTorch's `powerSGD_hook`, plain "
-             f"all-reduce for the first {meta['powersgd_start_iter']} steps, error feedback "
-             f"{'on' if meta['powersgd_error_feedback'] else 'off'}, warm start.\n",
+             f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo: H inner steps, "
+             f"then the pseudo-gradient averaged and an outer Nesterov step (lr {meta['outer']['lr']}, momentum "
+             f"{meta['outer']['momentum']}), every H steps. {meta['powersgd']}\n",
              "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
              "tensor handed in), for the payloads the ledger measured once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "

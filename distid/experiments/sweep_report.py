@@ -58,7 +58,7 @@ def markdown(result: dict, cfg: Config) -> str:
         f"{result['mode']}. This invocation: {result['wall_time_s']:.0f} s wall, {result['trained']} points trained; "
         f"the points' own run times add up to {point_time:.0f} s.{history}\n",
         *([search_line(result, cfg)] if bisected else []),
-        budget_line(pts, cfg) + f" {t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({t.projection} projection)"
+        budget_line(pts, cfg) + f" {t.optimizer}; lr full {cfg.sweep.full_lr:g}, subspace {t.lr:g} ({cfg.subspace.projection} projection)"
         + (f", LoRA {cfg.sweep.lora_lr:g}" if cfg.sweep.lora_ranks else "") + f"; seeds {', '.join(map(str, seeds))}.\n",
         f"Baseline (full training, D = {full['total_params']:,}): test accuracy "
         f"{a['baseline_accuracy']:.4f} (per seed {', '.join(f'{b:.4f}' for b in a['baseline_per_seed'])}).\n",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distid.config import SECTIONS, Config, timestamped_dir, to_dict
+from distid.config import APPLIES_WHEN, SECTIONS, Config, idle_sections, timestamped_dir, to_dict
 from distid.run import fault_injection
 from distid.strategies import Strategy
 from distid.strategies.base import falls_due
@@ -34,7 +34,7 @@ FORMAT = 3  # 3: the config by sections, the strategy's state
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
 # Keys that may change between a checkpoint and its resume: run length, logging, where data lives,
 # and the [dist] settings that decide how the run talks, not what it computes (backend, timeout).
-# A strategy's own sections ([ddp], [powersgd], [local_sgd]) decide the trajectory.
+# A strategy's or a hook's own section ([ddp], [powersgd], [local_sgd]) counts where it applies.
 RESUMABLE_CHANGES = ("name", "data.root", "train.steps", "train.epochs", "train.log_every", "train.eval_every",
                      "checkpoint.every", "checkpoint.keep", "subspace.max_dense_gb", "dist.backend",
                      "dist.timeout_s", "dist.check_replicas_every", "dist.measure_interface")
@@ -62,12 +62,19 @@ class AlreadyFinished(Exception):
 
 
 def flat_config(cfg: Config | dict) -> dict:
-    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES)."""
-    raw = to_dict(cfg) if isinstance(cfg, Config) else cfg
-    flat = {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
+    """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES);
+    a strategy's or hook's section only where it applies, and then only its values that differ from
+    the defaults (so that DDP without a hook and FSDP compare equal)."""
+    flat = _flat(to_dict(cfg) if isinstance(cfg, Config) else cfg)
+    idle, default = idle_sections(flat), _flat(to_dict(Config()))
     if flat.get("dist.strategy") in EVERY_STEP:
         flat["dist.strategy"] = "every step"
-    return {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES}
+    return {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES and not (
+        k.split(".")[0] in APPLIES_WHEN and (k.split(".")[0] in idle or v == default.get(k)))}
+
+
+def _flat(raw: dict) -> dict:
+    return {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
 
 
 def resume_hash(cfg: Config | dict) -> str:

@@ -1,7 +1,7 @@
 """The ways of keeping replicas together, one file each, chosen once from `dist.strategy`:
 
     none       single.py     one process, nothing synchronised
-    ddp        ddp.py        DistributedDataParallel: every gradient all-reduced; `ddp.hook` compresses it (hooks.py)
+    ddp        ddp.py        DistributedDataParallel: every gradient all-reduced, or compressed by a hook (hooks.py)
     fsdp       fsdp.py       FSDP2: parameters sharded, gathered per layer, gradients reduce-scattered
     local_sgd  local_sgd.py  H local steps, then one all-reduce of the pseudo-gradient and an outer step (DiLoCo)
 

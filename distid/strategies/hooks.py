@@ -139,6 +139,8 @@ def overrides(name: str, rank: int | None = None) -> tuple[str, ...]:
     return ("dist.strategy=ddp", f"ddp.hook={name}") + ((f"powersgd.rank={rank}",) if rank else ())
 
 
-def describe(cfg) -> dict:
-    """PowerSGD's warm-up and error feedback, for a report."""
-    return dict(powersgd_start_iter=cfg.powersgd.start_iter, powersgd_error_feedback=cfg.powersgd.error_feedback)
+def describe(cfg) -> str:
+    """PowerSGD's settings in a sentence, for a report."""
+    p = cfg.powersgd
+    return (f"PowerSGD: PyTorch's `powerSGD_hook`, plain all-reduce for the first {p.start_iter} steps, error "
+            f"feedback {'on' if p.error_feedback else 'off'}, warm start.")

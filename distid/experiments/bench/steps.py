@@ -17,7 +17,8 @@ from distid.experiments.bench.timing import interleaved, median, spread, time_ca
 from distid.config import load_config
 from distid.models import count_params
 from distid.train import train_step
-from distid.run.build import build, make_optimizer, wrap
+from distid.run.build import build, make_optimizer
+from distid.strategies import choose
 
 VARIANTS = [("full", None), ("subspace", "fastfood"), ("subspace", "sparse"), ("subspace", "dense"), ("lora", None)]
 MODELS = ("mlp", "mlp_wide")
@@ -30,7 +31,7 @@ def make_stepper(model_name: str, method: str, projection: str | None, d: int, l
     cfg = load_config(None, over)
     device = runtime.device()
     model = build(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", n))).to(device)
-    net, _, _ = wrap(model, cfg, n, device)
+    net = choose(cfg, n, device).wrap(model)
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(local_batch, 1, 28, 28, generator=g).to(device)
