@@ -5,7 +5,7 @@ training, with what each costs per step.
     torchrun --standalone --nproc_per_node=2 -m distid.probe --config configs/mnist_fc_id.toml
 
 On the config's model and data (any model the config accepts, the Hugging Face ones included),
-with sweep.seeds seeds, as one bisection sweep (experiments/sweep.py, sweep.search = "bisect"):
+with sweep.seeds seeds, as one bisection sweep (experiments/intrinsic/sweep.py, sweep.search = "bisect"):
 full training (the baseline); a bisection on log d in [sweep.d_min, sweep.d_max] for the subspace
 (train.projection); a bisection over LoRA ranks in [sweep.lora_min, sweep.lora_max] on
 train.lora_targets (lora_max 0: the largest rank every target takes, at most MAX_RANK) — each to
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from distid import lora, runtime
 from distid.config import Config
-from distid.experiments import bisect, sweep, sweep_bisect
+from distid.experiments.intrinsic import bisect, bisect_sweep, sweep
 from distid.primitives.formulas import wire_factor
 from distid.run import cli
 
@@ -47,15 +47,15 @@ def prepare(cfg: Config) -> Config:
 
 
 def target(cfg: Config, records: list[dict]) -> float:
-    """The accuracy the probe asks for: the first of sweep_bisect.targets, from the mean baseline."""
-    return sweep_bisect.targets(cfg, statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full"))[0]
+    """The accuracy the probe asks for: the first of bisect_sweep.targets, from the mean baseline."""
+    return bisect_sweep.targets(cfg, statistics.fmean(r["test_accuracy"] for r in records if r["kind"] == "full"))[0]
 
 
 def recommended(cfg: Config, records: list[dict], kind: str) -> int | None:
     """The largest of the seeds' first budgets (bracket tops) that reached the target; None if a seed never did."""
     t = target(cfg, records)
-    _, lo, hi, width = next((r for r in sweep_bisect.searched(cfg) if r[0] == kind))
-    tops = [bisect.bracket(sweep_bisect.curve_of(records, kind, sd), t, lo, hi, width).hi for sd in sweep.seeds_of(cfg)]
+    _, lo, hi, width = next((r for r in bisect_sweep.searched(cfg) if r[0] == kind))
+    tops = [bisect.bracket(bisect_sweep.curve_of(records, kind, sd), t, lo, hi, width).hi for sd in sweep.seeds_of(cfg)]
     return None if None in tops else max(tops)
 
 
@@ -105,7 +105,7 @@ def probe(args, cfg: Config) -> None:
               f"subspace d in [{cfg.sweep.d_min:,}, {cfg.sweep.d_max:,}], LoRA r in "
               f"[{cfg.sweep.lora_min}, {cfg.sweep.lora_max}]", flush=True)
     t0 = time.perf_counter()
-    records, trained = sweep_bisect.run_bisect(args, cfg, out, rank, n, then=lambda recs: checks(cfg, recs))
+    records, trained = bisect_sweep.run_bisect(args, cfg, out, rank, n, then=lambda recs: checks(cfg, recs))
     if rank == 0:
         md = sweep.report(cfg, out, records, n, t0, trained, echo=False).splitlines()
         first = next(i for i, line in enumerate(md) if line.startswith("Baseline ("))

@@ -1,8 +1,8 @@
 """Measure a task's intrinsic dimension: train fully (the baseline), then in random subspaces over
-a grid of d, several seeds each, and report d_int90 (distid.experiments.intrinsic).
+a grid of d, several seeds each, and report d_int90 (distid.experiments.intrinsic.dimension).
 
-    python -m distid.experiments.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
-    torchrun --nproc_per_node=2 -m distid.experiments.sweep --config configs/mnist_fc_id.toml
+    python -m distid.experiments.intrinsic.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
+    torchrun --nproc_per_node=2 -m distid.experiments.intrinsic.sweep --config configs/mnist_fc_id.toml
 
 Every point is `distid.run.api.run` with [train] changed in method, d (or lora_rank), seed and lr.
 sweep.mode = "split" (the fast path on CPUs): the ranks share out the points and each trains its
@@ -11,7 +11,7 @@ all ranks under DDP, one after another. A finished point is recorded in OUT/swee
 running the sweep again skips it (if its config is unchanged), so an interrupted sweep resumes.
 OUT defaults to runs/sweep-<config name> (not timestamped, so that re-running resumes).
 
-sweep.search = "bisect" trains only the d values a bisection asks for (experiments/sweep_bisect.py).
+sweep.search = "bisect" trains only the d values a bisection asks for (experiments/intrinsic/bisect_sweep.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from distid import runtime
-from distid.experiments import intrinsic, sweep_store
+from distid.experiments.intrinsic import dimension, store
 from distid.config import Config, ConfigError, load_config, to_dict
 from distid.run import cli
 from distid.run.api import run_logged
@@ -146,7 +146,7 @@ def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int,
     for p in mine:
         with solo():
             records.append(train_point(args, cfg, p, out, 1, rank))
-        sweep_store.record(out, records[-1])  # resumable at once; rank 0 records them all again below
+        store.record(out, records[-1])  # resumable at once; rank 0 records them all again below
     if n == 1:
         return records
     # Shares are balanced, so the others finish within about this rank's own time; a rank that
@@ -159,7 +159,7 @@ def run_split(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int,
     if rank != 0:
         return []
     records = [r for part in gathered for r in part]
-    sweep_store.record(out, *records)  # again, for a folder that is not shared between nodes
+    store.record(out, *records)  # again, for a folder that is not shared between nodes
     return records
 
 
@@ -170,7 +170,7 @@ def run_ddp(args, cfg: Config, todo: list[dict], out: Path, rank: int, n: int, p
     for p in todo:
         rec = train_point(args, cfg, p, out, n, rank)
         if rank == 0:
-            sweep_store.record(out, rec)
+            store.record(out, rec)
             records.append(rec)
     return records
 
@@ -182,13 +182,13 @@ def sweep(args, cfg: Config) -> None:
     out = Path(args.out or f"runs/sweep-{cfg.name}")
     check_range(cfg)
     if cfg.sweep.search == "bisect":
-        from distid.experiments import sweep_bisect
+        from distid.experiments.intrinsic import bisect_sweep
 
-        return sweep_bisect.bisect_sweep(args, cfg, out, rank, n)
+        return bisect_sweep.bisect_sweep(args, cfg, out, rank, n)
     split = cfg.sweep.mode == "split"
     points = plan(cfg)
     check_lora_ranks(args, cfg)
-    done = {} if args.redo else sweep_store.finished(out, points, key,
+    done = {} if args.redo else store.finished(out, points, key,
                                                      lambda pt: fingerprint(point_cfg(args, cfg, pt), 1 if split else n))
     todo = [pt for pt in points if key(pt) not in done]
     if rank == 0:
@@ -207,14 +207,14 @@ def sweep(args, cfg: Config) -> None:
 def report(cfg: Config, out: Path, records: list[dict], n: int, t0: float, trained: int, echo: bool = True) -> str:
     """Rank 0: the analysis, sweep.json's report fields, sweep.md and the chart; returns (and with
     echo, prints) the report."""
-    from distid.experiments import sweep_report
+    from distid.experiments.intrinsic.report import write
 
     s = cfg.sweep
     result = dict(config=to_dict(cfg), grid=grid(cfg) if s.search == "grid" else [], points=records,
                   machine=runtime.machine(), ranks=n, mode=s.mode, search=s.search,
                   wall_time_s=time.perf_counter() - t0, trained=trained,
-                  analysis=intrinsic.analyse(records, s.threshold, s.search, s.fit_window))
-    text = sweep_report.write(out, result, cfg)
+                  analysis=dimension.analyse(records, s.threshold, s.search, s.fit_window))
+    text = write(out, result, cfg)
     if echo:
         print(text, flush=True)
     return text
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     def add_args(p):
         p.add_argument("--redo", action="store_true", help="train every point again, ignoring OUT/sweep.json")
 
-    return cli.main(argv, "python -m distid.experiments.sweep", __doc__, sweep, add_args, join=False,
+    return cli.main(argv, "python -m distid.experiments.intrinsic.sweep", __doc__, sweep, add_args, join=False,
                     every_rank=lambda cfg: cfg.sweep.mode == "split" and cfg.sweep.search == "grid",  # each its own
                     out="runs/sweep-<config name> (a rerun reuses its finished points)")
 

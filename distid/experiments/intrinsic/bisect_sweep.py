@@ -1,5 +1,5 @@
 """The bisection sweep (sweep.search = "bisect"): the baselines, then only the d values (and with
-sweep.lora_max > 0, the LoRA ranks) that experiments/bisect.py asks for, one seed after another,
+sweep.lora_max > 0, the LoRA ranks) that experiments/intrinsic/bisect.py asks for, one seed after another,
 until every seed's bracket of the target is within sweep.width.
 
 Each round's points depend on the last round's accuracies, so every point trains on all ranks
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distid import runtime
 from distid.config import Config, ConfigError
-from distid.experiments import bisect, sweep, sweep_store
+from distid.experiments.intrinsic import bisect, store, sweep
 
 
 def targets(cfg: Config, baseline: float) -> list[float]:
@@ -43,7 +43,7 @@ def curve_of(records: list[dict], kind: str, seed: int) -> dict[int, float]:
 
 
 def next_points(cfg: Config, records: list[dict]) -> list[dict]:
-    """The bisection's next round (experiments/bisect.py): the baselines first, then for each kind
+    """The bisection's next round (experiments/intrinsic/bisect.py): the baselines first, then for each kind
     (subspace over [d_min, d_max], LoRA over [lora_min, lora_max]) and target, the probes of the
     first seed whose bracket is not settled; [] when all are."""
     seeds = sweep.seeds_of(cfg)
@@ -67,7 +67,7 @@ def run_bisect(args, cfg: Config, out: Path, rank: int, n: int, then=None) -> tu
     runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
     import torch.distributed as dist
 
-    box = [sweep_store.stored(out) if rank == 0 else None]
+    box = [store.stored(out) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # rank 0's folder, for ranks on nodes that do not share it
     records, trained = [], 0
     while todo := next_points(cfg, records) or (then(records) if then else []):
@@ -79,7 +79,7 @@ def run_bisect(args, cfg: Config, out: Path, rank: int, n: int, then=None) -> tu
             records.append(sweep.train_point(args, cfg, p, out, n, rank))
             trained += 1
             if rank == 0:
-                sweep_store.record(out, records[-1])
+                store.record(out, records[-1])
     return records, trained
 
 

@@ -6,7 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
-from distid.experiments import sweep_store
+from distid.experiments.intrinsic import store
 from distid.config import Config
 from distid.experiments.plotting import pyplot
 
@@ -182,7 +182,7 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
 
 def write(out: Path, result: dict, cfg: Config) -> str:
     """sweep.json (report fields beside the points), sweep.md, id_curve.png; returns what to print."""
-    result = dict(result, invocations=sweep_store.report(out, result))
+    result = dict(result, invocations=store.report(out, result))
     md = markdown(result, cfg)
     (out / "sweep.md").write_text(md)
     drew = plot(result, cfg, out / "id_curve.png")
