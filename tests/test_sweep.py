@@ -14,7 +14,8 @@ from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.experiments.intrinsic import store
 from distid.config import ConfigError, load_config
 from distid.experiments.intrinsic.dimension import Crossing, analyse, crossing, fitted
-from distid.experiments.intrinsic.sweep import grid, key, plan, share
+from distid.experiments.intrinsic.points import grid, key, plan
+from distid.experiments.intrinsic.sweep import share
 import sys
 
 from procs import run, torchrun
@@ -191,7 +192,7 @@ def test_bad_sweep_config_is_one_line_and_exit_2(tmp_path):
 
 
 def test_fingerprint_follows_what_decides_a_result():
-    from distid.experiments.intrinsic.sweep import fingerprint
+    from distid.experiments.intrinsic.points import fingerprint
 
     def fp(*over):
         return fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", list(over)), 1)
@@ -216,7 +217,7 @@ def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
 
 def test_a_point_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
     from distid import runtime
-    from distid.experiments.intrinsic.sweep import fingerprint
+    from distid.experiments.intrinsic.points import fingerprint
 
     cfg = load_config(f"{REPO}/configs/mnist_fc_id.toml", [])
     first = fingerprint(cfg, 2)
