@@ -236,10 +236,10 @@ def test_code_version_hashes_every_source_file(tmp_path, monkeypatch):
     copy = tmp_path / "distid"
     shutil.copytree(Path(runtime.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     versions = []
-    for edit in ("", "# a comment\n"):
-        source = copy / "experiments" / "intrinsic" / "dimension.py"
-        source.write_text(source.read_text() + edit)
+    module = "experiments/intrinsic/dimension.py"
+    for name, edit in ((module, ""), (module, "# a comment\n"), ("subspace/kernel.c", "/* a comment */\n")):
+        (copy / name).write_text((copy / name).read_text() + edit)
         monkeypatch.setattr(runtime, "__file__", str(copy / "runtime.py"))
         monkeypatch.setattr(runtime, "_code_version", None)
         versions.append(runtime.code_version())
-    assert versions[0] != versions[1] and versions[0].startswith("distid ")
+    assert len(set(versions)) == 3 and versions[0].startswith("distid ")
