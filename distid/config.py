@@ -130,7 +130,7 @@ class LocalSGDConfig:
 
 @dataclass
 class SweepConfig:
-    """The grid of ``python -m distid.experiments.sweep``; each point is [train] with method/d/seed changed."""
+    """The grid of ``python -m distid.experiments.intrinsic.sweep``; each point is [train] with method/d/seed changed."""
 
     d: list = field(default_factory=list)  # explicit grid of d; [] = `points` log-spaced values in [d_min, d_max]
     d_min: int = 100
@@ -142,7 +142,8 @@ class SweepConfig:
     full_lr: float = 1e-3  # Adam lr of the baseline (full training); train.lr is the subspace's
     lora_ranks: list = field(default_factory=list)  # also train LoRA at these ranks ([] = none)
     lora_lr: float = 1e-2
-    search: str = "grid"  # "grid": every d of the grid; "bisect": bisection on log d in [d_min, d_max] (experiments/bisect.py)
+    # "grid": every d of the grid; "bisect": bisection on log d in [d_min, d_max] (experiments/intrinsic/bisect.py)
+    search: str = "grid"
     width: float = 0.1  # bisect: stop when a seed's bracket hi/lo ≤ 1 + width
     fit_window: float = 1.5  # d_int: the line in log d goes through the points within this factor of the crossing
     bisect_on: str = "measured"  # bisect: the threshold the search pins down: "measured", "fixed_1.0" or "both"

@@ -1,8 +1,8 @@
-"""`python -m distid.probe`: the budget a task needs (distid/experiments/probe.py)."""
+"""`python -m distid.probe`: the budget a task needs (distid/experiments/intrinsic/probe.py)."""
 
 import sys
 
-from distid.experiments.probe import main
+from distid.experiments.intrinsic.probe import main
 
 if __name__ == "__main__":
     sys.exit(main())

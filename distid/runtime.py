@@ -35,14 +35,14 @@ _code_version: str | None = None
 
 
 def code_version() -> str:
-    """"distid <version>+<12 hex>": the package version and a sha256 of every .py file under distid/
-    (path and bytes), computed once per process. Caches key results on it: any code change misses."""
+    """"distid <version>+<12 hex>": the package version and a sha256 of every source file under distid/
+    (.py and .c; path and bytes), computed once per process. Caches key results on it: any code change misses."""
     global _code_version
     if _code_version is None:
         from distid import __version__
 
         root, h = Path(__file__).resolve().parent, hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".c")):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
         _code_version = f"distid {__version__}+{h.hexdigest()[:12]}"
     return _code_version

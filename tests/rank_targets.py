@@ -189,7 +189,7 @@ def compare_cell(method, strategy, out_dir):
     from types import SimpleNamespace
 
     from distid.config import METHOD_LR
-    from distid.experiments import compare
+    from distid.experiments.methods import compare
     from datasets_for_tests import DATA_ROOT, REPO
 
     args = SimpleNamespace(config=str(REPO / "configs" / "mnist_compare.toml"),

@@ -1,5 +1,5 @@
-"""The intrinsic-dimension search (experiments/bisect.py), the plateau stop (run/job.py `settled`)
-and the interval (experiments/intrinsic.py `resampled`), on synthetic accuracy curves; then one
+"""The intrinsic-dimension search (experiments/intrinsic/bisect.py), the plateau stop (run/job.py `settled`)
+and the interval (experiments/intrinsic/dimension.py `resampled`), on synthetic accuracy curves; then one
 bisection sweep on MNIST, resumed; and the refusals of bad input, one line each."""
 
 import hashlib
@@ -12,9 +12,9 @@ import pytest
 
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.config import ConfigError, load_config
-from distid.experiments.bisect import bracket, probes, search
-from distid.experiments.intrinsic import resampled
-from distid.experiments.sweep_bisect import next_points
+from distid.experiments.intrinsic.bisect import bracket, probes, search
+from distid.experiments.intrinsic.dimension import resampled
+from distid.experiments.intrinsic.bisect_sweep import next_points
 from distid.run.job import settled
 from procs import run, torchrun
 
@@ -149,7 +149,7 @@ BAD_SEARCH = [
 def test_bad_search_input_from_the_shell_is_one_line_and_exit_2(tmp_path):
     """One case as a user meets it; the others go through the same `cli.main` in this process."""
     over, message = BAD_SEARCH[2]
-    out = run([sys.executable, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml",
+    out = run([sys.executable, "-m", "distid.experiments.intrinsic.sweep", "--config", "configs/mnist_fc_id.toml",
                "--out", str(tmp_path / "s"), *[a for o in over for a in ("--set", o)]], timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
     assert not (tmp_path / "s" / "sweep.json").exists()
@@ -157,7 +157,7 @@ def test_bad_search_input_from_the_shell_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("over, message", BAD_SEARCH)
 def test_bad_search_input_is_one_line_and_exit_2(tmp_path, capsys, over, message):
-    from distid.experiments import sweep
+    from distid.experiments.intrinsic import sweep
 
     args = ["--config", f"{REPO}/configs/mnist_fc_id.toml", "--out", str(tmp_path / "s")]
     assert sweep.main(args + [a for o in over for a in ("--set", o)]) == 2
@@ -167,14 +167,14 @@ def test_bad_search_input_is_one_line_and_exit_2(tmp_path, capsys, over, message
 
 
 def test_bisection_in_split_mode_on_two_ranks_is_refused(tmp_path):
-    out = torchrun(2, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path),
+    out = torchrun(2, "-m", "distid.experiments.intrinsic.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path),
                    "--set", "sweep.search=bisect", timeout=120)
     assert out.returncode != 0 and out.stderr.count("needs sweep.mode = 'ddp'") == 1, out.stderr
 
 
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
 def test_a_bisection_sweep_on_mnist_settles_every_seed_and_resumes(tmp_path):
-    args = [sys.executable, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml",
+    args = [sys.executable, "-m", "distid.experiments.intrinsic.sweep", "--config", "configs/mnist_fc_id.toml",
             "--out", str(tmp_path)] + [a for o in (
                 "sweep.search=bisect", "sweep.d_min=10", "sweep.d_max=1000", "sweep.seeds=3", "train.steps=60",
                 "train.global_batch=500", "train.eval_every=20", "train.stop_plateau=1", f"data.root={DATA_ROOT}",

@@ -1,4 +1,4 @@
-"""distid.experiments.convergence: three curves at a matched budget, files written, eval_every required."""
+"""distid.experiments.methods.convergence: three curves at a matched budget, files written, eval_every required."""
 
 import json
 import sys
@@ -11,7 +11,7 @@ from procs import run, torchrun
 
 @pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 def test_convergence_on_two_ranks_writes_three_curves(tmp_path):
-    out = torchrun(2, "-m", "distid.experiments.convergence", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path),
+    out = torchrun(2, "-m", "distid.experiments.methods.convergence", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path),
                    "--set", f"data.root={DATA_ROOT}", "--set", "train.steps=6", "--set", "train.eval_every=3",
                    "--set", "subspace.d=1600", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -23,5 +23,5 @@ def test_convergence_on_two_ranks_writes_three_curves(tmp_path):
 
 
 def test_convergence_needs_eval_every(tmp_path):
-    out = run([sys.executable, "-m", "distid.experiments.convergence", "--out", str(tmp_path)], timeout=60)
+    out = run([sys.executable, "-m", "distid.experiments.methods.convergence", "--out", str(tmp_path)], timeout=60)
     assert out.returncode == 2 and "train.eval_every must be > 0" in out.stderr

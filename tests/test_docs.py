@@ -33,25 +33,25 @@ TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
     "distid.train": ["--set", "train.steps=14", "--set", "train.log_every=7"],  # 2 warm-up, 10 booked, 2 timed
-    "distid.experiments.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "subspace.d=64"],
-    "distid.experiments.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
+    "distid.experiments.methods.compare": ["--set", "train.steps=3", "--set", "train.log_every=3", "--set", "subspace.d=64"],
+    "distid.experiments.intrinsic.sweep": ["--set", "sweep.d=[20,40]", "--set", "sweep.seeds=1", "--set", "train.steps=3",
                      "--set", "sweep.lora_ranks=[]", "--set", "sweep.threshold=0.4"],  # 3 steps reach ~0.5, not 0.9
     "distid.experiments.bench": ["--rounds", "1", "--steps", "2"],
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
-    "distid.experiments.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
-    "distid.experiments.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
+    "distid.experiments.methods.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
+    "distid.experiments.communication.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
                                     "--set", "powersgd.start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
                                     "--dims", "250", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
                                     "--diloco-lora-ranks", "1", "--diloco-lora-h", "7"],  # every family, one cell each
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
 NEEDS_GPU = {"distid.experiments.bench.gpt2"}
-TAKES_CONFIG = {"distid.train", "distid.experiments.compare", "distid.experiments.sweep", "distid.experiments.convergence",
-                "distid.probe", "distid.experiments.frontier"}  # --set data.root, --out
+TAKES_CONFIG = {"distid.train", "distid.experiments.methods.compare", "distid.experiments.intrinsic.sweep",
+                "distid.experiments.methods.convergence", "distid.probe", "distid.experiments.communication.frontier"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
-SAME_GRID = {"distid.train", "distid.parallel", "distid.primitives", "distid.experiments.convergence",
+SAME_GRID = {"distid.train", "distid.parallel", "distid.primitives", "distid.experiments.methods.convergence",
              "distid.experiments.bench"}  # TINY shortens the run but keeps the model and budget
 
 

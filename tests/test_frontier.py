@@ -1,4 +1,4 @@
-"""distid.experiments.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
+"""distid.experiments.communication.frontier: a tiny 2-rank run writes every file with every family; the byte bookkeeping
 (cumulative bytes, with and without local steps, targets, Pareto front) and the link model's time
 to a target on hand-made rows."""
 
@@ -9,16 +9,16 @@ import torch
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.strategies.hooks import CPU_POWERSGD_ON_GPU_MACHINE
-from distid.experiments import links
-from distid.experiments.frontier import FAMILIES, cumulative_bytes, reach
-from distid.experiments.frontier_report import pareto
+from distid.experiments.communication import links
+from distid.experiments.communication.frontier import FAMILIES, cumulative_bytes, reach
+from distid.experiments.communication.report import pareto
 from procs import torchrun
 
 
 @pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 @pytest.mark.skipif(torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)
 def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
-    args = ["-m", "distid.experiments.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
+    args = ["-m", "distid.experiments.communication.frontier", "--config", "configs/mnist_frontier.toml", "--set", f"data.root={DATA_ROOT}",
             "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "powersgd.start_iter=2",
             "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--peft", "vera", "--diloco-h", "7",
             "--diloco-dims", "100", "--diloco-dims-h", "7", "--diloco-lora-ranks", "1", "--diloco-lora-h", "7",
@@ -77,7 +77,7 @@ def test_a_cell_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
     from types import SimpleNamespace
 
     from distid import runtime
-    from distid.experiments.frontier import reusable
+    from distid.experiments.communication.frontier import reusable
 
     done = SimpleNamespace(config_hash="abc", world_size=4, code_version=runtime.code_version())
     assert reusable(done, "abc", 4)

@@ -1,5 +1,6 @@
 """The import graph against the map in docs/design.md: each layer imports only the layers its row
-lists (an entry may also name one file, `observe/memory.py`); only experiments import distid/train.py."""
+lists (an entry may also name one file, `observe/memory.py`); only experiments import distid/train.py;
+no file of distid imports itself around a loop."""
 
 from __future__ import annotations
 
@@ -49,12 +50,19 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imports(path: Path, package: str | None = None) -> set[Path]:
+def imports(path: Path, package: str | None = None, type_only: bool = True) -> set[Path]:
     """Files of distid that `path` imports anywhere (top level or inside functions); `package`
-    resolves relative imports (default: the one `path` is in)."""
+    resolves relative imports (default: the one `path` is in); type_only=False leaves out those under
+    `if TYPE_CHECKING:`, which only a type checker runs."""
     package = package or ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree, found, skip = ast.parse(path.read_text()), set(), set()
+    for node in ast.walk(tree):
+        if not type_only and isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                                      "typing.TYPE_CHECKING"):
+            skip |= {id(n) for statement in node.body for n in ast.walk(statement)}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -68,6 +76,70 @@ def imports(path: Path, package: str | None = None) -> set[Path]:
             if name.split(".")[0] == "distid" and (f := module_file(name)) not in (None, PKG / "__init__.py"):
                 found.add(f)
     return found
+
+
+def import_graph() -> dict[Path, set[Path]]:
+    """{file of distid: the files of distid it imports when run (imports, top level or inside functions,
+    not under `if TYPE_CHECKING:`)}, without the edges from a file to the `__init__.py` of a package
+    holding it: importing the file has begun importing that package, so a package's `__init__.py`,
+    which may import its own modules to re-export them, counts as part of the package rather than a
+    module its modules import."""
+    return {path: {f for f in imports(path, type_only=False)
+                   if not (f.name == "__init__.py" and path.is_relative_to(f.parent))}
+            for path in sorted(PKG.rglob("*.py"))}
+
+
+def cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
+    """One loop [a, b, …, a] (a shortest one from its first file) through each set of files that
+    reach one another in `graph` (Tarjan's strongly connected components)."""
+    index, low, stack, parts = {}, {}, [], []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = set()
+            while not part or v not in part:
+                part.add(stack.pop())
+            if len(part) > 1 or v in graph.get(v, ()):
+                parts.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    loops = []
+    for part in parts:
+        start = min(part)
+        came, queue = {start: None}, [start]
+        while start not in graph.get(queue[0], ()):  # breadth first, until a file imports start
+            v = queue.pop(0)
+            for w in sorted((graph.get(v, set()) & part) - came.keys()):
+                came[w] = v
+                queue.append(w)
+        loop, v = [start], queue[0]
+        while v is not None:
+            loop.insert(1, v)
+            v = came[v]
+        loops.append(loop[1:] + [start])
+    return sorted(loops)
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import cycles (top level or inside functions):\n" + "\n".join(
+        " → ".join(p.relative_to(REPO).as_posix() for p in loop) for loop in found)
+
+
+def test_cycle_finder_names_each_loop():
+    a, b, c, d, e = map(Path, "abcde")
+    assert cycles({a: {b}, b: {c}, c: {a, d}, d: set(), e: {e}}) == [[a, b, c, a], [e, e]]
+    assert cycles({a: {b, c}, b: {d}, c: {d}, d: set()}) == []
 
 
 def test_every_import_follows_the_map():
@@ -109,9 +181,11 @@ def test_import_checker_sees_a_bad_import(tmp_path):
     """The checker itself: function-level, relative and `from distid import …` imports are found."""
     probe = tmp_path / "probe.py"
     probe.write_text("from distid import lora\nfrom .ledger import CommLedger\n"
-                     "def f():\n    from distid.train import main\n")
+                     "def f():\n    from distid.train import main\n"
+                     "if TYPE_CHECKING:\n    from distid.config import Config\n")
     assert imports(probe, package="distid.observe") == {PKG / "train.py", PKG / "lora.py",
-                                                         PKG / "observe" / "ledger.py"}
+                                                         PKG / "observe" / "ledger.py", PKG / "config.py"}
+    assert PKG / "config.py" not in imports(probe, package="distid.observe", type_only=False)
 
 
 def test_top_level_stays_small_and_mapped():

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from distid.experiments.compare import chart_title, plot
+from distid.experiments.methods.compare import chart_title, plot
 from distid.observe.progress import Progress, final_table, method_label
 from distid.observe.summary import Summary
 
@@ -81,10 +81,10 @@ def test_compare_chart_names_the_cells_it_leaves_out(tmp_path):
     assert plot(cells, tmp_path / "compare.png") and (tmp_path / "compare.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("module,folder", [("compare", "runs/compare-<YYYYmmdd-HHMMSS>"),
-                                           ("frontier", "runs/frontier-<YYYYmmdd-HHMMSS>"),
-                                           ("sweep", "runs/sweep-<config name>"),
-                                           ("convergence", "runs/convergence-<config name>-<YYYYmmdd-HHMMSS>")])
+@pytest.mark.parametrize("module,folder", [("methods.compare", "runs/compare-<YYYYmmdd-HHMMSS>"),
+                                           ("communication.frontier", "runs/frontier-<YYYYmmdd-HHMMSS>"),
+                                           ("intrinsic.sweep", "runs/sweep-<config name>"),
+                                           ("methods.convergence", "runs/convergence-<config name>-<YYYYmmdd-HHMMSS>")])
 def test_help_names_the_folder_each_experiment_writes_by_default(module, folder, capsys):
     import importlib
 

@@ -9,7 +9,7 @@ import pytest
 
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.config import load_config
-from distid.experiments.probe import checks, prepare, recommended, table
+from distid.experiments.intrinsic.probe import checks, prepare, recommended, table
 from procs import run
 
 needs_mnist = pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")

@@ -338,3 +338,24 @@ def test_projection_on_gpu_never_waits_for_the_host(kind):
     cpu = make_projection(kind, 5000, 64, seed=0)
     want = cpu.rmatvec(2 * cpu.matvec(d.detach().cpu()))
     torch.testing.assert_close(d.grad.cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_every_c_source_is_package_data():
+    """kernel.py reads kernel.c at run time, so pyproject.toml lists each .c file under distid/ as
+    package data: a non-editable install (a wheel) carries it."""
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+        import tomli as tomllib
+
+    repo = Path(__file__).resolve().parent.parent
+    data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    sources = sorted((repo / "distid").rglob("*.c"))
+    assert repo / "distid/subspace/kernel.c" in sources
+    for path in sources:
+        package = ".".join(path.parent.relative_to(repo).parts)
+        assert any(fnmatch(path.name, glob) for glob in data.get(package, ())), \
+            f"{path.relative_to(repo)} is not package data of {package} in pyproject.toml"

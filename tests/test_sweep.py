@@ -1,4 +1,5 @@
-"""distid.experiments.sweep and distid.experiments.intrinsic: d_int interpolation, the shares, sweep.json, and whole sweeps under torchrun."""
+"""distid.experiments.intrinsic.sweep and .dimension: d_int interpolation, the shares, sweep.json, and whole
+sweeps under torchrun."""
 
 import json
 import math
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from datasets_for_tests import DATA_ROOT, REPO, have_mnist
-from distid.experiments import sweep_store
+from distid.experiments.intrinsic import store
 from distid.config import ConfigError, load_config
-from distid.experiments.intrinsic import Crossing, analyse, crossing, fitted
-from distid.experiments.sweep import grid, key, plan, share
+from distid.experiments.intrinsic.dimension import Crossing, analyse, crossing, fitted
+from distid.experiments.intrinsic.points import grid, key, plan
+from distid.experiments.intrinsic.sweep import share
 import sys
 
 from procs import run, torchrun
@@ -133,7 +135,7 @@ def test_shares_cover_every_point_once_and_balance(n):  # cut from all the point
 
 def _record_many(out, rank):
     for i in range(20):
-        sweep_store.record(out, dict(key=f"r{rank}-{i}"))
+        store.record(out, dict(key=f"r{rank}-{i}"))
 
 
 def test_store_keeps_every_writers_points(tmp_path):
@@ -146,12 +148,12 @@ def test_store_keeps_every_writers_points(tmp_path):
 
 
 def test_store_survives_a_crash_between_write_and_rename(tmp_path):
-    sweep_store.record(tmp_path, dict(key="a", hash="h"))
+    store.record(tmp_path, dict(key="a", hash="h"))
     (tmp_path / "sweep.json.tmp").write_text('{"points": {"a": ')  # a writer died mid-way
     pts = [dict(kind="subspace", x=1, seed=0)]
-    assert sweep_store.finished(tmp_path, pts, lambda p: "a", lambda p: "h") == {"a": dict(key="a", hash="h")}
-    assert sweep_store.finished(tmp_path, pts, lambda p: "a", lambda p: "other config") == {}
-    sweep_store.record(tmp_path, dict(key="b"))
+    assert store.finished(tmp_path, pts, lambda p: "a", lambda p: "h") == {"a": dict(key="a", hash="h")}
+    assert store.finished(tmp_path, pts, lambda p: "a", lambda p: "other config") == {}
+    store.record(tmp_path, dict(key="b"))
     assert set(json.loads((tmp_path / "sweep.json").read_text())["points"]) == {"a", "b"}
 
 
@@ -161,7 +163,7 @@ TINY = ["--set", "sweep.d=[20,60]", "--set", "sweep.seeds=2", "--set", "train.st
 
 @needs_mnist
 def test_split_sweep_on_two_ranks_writes_everything_and_resumes(tmp_path):
-    args = ["-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY]
+    args = ["-m", "distid.experiments.intrinsic.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY]
     out = torchrun(2, *args, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert {"sweep.json", "sweep.md", "id_curve.png"} <= {p.name for p in tmp_path.iterdir()}
@@ -176,7 +178,7 @@ def test_split_sweep_on_two_ranks_writes_everything_and_resumes(tmp_path):
 
 @needs_mnist
 def test_ddp_sweep_trains_every_point_on_all_ranks(tmp_path):
-    out = torchrun(2, "-m", "distid.experiments.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY,
+    out = torchrun(2, "-m", "distid.experiments.intrinsic.sweep", "--config", "configs/mnist_fc_id.toml", "--out", str(tmp_path), *TINY,
                    "--set", "sweep.mode=ddp", "--set", "sweep.seeds=1", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
@@ -184,13 +186,13 @@ def test_ddp_sweep_trains_every_point_on_all_ranks(tmp_path):
 
 
 def test_bad_sweep_config_is_one_line_and_exit_2(tmp_path):
-    out = torchrun(2, "-m", "distid.experiments.sweep", "--out", str(tmp_path), "--set", "sweep.seeds=0", timeout=120)
+    out = torchrun(2, "-m", "distid.experiments.intrinsic.sweep", "--out", str(tmp_path), "--set", "sweep.seeds=0", timeout=120)
     assert out.returncode != 0 and out.stderr.count("error: sweep.seeds must be >= 1") == 1
     assert not (tmp_path / "sweep.json").exists()
 
 
 def test_fingerprint_follows_what_decides_a_result():
-    from distid.experiments.sweep import fingerprint
+    from distid.experiments.intrinsic.points import fingerprint
 
     def fp(*over):
         return fingerprint(load_config(f"{REPO}/configs/mnist_fc_id.toml", list(over)), 1)
@@ -207,7 +209,7 @@ def test_fingerprint_follows_what_decides_a_result():
 
 
 def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
-    out = run([sys.executable, "-m", "distid.experiments.sweep", "--out", str(tmp_path), "--set", "sweep.lora_ranks=[1,16]"],
+    out = run([sys.executable, "-m", "distid.experiments.intrinsic.sweep", "--out", str(tmp_path), "--set", "sweep.lora_ranks=[1,16]"],
               timeout=60)
     assert out.returncode == 2 and "sweep.lora_ranks = [1, 16]: rank r=16 exceeds" in out.stderr
     assert ": test acc" not in out.stdout
@@ -215,7 +217,7 @@ def test_a_lora_rank_a_layer_cannot_take_is_refused_before_training(tmp_path):
 
 def test_a_point_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
     from distid import runtime
-    from distid.experiments.sweep import fingerprint
+    from distid.experiments.intrinsic.points import fingerprint
 
     cfg = load_config(f"{REPO}/configs/mnist_fc_id.toml", [])
     first = fingerprint(cfg, 2)
@@ -234,9 +236,10 @@ def test_code_version_hashes_every_source_file(tmp_path, monkeypatch):
     copy = tmp_path / "distid"
     shutil.copytree(Path(runtime.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     versions = []
-    for edit in ("", "# a comment\n"):
-        (copy / "experiments" / "intrinsic.py").write_text((copy / "experiments" / "intrinsic.py").read_text() + edit)
+    module = "experiments/intrinsic/dimension.py"
+    for name, edit in ((module, ""), (module, "# a comment\n"), ("subspace/kernel.c", "/* a comment */\n")):
+        (copy / name).write_text((copy / name).read_text() + edit)
         monkeypatch.setattr(runtime, "__file__", str(copy / "runtime.py"))
         monkeypatch.setattr(runtime, "_code_version", None)
         versions.append(runtime.code_version())
-    assert versions[0] != versions[1] and versions[0].startswith("distid ")
+    assert len(set(versions)) == 3 and versions[0].startswith("distid ")

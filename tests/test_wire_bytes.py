@@ -47,7 +47,7 @@ def test_expected_ratios_are_the_issue_s_figures():
 @pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 @pytest.mark.parametrize("n", [2, 4])
 def test_compare_headline_ratio_is_of_wire_bytes(dist_pool, tmp_path, n):
-    from distid.experiments.compare import to_markdown, wire_ratios
+    from distid.experiments.methods.compare import to_markdown, wire_ratios
 
     pool = dist_pool(n)
     cells = [pool.run("rank_targets:compare_cell", m, s, str(tmp_path), timeout=240)[0]
@@ -76,7 +76,7 @@ def _unnamed_byte_keys(record: dict) -> list[str]:
 def test_frontier_rows_name_their_byte_figures():
     """frontier.json's rows and seed runs: every byte key names its meaning, and bytes to a target
     are summed from wire keys only (a payload figure planted beside them changes nothing)."""
-    from distid.experiments.frontier import Cell, reach, summarize
+    from distid.experiments.communication.frontier import Cell, reach, summarize
 
     seed = dict(seed=0, wire_bytes_per_step=30.0, wire_setup_bytes=100.0, wire_warmup_bytes=60.0,
                 payload_bytes_per_step=1e9, trainable_params=5, lora_rank=None, comm_wire_formula={"total": 30},
@@ -92,7 +92,8 @@ def test_reports_never_mix_meanings():
     the frontier's sums read wire keys only (from the code that writes them)."""
     import inspect
 
-    from distid.experiments import compare, frontier
+    from distid.experiments.communication import frontier
+    from distid.experiments.methods import compare
     from distid.observe.summary import Summary
 
     byte_fields = [f for f in Summary.__dataclass_fields__ if f.startswith("comm_") and "bytes" in f or

@@ -1,7 +1,7 @@
 """The scaffold every config-driven entry point shares: argparse with --config/--set/--out, the
 config, the process group, and one line per error with an exit code.
 
-    sys.exit(cli.main(argv, "python -m distid.experiments.compare", __doc__, body, add_args))
+    sys.exit(cli.main(argv, "python -m distid.experiments.methods.compare", __doc__, body, add_args))
 
 body(args, cfg) does the work and returns an exit code (None = 0). Exit codes: 0 done (or, with
 --resume, found finished: said, nothing written); 2 the input is wrong (config, backend, data,

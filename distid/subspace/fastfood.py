@@ -13,7 +13,7 @@ block, P = [H G_1; …; H G_nb]·(Π H B) keeps every subspace inside one fixed 
 block-periodic Walsh patterns, and the MNIST MLP's d_int90 fell from 513 to 430 (measured).
 
 v = Π H B d̃ ([L]) is computed once; block j is s_j·H(q_j ⊙ v[σ_j]) — one transform per block, which
-the C kernel (kernel.py) runs in cache. Pᵀ·g = B H Πᵀ Σ_j σ_jᵀ(s_j q_j ⊙ H g_j) (a scatter per block).
+the C kernel (kernel.c) runs in cache. Pᵀ·g = B H Πᵀ Σ_j σ_jᵀ(s_j q_j ⊙ H g_j) (a scatter per block).
 State: 1 byte per entry of the nb·L blocks (q; ≈ 1 per parameter when L ≪ D) + 4 bytes per block
 (s) + 5 bytes per entry of the shared B (int8) and Π (int32).
 
@@ -44,7 +44,7 @@ def _mul32(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 (C. Wellons), the 32-bit integer hash kernel.py uses, elementwise on int64 tensors."""
+    """lowbias32 (C. Wellons), the 32-bit integer hash kernel.c uses, elementwise on int64 tensors."""
     x = x & MASK32
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -92,7 +92,7 @@ class FastfoodProjection(Projection):
         return (hadamard(z) * self.B)[: self.d]
 
     def scramble(self, j0: int, j1: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(a_j, x_j, c_j) of blocks j0..j1−1 ([j1 − j0] int64 each), hashed from (key, j) as kernel.py does."""
+        """(a_j, x_j, c_j) of blocks j0..j1−1 ([j1 − j0] int64 each), hashed from (key, j) as kernel.c does."""
         j3 = torch.arange(j0, j1, dtype=torch.int64, device=device or self.q.device) * 3
         a, x, c = (hash32(hash32(j3 + t) ^ self.key) & (self.L - 1) for t in range(3))
         return (a | 1) & (self.L - 1), x, c

@@ -1,7 +1,7 @@
 """The communication frontier: test accuracy against bytes per step for every way distid knows to
 shrink DDP's all-reduce, measured side by side in one run.
 
-    torchrun --nproc_per_node=4 -m distid.experiments.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
+    torchrun --nproc_per_node=4 -m distid.experiments.communication.frontier --config configs/mnist_frontier.toml [--seeds 0,1,2]
 
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d; PEFT's VeRA, FourierFT
@@ -13,7 +13,7 @@ P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N 
 Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
 + steps × bytes/step (with local steps: synchronisations × bytes per synchronisation), at the first
 evaluation (train.eval_every; with local steps the first synchronisation at or after it) whose
-seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/links.py).
+seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/communication/links.py).
 Writes frontier.json, frontier.md, frontier.png and links.png to --out; a cell already in --out with the same
 config, world size and code (its summary.json) is reused, so an interrupted run resumes.
 """
@@ -33,8 +33,8 @@ from distid import runtime
 from distid.config import METHOD_LR, ConfigError, config_hash, load_config, timestamped_dir
 from distid.data import ShardedLoader
 from distid.data.datasets import load_split
-from distid.experiments import links
-from distid.experiments.frontier_report import plot, to_markdown
+from distid.experiments.communication import links
+from distid.experiments.communication.report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
 from distid.train import train_logged, train_step
@@ -233,7 +233,7 @@ def add_args(p) -> None:
     p.add_argument("--diloco-lora-ranks", type=lambda t: _floats(t, int), default=[8])
     p.add_argument("--diloco-lora-h", type=lambda t: _floats(t, int), default=[32])
     p.add_argument("--links-workers", type=lambda t: _floats(t, int), default=[4, 64],
-                   help="worker counts of the time-to-accuracy model on named links (experiments/links.py)")
+                   help="worker counts of the time-to-accuracy model on named links (experiments/communication/links.py)")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
     for method, lr in METHOD_LR.items():
@@ -280,7 +280,7 @@ def main_body(args, cfg) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.frontier", __doc__, main_body, add_args,
+    return cli.main(argv, "python -m distid.experiments.communication.frontier", __doc__, main_body, add_args,
                     out="runs/frontier-<YYYYmmdd-HHMMSS>")
 
 

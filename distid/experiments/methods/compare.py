@@ -1,6 +1,6 @@
 """Full vs subspace vs LoRA, under DDP and FSDP, measured side by side in one run.
 
-    torchrun --nproc_per_node=4 -m distid.experiments.compare --config configs/mnist_compare.toml [--set train.steps=50]
+    torchrun --nproc_per_node=4 -m distid.experiments.methods.compare --config configs/mnist_compare.toml [--set train.steps=50]
 
 Every cell of {full, subspace (dense, sparse, fastfood), LoRA} × {DDP, FSDP} trains the config's
 model on the same data, seed and steps; LoRA's rank is the one whose trainable count is closest
@@ -156,7 +156,7 @@ def add_args(p) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.compare", __doc__, compare, add_args,
+    return cli.main(argv, "python -m distid.experiments.methods.compare", __doc__, compare, add_args,
                     out="runs/compare-<YYYYmmdd-HHMMSS>")
 
 

@@ -1,13 +1,15 @@
-"""What a sweep writes beside its points: sweep.md (tables) and id_curve.png (accuracy vs d)."""
+"""What a sweep writes beside its points: the analysis, sweep.md (tables) and id_curve.png (accuracy vs d)."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from pathlib import Path
 
-from distid.experiments import sweep_store
-from distid.config import Config
+from distid import runtime
+from distid.config import Config, to_dict
+from distid.experiments.intrinsic import dimension, store
 from distid.experiments.plotting import pyplot
 
 BUDGET_RANKS = (1, 2, 4, 8)  # LoRA ranks whose trainable counts are marked on the d axis
@@ -182,9 +184,24 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
 
 def write(out: Path, result: dict, cfg: Config) -> str:
     """sweep.json (report fields beside the points), sweep.md, id_curve.png; returns what to print."""
-    result = dict(result, invocations=sweep_store.report(out, result))
+    result = dict(result, invocations=store.report(out, result))
     md = markdown(result, cfg)
     (out / "sweep.md").write_text(md)
     drew = plot(result, cfg, out / "id_curve.png")
     return md + (f"\nwrote {out}/sweep.json, sweep.md, id_curve.png" if drew else
                  f"\nwrote {out}/sweep.json, sweep.md (matplotlib missing: no id_curve.png)")
+
+
+def finish(cfg: Config, out: Path, records: list[dict], n: int, t0: float, trained: int, grid: list[int] = (),
+           echo: bool = True) -> str:
+    """Rank 0, at a sweep's end: the analysis, sweep.json's report fields, sweep.md and the chart;
+    returns (and with echo, prints) the report. grid: the d values of a grid sweep."""
+    s = cfg.sweep
+    result = dict(config=to_dict(cfg), grid=list(grid), points=records,
+                  machine=runtime.machine(), ranks=n, mode=s.mode, search=s.search,
+                  wall_time_s=time.perf_counter() - t0, trained=trained,
+                  analysis=dimension.analyse(records, s.threshold, s.search, s.fit_window))
+    text = write(out, result, cfg)
+    if echo:
+        print(text, flush=True)
+    return text

@@ -2,7 +2,7 @@
 seed's accuracy curve first reaches a target t.
 
 A seed's trained points (x ascending, accuracy) bracket t at (lo, hi): hi is the first point that
-reaches t, read as `intrinsic.crossing` reads a curve, and lo the point before it. The bracket is
+reaches t, read as `dimension.crossing` reads a curve, and lo the point before it. The bracket is
 settled when hi/lo ≤ 1 + width, or hi − lo ≤ 1 (x is an integer). While hi/lo > WIDE the next
 probe is the bracket's middle in log x (plain bisection: a chord across a wide, curved stretch of
 the curve misplaces the crossing); then the next probes are the pair c·(1 + width)^∓0.4 around
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from distid.experiments import intrinsic
+from distid.experiments.intrinsic import dimension
 
 WIDE = 4.0  # brackets wider than this ratio are halved in log x before interpolating
 
@@ -76,8 +76,8 @@ def probes(curve: dict[int, float], t: float, x_min: int, x_max: int, width: flo
 
 
 def _crossing(curve: dict[int, float], b: Bracket, t: float) -> float:
-    """The crossing of t interpolated in log x between the bracket's ends (intrinsic.crossing)."""
-    return intrinsic.crossing([b.lo, b.hi], [curve[b.lo], curve[b.hi]], t).d
+    """The crossing of t interpolated in log x between the bracket's ends (dimension.crossing)."""
+    return dimension.crossing([b.lo, b.hi], [curve[b.lo], curve[b.hi]], t).d
 
 
 def _pair(guess: float, log_a: float, log_b: float, a: int, b: int, width: float) -> list[int]:

@@ -1,5 +1,5 @@
 """The bisection sweep (sweep.search = "bisect"): the baselines, then only the d values (and with
-sweep.lora_max > 0, the LoRA ranks) that experiments/bisect.py asks for, one seed after another,
+sweep.lora_max > 0, the LoRA ranks) that bisect.py asks for, one seed after another,
 until every seed's bracket of the target is within sweep.width.
 
 Each round's points depend on the last round's accuracies, so every point trains on all ranks
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from distid import runtime
 from distid.config import Config, ConfigError
-from distid.experiments import bisect, sweep, sweep_store
+from distid.experiments.intrinsic import bisect, points, store
+from distid.experiments.intrinsic.report import finish
 
 
 def targets(cfg: Config, baseline: float) -> list[float]:
@@ -43,10 +44,10 @@ def curve_of(records: list[dict], kind: str, seed: int) -> dict[int, float]:
 
 
 def next_points(cfg: Config, records: list[dict]) -> list[dict]:
-    """The bisection's next round (experiments/bisect.py): the baselines first, then for each kind
+    """The bisection's next round (bisect.py): the baselines first, then for each kind
     (subspace over [d_min, d_max], LoRA over [lora_min, lora_max]) and target, the probes of the
     first seed whose bracket is not settled; [] when all are."""
-    seeds = sweep.seeds_of(cfg)
+    seeds = points.seeds_of(cfg)
     base = [r["test_accuracy"] for r in records if r["kind"] == "full"]
     if len(base) < len(seeds):
         have = {r["seed"] for r in records if r["kind"] == "full"}
@@ -67,26 +68,26 @@ def run_bisect(args, cfg: Config, out: Path, rank: int, n: int, then=None) -> tu
     runtime.init(cfg.dist.timeout_s, cfg.dist.backend)
     import torch.distributed as dist
 
-    box = [sweep_store.stored(out) if rank == 0 else None]
+    box = [store.stored(out) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # rank 0's folder, for ranks on nodes that do not share it
     records, trained = [], 0
     while todo := next_points(cfg, records) or (then(records) if then else []):
         for p in todo:
-            old = box[0].get(sweep.key(p))
-            if not args.redo and old and old.get("hash") == sweep.fingerprint(sweep.point_cfg(args, cfg, p), n):
+            old = box[0].get(points.key(p))
+            if not args.redo and old and old.get("hash") == points.fingerprint(points.point_cfg(args, cfg, p), n):
                 records.append(old)
                 continue
-            records.append(sweep.train_point(args, cfg, p, out, n, rank))
+            records.append(points.train_point(args, cfg, p, out, n, rank))
             trained += 1
             if rank == 0:
-                sweep_store.record(out, records[-1])
+                store.record(out, records[-1])
     return records, trained
 
 
 def bisect_sweep(args, cfg: Config, out: Path, rank: int, n: int) -> None:
     """sweep.search = "bisect": refuse what cannot run, search, report."""
     if cfg.sweep.lora_max:
-        sweep.check_lora_ranks(args, cfg, [cfg.sweep.lora_min, cfg.sweep.lora_max])
+        points.check_lora_ranks(args, cfg, [cfg.sweep.lora_min, cfg.sweep.lora_max])
     if cfg.sweep.mode == "split" and n > 1:
         raise ConfigError(f"sweep.search = 'bisect' on {n} ranks needs sweep.mode = 'ddp': each round's points "
                           f"depend on the last round's accuracies, so the ranks train every point together")
@@ -96,4 +97,4 @@ def bisect_sweep(args, cfg: Config, out: Path, rank: int, n: int) -> None:
     t0 = time.perf_counter()
     records, trained = run_bisect(args, cfg, out, rank, n)
     if rank == 0:
-        sweep.report(cfg, out, records, n, t0, trained)
+        finish(cfg, out, records, n, t0, trained)

@@ -1,7 +1,7 @@
 """Convergence at a matched budget: full training, LoRA and a random subspace, test accuracy
 against steps and against training seconds, in one figure.
 
-    python -m distid.experiments.convergence --config configs/vit_finetune.toml [--set subspace.d=2000] [--out DIR]
+    python -m distid.experiments.methods.convergence --config configs/vit_finetune.toml [--set subspace.d=2000] [--out DIR]
 
 Each curve is one `distid.train.train` of the config with train.method changed (lr: sweep.full_lr,
 train.lr, sweep.lora_lr — the sweep's); LoRA's rank is lora.rank, or the one whose trainable
@@ -92,7 +92,7 @@ def convergence(args, cfg: Config) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.main(argv, "python -m distid.experiments.convergence", __doc__, convergence,
+    return cli.main(argv, "python -m distid.experiments.methods.convergence", __doc__, convergence,
                     out="runs/convergence-<config name>-<YYYYmmdd-HHMMSS>")
 
 
