@@ -1,5 +1,6 @@
 """Functions the tests run on every rank of a DistPool (looked up as 'rank_targets:name')."""
 
+import os
 import time
 
 from pathlib import Path
@@ -196,3 +197,35 @@ def compare_cell(method, strategy, out_dir):
                            overrides=[f"data.root={DATA_ROOT}", "train.steps=13", "train.log_every=100"],
                            **{f"lr_{m}": lr for m, lr in METHOD_LR.items()})
     return compare.run_cell(args, method, "fastfood" if method == "subspace" else None, strategy, Path(out_dir))
+
+
+def trace_one_step(overrides, out_dir, at=14):
+    """The quickstart config (a subspace under DDP) trained on this rank while a profiler watches one
+    steady iteration of the loop: from entering train_step at step `at` (0-based) to entering it at
+    the next. Returns the distid files (relative to the package) whose Python code ran in between."""
+    import sys
+
+    import distid
+    from distid.config import load_config
+    from distid.train import train
+    from datasets_for_tests import REPO
+
+    root = os.path.dirname(os.path.abspath(distid.__file__)) + os.sep
+    seen, entered = set(), [0]
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        path = frame.f_code.co_filename
+        if frame.f_code.co_name == "train_step" and path.endswith(os.path.join("distid", "train.py")):
+            entered[0] += 1
+        if entered[0] == at + 1 and path.startswith(root):
+            seen.add(path[len(root):].replace(os.sep, "/"))
+
+    cfg = load_config(str(REPO / "configs" / "mnist_fc_subspace.toml"), overrides)
+    sys.setprofile(profile)
+    try:
+        train(cfg, out_dir)
+    finally:
+        sys.setprofile(None)
+    return sorted(seen)

@@ -15,7 +15,7 @@ from distid.config import ConfigError, load_config
 from distid.experiments.intrinsic.bisect import bracket, probes, search
 from distid.experiments.intrinsic.dimension import resampled
 from distid.experiments.intrinsic.bisect_sweep import next_points
-from distid.run.job import settled
+from distid.run.after_step import settled
 from procs import run, torchrun
 
 T, LO, HI, W = 0.88, 100, 4000, 0.1

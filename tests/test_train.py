@@ -98,3 +98,13 @@ def test_d_outside_one_to_D_is_a_config_error(d):
         build(load_config(None, [f"subspace.d={d}"]), 1)
 
 
+
+
+def test_one_steady_subspace_ddp_step_runs_code_in_at_most_ten_distid_files(dist_pool, tmp_path):
+    """A reader following one step of the quickstart run (d = 750, Fastfood, DDP on 2 ranks) from the
+    loop opens at most ten files of distid: the loop, the model's forward, the strategy, the meter and
+    what happens after a step."""
+    over = [f"data.root={DATA_ROOT}", "train.steps=20", "train.log_every=100", "train.global_batch=64"]
+    files = dist_pool(2).run("rank_targets:trace_one_step", over, str(tmp_path), timeout=180)[0]
+    assert {"train.py", "subspace/model.py", "strategies/ddp.py", "run/job.py"} <= set(files), files  # it saw the step
+    assert len(files) <= 10, ", ".join(files)

@@ -46,6 +46,7 @@ class ShardedLoader:
         self.seed, self.shuffle, self.drop_last, self.flatten = seed, shuffle, drop_last, flatten
         self.mean, self.std = normalize if normalize is not None else split.normalize
         self.epoch, self.next_batch = 0, 0
+        self.num_samples = len(split)
         self._perm: tuple[int, np.ndarray] | None = None
 
     @property
@@ -55,7 +56,7 @@ class ShardedLoader:
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""
-        n, b = len(self.split), self.global_batch
+        n, b = self.num_samples, self.global_batch
         return n // b if self.drop_last else -(-n // b)
 
     def set_epoch(self, epoch: int) -> None:
@@ -67,7 +68,7 @@ class ShardedLoader:
         """Order of all N sample indices in `epoch` (int64 [N]); identity if shuffle=False."""
         epoch = self.epoch if epoch is None else epoch
         if self._perm is None or self._perm[0] != epoch:
-            n = len(self.split)
+            n = self.num_samples
             if self.shuffle:
                 g = runtime.generator(self.seed, "data order", epoch)
                 perm = torch.randperm(n, generator=g).numpy()
@@ -108,12 +109,12 @@ class ShardedLoader:
     def state_dict(self) -> dict:
         """Position to resume from: epoch, next global batch index, and the settings it depends on."""
         return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,
-                "global_batch": self.global_batch, "num_samples": len(self.split)}
+                "global_batch": self.global_batch, "num_samples": self.num_samples}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a position saved by state_dict() (any world size; same seed/batch/data)."""
         for key, mine in (("seed", self.seed), ("global_batch", self.global_batch),
-                          ("num_samples", len(self.split))):
+                          ("num_samples", self.num_samples)):
             if key in state and state[key] != mine:
                 raise ValueError(f"loader state has {key}={state[key]}, this loader has {mine}")
         self.epoch, self.next_batch = int(state["epoch"]), int(state["next_batch"])

@@ -22,7 +22,6 @@ class Progress:
         self.rank, self.world, self.steps, self.every = rank, world, steps, max(1, every)
         self.proc, self.peak = psutil.Process(), 0.0
         self.t_last, self.step_last = time.perf_counter(), 0
-        self.window = [0.0, 0.0, 0, 0]  # loss sum, correct, samples, steps since the last line
         self.writer = None
         if rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -31,14 +30,6 @@ class Progress:
             sent = "; B sent/step: bytes each rank sends per step (ring algorithms)" if world > 1 else ""
             print(f"every {self.every} steps: training loss and accuracy averaged over rank 0's batches since "
                   f"the previous line{sent}", flush=True)
-
-    def due(self, step: int) -> bool:
-        return (step + 1) % self.every == 0 or step + 1 == self.steps
-
-    def add(self, loss, correct, samples: int) -> None:
-        """One step's loss (a 0-d tensor) and correct count (a 0-d tensor): summed, not synchronised."""
-        w = self.window
-        w[0], w[1], w[2], w[3] = w[0] + loss, w[1] + correct, w[2] + samples, w[3] + 1
 
     def rss_mb(self) -> float:
         mb = self.proc.memory_info().rss / 2**20
@@ -49,18 +40,15 @@ class Progress:
         self.rss_mb()
         return self.peak
 
-    def log(self, step: int, wire_per_step: float) -> None:
-        """One progress line from the steps added since the last; gathers every rank's RSS (one tiny
-        all-gather, booked as 'metrics')."""
+    def log(self, step: int, loss: float, acc: float, wire_per_step: float) -> None:
+        """One progress line: rank 0's mean training loss and accuracy since the last line; gathers
+        every rank's RSS (one tiny all-gather)."""
         all_rss = runtime.gather_floats(self.rss_mb()) if self.world > 1 else [self.rss_mb()]
         now = time.perf_counter()
         rate = (step + 1 - self.step_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.step_last = now, step + 1
-        total, correct, samples, steps = self.window
-        self.window = [0.0, 0.0, 0, 0]
         if self.rank != 0:
             return
-        loss, acc = float(total) / max(steps, 1), float(correct) / max(samples, 1)
         print(f"step {step + 1:>6}/{self.steps} | train loss {loss:.4f} | train acc {acc:.3f} | {rate:6.1f} steps/s"
               + (f" | {wire_per_step:,.0f} B sent/step" if self.world > 1 else ""), flush=True)
         for name, value in (("train/loss", loss), ("train/accuracy", acc), ("time/steps_per_s", rate),

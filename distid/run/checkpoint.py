@@ -28,7 +28,6 @@ import torch.distributed as dist
 from distid.config import APPLIES_WHEN, SECTIONS, Config, idle_sections, timestamped_dir, to_dict
 from distid.run import fault_injection
 from distid.strategies import Strategy
-from distid.strategies.base import falls_due
 
 FORMAT = 3  # 3: the config by sections, the strategy's state
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
@@ -202,11 +201,6 @@ class Checkpointer:
         self.rank, self.n = dist.get_rank(), dist.get_world_size()
         self.dcp = uses_dcp(cfg, model)
         self.last: Path | None = None
-
-    def due(self, done: int, steps: int) -> bool:
-        """After `done` steps of `steps`: every `every` steps (where the strategy synchronises every
-        period steps, at the first synchronisation at or after each multiple) and at the end."""
-        return self.keep > 0 and (done == steps or falls_due(done, self.every, self.strategy.period))
 
     def _meta(self, done: int, loader, local: dict) -> dict | None:
         """Meta on rank 0 (None elsewhere): every rank's local state (RNG, recent losses) gathered."""

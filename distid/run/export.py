@@ -18,7 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from distid import lora
-from distid.config import Config, ConfigError
+from distid.config import Config
 from distid.run import cli
 from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read
 from distid.subspace import SubspaceModel

@@ -1,4 +1,4 @@
-"""One training run's parts, set up from a config, and what happens around each step.
+"""One training run's parts, built from a config; the steps it takes; how it ends.
 
     with Job(cfg, out_dir, resume) as job:      # process group, data, model, strategy, optimizer, resume
         for step in job.steps(): ...            # the loop: distid/train.py
@@ -6,7 +6,7 @@
 
 Everything the loop does not show lives here: the ledger's set-up phase, the start-up checks that
 every rank regenerated the same θ₀ and P, the strategy (chosen once, from dist.strategy: it wraps
-the model and hooks the optimizer), checkpoints and resume, the NaN stop, progress, evaluation, and
+the model and hooks the optimizer), resume, what happens after each step (run/after_step.py), and
 — when a collective fails — naming the rank that died or hangs (run/watchdog.py).
 """
 
@@ -30,16 +30,16 @@ from distid.observe.evaluate import accuracy
 from distid.observe.ledger import CommLedger, to_wire
 from distid.observe.progress import Progress, final_table
 from distid.observe.summary import Summary
-from distid.parallel.consistency import assert_same_across_ranks, check_replicas
+from distid.parallel.consistency import assert_same_across_ranks
 from distid.parallel.fsdp import full_state
+from distid.run.after_step import AfterStep, settled
 from distid.run.build import build, make_optimizer
 from distid.run.checkpoint import AlreadyFinished, Checkpointer, default_out_dir, restart_count, size_bytes
 from distid.run.fault_injection import Injector
 from distid.run.meter import StepMeter
 from distid.run.summarize import summarize
-from distid.run.watchdog import Watch, check_finite, is_collective_error, restart_hazard
+from distid.run.watchdog import Watch, is_collective_error, restart_hazard
 from distid.strategies import choose
-from distid.strategies.base import falls_due
 from distid.subspace import SubspaceModel
 
 
@@ -93,7 +93,9 @@ class Job:
             self.resumed = self.ckpt.resume(self.opt, self.loader) if resume else None
         self.start = self.resumed[0] if self.resumed else 0
         self.evals = list(self.resumed[1].get("evals", [])) if self.resumed else []  # test accuracies so far
-        self.settled_at = self.start if self.resumed and self._settled() else None  # steps done at a plateau
+        t = cfg.train
+        plateau = self.resumed and settled(self.evals, t.stop_plateau, t.plateau_delta)
+        self.settled_at = self.start if plateau else None  # steps done at a plateau
         if resume and _finished(self.out) and self.settled_at is not None:
             raise AlreadyFinished(f"{self.out} holds a run that stopped at a plateau after {self.start} steps "
                                   f"(train.stop_plateau = {cfg.train.stop_plateau}): nothing to do and nothing "
@@ -119,7 +121,9 @@ class Job:
         self.strategy.attach(self.opt, self.ledger, self.start, self.total_steps)
         self.meter = StepMeter(self.ledger, to_wire(self.strategy.payload, n), self.start,
                                self.strategy.warm_steps(), self.device, cfg.dist.measure_interface)
-        self.inject_faults = Injector(rank, self.strategy.counter)
+        drill = Injector(rank, self.strategy.counter)
+        self.inject_faults = drill if drill.fault else lambda step, x: x  # DISTID_FAULT: a fire drill
+        self.after_step = AfterStep(self)  # the NaN stop, progress, evaluation, replica check, checkpoint
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
 
@@ -157,36 +161,6 @@ class Job:
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def after_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Stop at a non-finite loss; then, when due: the progress line, an evaluation (and with it
-        the plateau test that ends the run early), the replica check (every check_replicas_every
-        steps, before every checkpoint, after the last step), a checkpoint."""
-        loss = loss.detach()
-        check_finite(step + 1, loss, self.trainable, self.ckpt.last)
-        self.losses.append(loss)
-        self.progress.add(loss, (logits.detach().argmax(1) == y).sum(), len(y))
-        if self.progress.due(step):
-            with self.ledger.phase("metrics"):
-                self.progress.log(step, self.meter.wire_per_step(step + 1))
-        period = self.strategy.period  # > 1: the replicas are one model only right after a synchronisation
-        if falls_due(step + 1, self.cfg.train.eval_every, period) and step + 1 < self.total_steps:
-            with self.ledger.phase("eval"):
-                self.evals.append(self.evaluate(step))
-            if self._settled():
-                self.settled_at = step + 1
-                runtime.print0(f"stopping after step {step + 1}: the last {self.cfg.train.stop_plateau} evaluations "
-                               f"gained at most {self.cfg.train.plateau_delta:g} on the best before them")
-        last = self.settled_at or self.total_steps
-        saving = self.ckpt.due(step + 1, last)
-        due = saving or falls_due(step + 1, self.cfg.dist.check_replicas_every, period) or step + 1 == last
-        if due:
-            with self.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
-                check_replicas(self.model, step + 1)
-        if saving:
-            with self.ledger.phase("checkpoint"):
-                local = dict(rng=torch.get_rng_state(), losses=[v.item() for v in self.losses[-50:]], evals=self.evals)
-                self.ckpt.save(step + 1, self.opt, self.loader, local)
-
     def evaluate(self, step: int) -> float:
         """Test accuracy after `step`, logged and appended to the curve as (steps done, training
         seconds, accuracy); training seconds exclude the time spent evaluating (and measuring the
@@ -197,9 +171,6 @@ class Job:
         self.curve.append((step + 1, t0 - self.t_loop - self.eval_s - self.meter.idle_s, acc))
         self.eval_s += time.perf_counter() - t0
         return acc
-
-    def _settled(self) -> bool:
-        return settled(self.evals, self.cfg.train.stop_plateau, self.cfg.train.plateau_delta)
 
     @property
     def steps_done(self) -> int:
@@ -227,13 +198,6 @@ class Job:
             print(final_table(summary, self.ledger.table(*(("sync", "sync") if per_sync else ("step",)))), flush=True)
         self.progress.close()
         return summary
-
-
-def settled(accs: list[float], k: int, delta: float) -> bool:
-    """Has the accuracy settled? The best of the last k evaluations is at most delta above the best
-    of those before them (never with k = 0, nor before k + 1 evaluations): k evaluations in a row
-    that could not beat the earlier best by more than delta."""
-    return k > 0 and len(accs) > k and max(accs[-k:]) <= max(accs[:-k]) + delta
 
 
 def _shape(model: torch.nn.Module) -> dict[str, int]:

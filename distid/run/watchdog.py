@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 
-import torch
 import torch.distributed as dist
 
 ANSWER_S = 5.0  # how long a surviving rank waits for its peers to say they are alive
@@ -26,18 +25,6 @@ class Diverged(FloatingPointError):
 
 class PeerFailure(RuntimeError):
     """A collective failed because another rank died or stopped answering."""
-
-
-def check_finite(step: int, loss: torch.Tensor, params: list[torch.Tensor], last_ckpt) -> None:
-    """Raise Diverged unless the loss and every trainable parameter are finite. Under DDP the
-    parameters are equal on every rank after the all-reduce, so every rank stops at the same step."""
-    if torch.isfinite(loss) and all(torch.isfinite(getattr(p, "_local_tensor", p)).all() for p in params):
-        return
-    keep = f"the last good checkpoint is {last_ckpt} (--resume continues from it)" if last_ckpt else \
-        "no checkpoint was written before it"
-    what = f"loss is {loss.item()}" if not torch.isfinite(loss) else \
-        "the trainable parameters stopped being finite (another rank's loss was not)"
-    raise Diverged(f"{what} at step {step}: training diverged and stopped; {keep}; lower train.lr or check the data")
 
 
 def restart_hazard() -> str | None:
