@@ -2,13 +2,17 @@
 chart title. Built from a Summary by hand, so that each line's rule is checked without a run."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from distid.config import load_config
 from distid.experiments.methods.compare import chart_title, plot
+from distid.observe.ledger import CommLedger
 from distid.observe.progress import Progress, final_table, method_label
 from distid.observe.summary import Summary
+from distid.run.after_step import AfterStep
 
 LEDGER = ("op               calls/step  sent B/step  handed in B/step\n"
           "all_reduce             1.00        4,500             3,000")
@@ -59,21 +63,26 @@ def test_lora_label_names_its_rank_and_targets(targets, said):
 
 
 def test_progress_line_averages_rank_0s_batches_since_the_last_line(tmp_path, capsys):
-    p = Progress(tmp_path, rank=0, world=1, steps=4, every=2)
+    """AfterStep sums each step's loss and correct count; the line shows their means since the last."""
+    progress = Progress(tmp_path, rank=0, world=1, steps=4, every=2)
     assert "training loss and accuracy averaged over rank 0's batches" in capsys.readouterr().out
-    for loss, correct in ((1.0, 3), (3.0, 5)):
-        p.add(torch.tensor(loss), torch.tensor(correct), 8)
-    p.log(1, 0.0)
-    p.add(torch.tensor(0.5), torch.tensor(8), 8)
-    p.log(2, 0.0)
-    p.close()
+    cfg = load_config(None, ["train.log_every=2", "train.steps=4", "checkpoint.keep=0"])
+    job = SimpleNamespace(cfg=cfg, start=0, total_steps=4, strategy=SimpleNamespace(period=1), trainable=[],
+                          ckpt=SimpleNamespace(last=None), losses=[], progress=progress, ledger=CommLedger(1),
+                          meter=SimpleNamespace(wire_per_step=lambda done: 0.0), settled_at=None, model=None)
+    after = AfterStep(job)
+    for step, (loss, correct) in enumerate(((1.0, 3), (3.0, 5), (0.5, 8), (0.5, 8))):
+        logits = torch.zeros(8, 2)
+        logits[:correct, 0], logits[correct:, 1] = 1.0, 1.0  # the first `correct` rows predict label 0
+        after(step, torch.tensor(loss), logits, torch.zeros(8, dtype=torch.long))
+    progress.close()
     first, second = capsys.readouterr().out.splitlines()
-    assert "| train loss 2.0000 | train acc 0.500 |" in first and "B sent/step" not in first  # one process
-    assert "| train loss 0.5000 | train acc 1.000 |" in second
+    assert "step      2/4 | train loss 2.0000 | train acc 0.500 |" in first and "B sent/step" not in first
+    assert "step      4/4 | train loss 0.5000 | train acc 1.000 |" in second
 
 
 def test_compare_chart_names_the_cells_it_leaves_out(tmp_path):
-    cell = dict(cell="full · ddp", strategy="ddp", comm_wire_bytes_per_step={"total": 8.0}, test_accuracy=0.9,
+    cell = dict(cell="full · ddp", strategy="ddp", wire_bytes_per_step=8.0, test_accuracy=0.9,
                 step_time_s=0.01, state_bytes_per_rank=[2**20])
     cells = [cell, dict(cell="subspace/dense · fsdp", refused="no")]
     assert chart_title(cells).endswith("not shown, refused: subspace/dense · fsdp (see compare.md)")

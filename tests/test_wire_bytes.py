@@ -100,7 +100,7 @@ def test_reports_never_mix_meanings():
                    f.endswith("_formula")]
     assert all(any(m in f for m in ("wire", "payload", "measured")) for f in byte_fields), byte_fields
     ratio_src = inspect.getsource(compare.wire_ratios)
-    assert "payload" not in ratio_src and "comm_wire_bytes_per_step" in ratio_src
+    assert "payload" not in ratio_src and "wire_bytes_per_step" in ratio_src
     sums = inspect.getsource(frontier.cumulative_bytes) + inspect.getsource(frontier.run_seed)
     assert "payload" not in sums and sums.count("wire_") >= 6
 

@@ -94,12 +94,12 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     cached = _cached(where / "summary.json", config_hash(cfg))
     s = cached or train_logged(cfg, where)
     runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
-                   f"{s.comm_wire_bytes_per_step['total']:>11,.0f} B sent/step  ({where}"
+                   f"{s.wire_per_step:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
     calls = s.comm_calls_per_step
     if s.comm_syncs:  # the steps between call nothing; a synchronisation's calls spread over its period
         calls = {op: c / s.sync_period for op, c in (s.comm_calls_per_sync or {}).items()}
-    return dict(seed=seed, wire_bytes_per_step=s.comm_wire_bytes_per_step["total"],
+    return dict(seed=seed, wire_bytes_per_step=s.wire_per_step,
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
                 **{k: getattr(s, k) for k in KEEP if k != "comm_calls_per_step"}, comm_calls_per_step=calls)

@@ -41,23 +41,23 @@ def run_cell(args, method: str, projection: str | None, strategy: str, out: Path
     except (ConfigError, MemoryError) as e:
         runtime.print0(f"{name:<24} refused: {e}")
         return dict(cell=name, method=method, projection=projection, strategy=strategy, refused=str(e))
-    runtime.print0(f"{name:<24} test acc {s.test_accuracy:.4f}, {(s.comm_wire_bytes_per_step or s.comm_wire_formula)['total']:>11,.0f} B sent/step, "
+    runtime.print0(f"{name:<24} test acc {s.test_accuracy:.4f}, {s.wire_per_step:>11,.0f} B sent/step, "
                    f"{1e3 * (s.step_time_s or float('nan')):6.2f} ms/step  ({folder}/train.log)")
     keep = ("trainable_params", "total_params", "lora_rank", "comm_wire_bytes_per_step", "comm_wire_formula",
             "comm_payload_bytes_per_step", "comm_payload_formula", "comm_measured_bytes_per_step",
             "peak_rss_mb_per_rank", "state_bytes_per_rank", "step_time_s",
             "flops_per_step", "projection_flops_per_step", "test_accuracy", "train_loss", "steps")
-    return dict(cell=name, method=method, projection=projection, strategy=strategy, **{k: getattr(s, k) for k in keep})
+    return dict(cell=name, method=method, projection=projection, strategy=strategy, wire_bytes_per_step=s.wire_per_step,
+                **{k: getattr(s, k) for k in keep})
 
 
 def wire_ratios(cells: list[dict]) -> None:
-    """Each cell's `wire_ratio_vs_full_ddp`: its wire bytes per step ÷ full·DDP's (None if either is missing)."""
+    """Each cell's `wire_ratio_vs_full_ddp`: its wire bytes per step ÷ full·DDP's (None without full·DDP)."""
     base = next((c for c in cells if c["cell"] == "full · ddp" and "refused" not in c), None)
-    full = (base["comm_wire_bytes_per_step"] or {}).get("total") if base else None
+    full = base["wire_bytes_per_step"] if base else None
     for c in cells:
         if "refused" not in c:
-            mine = (c["comm_wire_bytes_per_step"] or {}).get("total")
-            c["wire_ratio_vs_full_ddp"] = mine / full if full and mine is not None else None
+            c["wire_ratio_vs_full_ddp"] = c["wire_bytes_per_step"] / full if full else None
 
 
 def _ops(figures: dict | None) -> str:
@@ -112,7 +112,7 @@ def plot(cells: list[dict], path: Path) -> bool:
     ok = [c for c in cells if "refused" not in c]
     names = [c["cell"] for c in ok]
     panels = [("bytes sent per step per rank (ring algorithms; log)",
-               [max(c["comm_wire_bytes_per_step"]["total"], 1) for c in ok], True),
+               [max(c["wire_bytes_per_step"], 1) for c in ok], True),
               ("test accuracy", [c["test_accuracy"] for c in ok], False),
               ("step time (ms)", [1e3 * (c["step_time_s"] or 0) for c in ok], False),
               ("model state per rank (MB, log)", [max(c["state_bytes_per_rank"]) / 2**20 for c in ok], True)]
