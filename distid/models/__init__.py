@@ -10,7 +10,7 @@ def wide_mlp() -> MLP:
     return MLP(hidden=(4096, 4096))
 
 
-# hf_gpt2 is built directly (distid.models.hf): the run API feeds images, not tokens
+# hf_gpt2 is built directly (distid.models.hf): distid.train feeds images, not tokens
 MODELS = {"mlp": MLP, "mlp_wide": wide_mlp, "lenet": LeNet5, "vit": ViT, "hf_vit": hf_vit}
 
 

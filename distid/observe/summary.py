@@ -69,7 +69,7 @@ class Summary:
     train_loss: float
     eval_curve: list  # [(steps done, training seconds, test accuracy)]
     # time and memory
-    step_time_s: float | None  # median over the steps not booked by the ledger
+    step_time_s: float | None  # the steps not booked by the ledger: median; their mean where sync_period > 1
     peak_rss_mb: float
     peak_gpu_mb: float | None
     state_bytes: dict  # {params, grads, optimizer, buffers, total} on this rank

@@ -1,6 +1,6 @@
 """The speed and memory targets, read off one bench result, each reported as measured (none asserted):
-issue 7 — Fastfood step ≤ 1.5× a full step (MLP), dense P·d ≤ 1.5× its copy-bandwidth floor, hand
-ring ≤ 2× the backend's all-reduce for 1–64 MiB on 4 ranks; issue 19 — Fastfood state ≤ 2 bytes per
+speed — Fastfood step ≤ 1.5× a full step (MLP), dense P·d ≤ 1.5× its copy-bandwidth floor, hand
+ring ≤ 2× the backend's all-reduce for 1–64 MiB on 4 ranks; scale — Fastfood state ≤ 2 bytes per
 parameter, Fastfood θ₀+P·d and Pᵀ·g ≤ 10× a same-size copy at D = 10⁷, d = 1,000, sparse P·d ≤ 2× its
 Pᵀ·g at D = 10⁸, Fastfood step ≤ 2× full on the wide MLP, and layerwise peak memory ≤ 1.5× θ₀ +
 activations at the largest D measured."""
@@ -38,7 +38,7 @@ def check(result: dict) -> list[dict]:
 
 
 def _scale(result: dict) -> list[dict]:
-    """Issue 19's kernel and memory lines."""
+    """The scale targets: the kernel and memory lines."""
     out, kern = [], result.get("kernels", {}).get("rows", [])
     ff = [r for r in kern if r["kind"] == "fastfood"]
     if ff:

@@ -4,7 +4,7 @@ a grid of d, several seeds each, and report d_int90 (distid.experiments.intrinsi
     python -m distid.experiments.intrinsic.sweep --config configs/mnist_fc_id.toml [--set sweep.seeds=1] [--out DIR]
     torchrun --nproc_per_node=2 -m distid.experiments.intrinsic.sweep --config configs/mnist_fc_id.toml
 
-Every point is `distid.train.train` with [train] changed in method, d (or lora_rank), seed and lr.
+Every point is `distid.train.train` with train.method, subspace.d (or lora.rank), train.seed and train.lr changed.
 sweep.mode = "split" (the fast path on CPUs): the ranks share out the points and each trains its
 own alone, as a one-process run; results meet on rank 0 at the end. "ddp": every point trains on
 all ranks under DDP, one after another. A finished point is recorded in OUT/sweep.json at once;
@@ -36,7 +36,7 @@ COST = {"full": 0.6, "subspace": 1.0, "lora": 0.7}  # rough relative run time, t
 @contextlib.contextmanager
 def solo():
     """Make this process look like a plain one-process run to distid.train, whatever torchrun set,
-    so that run() creates (and then destroys) its own one-rank group on a free port."""
+    so that distid.train.train creates (and then destroys) its own one-rank group on a free port."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
              "TORCHELASTIC_USE_AGENT_STORE")
     saved = {k: os.environ.pop(k) for k in names if k in os.environ}
