@@ -58,11 +58,13 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
              "tensor handed in), for the payloads the ledger measured once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "
-             "seed mean [min–max]. step ms: median of the unbooked steps; train s: that × steps; compute ms: one step "
+             "seed mean [min–max]. step ms: median of the unbooked steps (DiLoCo: their mean, the synchronisations "
+             "included); train s: that × steps; compute ms: one step "
              "on one process, one rank's batch, no collective (what the link model below uses). "
              f"Bytes to a target: set-up + warm-up + steps × bytes/step (DiLoCo: set-up + synchronisations × bytes each) at "
              f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
-             f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: a synchronisation's / H.\n",
+             f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: its synchronisations' bytes ÷ steps (after "
+             f"every H-th step and the last).\n",
              "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
              f"compute ms | {heads} |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
