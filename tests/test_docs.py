@@ -136,6 +136,12 @@ def test_the_shape_and_figure_checks_fail_on_a_changed_figure():
     reworded = [now[0], now[1].replace("trained numbers", "trainable")]
     assert agree(page, reworded, "OUT", "OUT")  # a line printed in another shape
     assert agree(["measured -1,024 B/step"], ["measured 2,048 B/step"], "OUT", "OUT") == []  # a sign is a number's
+    sent = "  sent per step     {} B by each rank; full training under DDP would send 1,195,260 B (31.9× this)"
+    synced = "  synchronised      every 32 steps and after the last, {} times: {} B by each rank each time; the steps between"
+    diloco_page = [sent.format("37,458"), synced.format(44, "1,195,260")]  # 1,404 steps: 44 synchronisations
+    diloco_tiny = [sent.format("1,195,260"), synced.format(1, "1,195,260")]  # a tiny run: one, after its last step
+    assert agree(diloco_page, diloco_tiny, "OUT", "OUT") == []  # bytes per step follow the run's length there
+    assert agree(diloco_page, [diloco_tiny[0], synced.format(1, "597,630")], "OUT", "OUT")  # a synchronisation's do not
     made = ["Machine: Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu; warm-up 2 steps"]
     here = ["Machine: arm, 8 cores, torch 2.13.0; warm-up 2 steps"]
     assert agree(made, here, "OUT", "OUT", page_machine={"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.13.0+cpu"},

@@ -48,6 +48,7 @@ END = "<!-- /regenerate -->"
 FIGURES = [
     (re.compile(r"trained numbers\s+([\d,]+)"), 0),
     (re.compile(r"sent per step\s+([\d,]+) B by each rank; full training under DDP would send ([\d,]+) B \((?:this run sends )?([\d,.]+)×"), 0),
+    (re.compile(r"synchronised\s+every (\d+) steps and after the last, [\d,]+ times: ([\d,]+) B by each rank each time"), 0),
     (re.compile(r"compute\s+([\d,.]+) MFLOP"), 0),
     (re.compile(r"^(all_reduce|all_gather|reduce_scatter|broadcast)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$"), 1),
     (re.compile(r"\| ([\d,]+) B sent/step$"), 0),
@@ -179,11 +180,19 @@ def shape(line: str, out_dir: str | None) -> str:
     return " ".join(line.split())
 
 
+SENT_PER_STEP = 1  # FIGURES' index of "sent per step": with synchronisations between steps (local steps)
+# it is a synchronisation's bytes × their count ÷ steps, which depends on the run's length; the
+# synchronisation's own bytes (the next pattern) do not
+
+
 def figures(lines: list[str]) -> dict[tuple, set]:
     """The machine-independent figures the lines show (FIGURES): {(pattern index, name): {values}}."""
     found: dict[tuple, set] = {}
+    between = any(FIGURES[SENT_PER_STEP + 1][0].search(line) for line in lines)
     for line in lines:
         for k, (rx, nkey) in enumerate(FIGURES):
+            if k == SENT_PER_STEP and between:
+                continue
             if m := rx.search(line):
                 found.setdefault((k, m.groups()[:nkey]), set()).add(m.groups()[nkey:])
     return found
