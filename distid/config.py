@@ -174,8 +174,8 @@ STRATEGIES = ("ddp", "fsdp", "local_sgd", "none")  # distid/strategies; or "pack
 # sections that apply only when a key has a value: a strategy's own, and a hook's
 APPLIES_WHEN = {"ddp": ("dist.strategy", "ddp"), "powersgd": ("ddp.hook", "powersgd"),
                 "local_sgd": ("dist.strategy", "local_sgd")}
-REFUSED_WHEN_IDLE = ("ddp", "local_sgd")  # set away from their defaults while idle: refused ([powersgd] may
-# hold settings for runs that turn the hook on, as the frontier's config does)
+REFUSED_WHEN_IDLE = ("ddp",)  # a hook set while another strategy runs: refused ([powersgd] and [local_sgd]
+# may hold settings for the runs that turn them on, as the frontier's config does for its cells)
 # keys of the one-table layout, refused with their new place
 MOVED = {
     "train.d": "subspace.d", "train.projection": "subspace.projection", "train.said": "subspace.said",
@@ -363,8 +363,8 @@ def idle_sections(flat: dict) -> set[str]:
 
 
 def _check_strategy_sections(cfg: Config) -> None:
-    """A strategy's own section ([ddp], [local_sgd]) set away from its defaults while another strategy
-    runs would change nothing: refused, naming the setting that would make it apply."""
+    """DDP's hook set while another strategy runs would change nothing: refused, naming the setting
+    that would make it apply ([powersgd] and [local_sgd] stay inert until their strategy runs)."""
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() if isinstance(sec, dict) for k, v in sec.items()}
     for section in sorted(idle_sections(flat) & set(REFUSED_WHEN_IDLE)):
         key, owner = APPLIES_WHEN[section]

@@ -84,6 +84,20 @@ def test_a_resume_under_another_comm_hook_is_refused_in_one_line(tmp_path):
     assert "another config (ddp.hook: 'fp16' → 'powersgd')" in again.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason=CPU_POWERSGD_ON_GPU_MACHINE)
+def test_powersgd_state_of_two_ranks_is_refused_on_one_and_one_process_s_resumes_on_two(tmp_path):
+    """What each rank keeps of its own (PowerSGD's error feedback) decides, as the checkpoint holds it:
+    written by 2 ranks, it cannot continue on 1; written by 1 process (no hook runs there), it can."""
+    sets = ("ddp.hook=powersgd", "powersgd.start_iter=2")
+    assert cli_train(tmp_path / "two", "train.steps=4", *sets).returncode == 0
+    again = cli_train(tmp_path / "two", "train.steps=8", *sets, resume=True, nproc=1)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "written by 2 ranks under dist.strategy = 'ddp', whose strategy state is each rank's own" in again.stderr
+    assert cli_train(tmp_path / "one", "train.steps=4", *sets, nproc=1).returncode == 0
+    more = cli_train(tmp_path / "one", "train.steps=8", *sets, resume=True)
+    assert more.returncode == 0 and "it was written by 1 ranks, this run has 2" in more.stdout, more.stderr
+
+
 def test_resuming_a_finished_run_says_so_and_changes_no_file(tmp_path):
     out = tmp_path / "run"
     assert cli_train(out, "train.steps=4").returncode == 0

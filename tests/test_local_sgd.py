@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from datasets_for_tests import DATA_ROOT, have_mnist
+from datasets_for_tests import DATA_ROOT, REPO, have_mnist
 from distid.config import ConfigError, load_config
 from distid.observe.ledger import CommLedger
 from distid.strategies.base import falls_due
@@ -128,16 +128,24 @@ def test_the_outer_step_is_diloco_s_nesterov_step_and_average_is_the_mean():
 def test_it_synchronises_after_every_h_th_step_and_the_last_and_counts_each_in_the_bytes():
     """7 steps at H = 2: synchronisations after steps 2, 4, 6 and 7, each booked as one "sync"; the
     formula per step is 4 synchronisations' bytes / 7 steps, not one's / H."""
-    strategy, p = _one_rank("local_sgd.every=2")
-    strategy.n = 2  # the formula of two ranks (sync() is not called: no group)
-    strategy.payload_per_sync = {"all_reduce": 12, "total": 12}
-    ledger, opt, synced = CommLedger(1), torch.optim.SGD([p], lr=0.1), []
-    strategy.sync = lambda: synced.append(strategy.done)
-    strategy.attach(opt, ledger, 0, 7)
-    for _ in range(7):
-        opt.step()
-    assert synced == [2, 4, 6, 7] and ledger.steps["sync"] == 4
-    assert strategy.payload == {"all_reduce": 4 * 12 / 7, "total": 4 * 12 / 7}
+    def run(start, steps, every_done=None):
+        strategy, p = _one_rank("local_sgd.every=2")
+        strategy.per_sync = 12  # a synchronisation's bytes on two ranks (sync() is not called: no group)
+        ledger, opt, synced = CommLedger(1), torch.optim.SGD([p], lr=0.1), []
+        strategy.sync = lambda: synced.append(strategy.done)
+        strategy.attach(opt, ledger, start, steps)
+        planned = strategy.payload
+        for _ in range(steps - start if every_done is None else every_done):
+            opt.step()
+        return synced, ledger.steps["sync"], planned, strategy.payload
+
+    synced, booked, planned, ran = run(0, 7)
+    assert synced == [2, 4, 6, 7] and booked == 4
+    assert planned == ran == {"all_reduce": 4 * 12 / 7, "total": 4 * 12 / 7}
+    synced, booked, planned, ran = run(4, 7)  # resumed after 4 steps: 2 synchronisations in its 3 steps
+    assert synced == [6, 7] and planned == ran == {"all_reduce": 8.0, "total": 8.0}
+    synced, booked, planned, ran = run(0, 7, every_done=4)  # stopped after 4 (a plateau): 2 in 4 steps
+    assert synced == [2, 4] and ran == {"all_reduce": 6.0, "total": 6.0}
 
 
 @pytest.mark.parametrize("override,pattern", [
@@ -145,8 +153,6 @@ def test_it_synchronises_after_every_h_th_step_and_the_last_and_counts_each_in_t
     (["dist.strategy=local_sgd", "local_sgd.outer_lr=0"], r"local_sgd\.outer_lr must be > 0"),
     (["local_sgd.outer_momentum=1.0"], r"local_sgd\.outer_momentum must be in \[0, 1\)"),
     (["local_sgd.outer=adam"], r"local_sgd\.outer must be one of 'average', 'nesterov'"),
-    (["local_sgd.every=8"], r"local_sgd\.every = 8 configures dist.strategy = 'local_sgd', but this run's "
-                            r"dist.strategy is 'ddp'"),
     (["dist.strategy=local_sgd", "ddp.hook=fp16"], r"ddp\.hook = 'fp16' configures dist.strategy = 'ddp'"),
     (["train.sync_every=8"], r"'train.sync_every' .* has moved: it is local_sgd.every \(with dist.strategy = "
                              r"'local_sgd'\) now"),
@@ -154,6 +160,18 @@ def test_it_synchronises_after_every_h_th_step_and_the_last_and_counts_each_in_t
 def test_what_cannot_work_is_refused(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, override)
+
+
+def test_local_steps_settings_wait_for_their_strategy():
+    """[local_sgd] under another strategy changes nothing and is kept for the runs that turn it on (the
+    frontier's config holds its DiLoCo cells' outer step); the resume hash leaves it out until then."""
+    from distid.run.checkpoint import resume_hash
+
+    cfg = load_config(f"{REPO}/configs/mnist_frontier.toml", ["local_sgd.outer_lr=0.5"])
+    assert cfg.dist.strategy == "ddp" and cfg.local_sgd.outer_lr == 0.5
+    assert resume_hash(cfg) == resume_hash(load_config(f"{REPO}/configs/mnist_frontier.toml"))
+    on = ["dist.strategy=local_sgd"]
+    assert resume_hash(load_config(None, [*on, "local_sgd.outer_lr=0.5"])) != resume_hash(load_config(None, on))
 
 
 @mnist

@@ -309,10 +309,12 @@ class Checkpointer:
             diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
             raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
                                   f"resume with the same config, or start afresh with another --out")
-        if meta["world_size"] != self.n and self.strategy.own_state:
-            raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks under "
-                                  f"{self.strategy.label}, whose {self.strategy.own_state} is each rank's own: "
-                                  f"resume it on {meta['world_size']} ranks")
+        if meta["world_size"] != self.n and any(r.get("strategy") or r.get("optim") for r in meta["ranks"]):
+            how = self.strategy.label if self.strategy.own_state else \
+                f"dist.strategy = {meta['config']['dist']['strategy']!r}"  # the writer's
+            raise CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks under {how}, whose "
+                                  f"{self.strategy.own_state or 'strategy state'} is each rank's own: resume it on "
+                                  f"{meta['world_size']} ranks")
         if self.fingerprint and meta.get("fingerprint") and meta["fingerprint"] != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint {path}: θ₀/P regenerated here differ from the checkpoint's (fingerprint "

@@ -10,7 +10,8 @@ handed in, 2·T with `local_sgd.outer_dtype` bfloat16/float16), and from θ_star
 then θ_start ← θ: every replica holds the same numbers again, which a hash per rank confirms.
 Inner steps send nothing; each rank's inner optimizer state (Adam's moments) stays its own, as in
 DiLoCo. A subspace's pseudo-gradient is Δd (4·d bytes per synchronisation), LoRA's its factors'.
-Per training step: 4·T·(synchronisations ÷ steps), which is 4·T/H only when H divides the steps.
+Per training step: 4·T·(synchronisations ÷ steps) over the steps a process ran (a resumed run's
+own, a run stopped at a plateau's), which is 4·T/H only when H divides them.
 
 The synchronisation runs after the optimizer's step (a post-hook, as torchft's LocalSGD), inside
 the loop's step: the step's time includes it; the ledger books it in its own phase, "sync".
@@ -57,29 +58,35 @@ class LocalSGD(Strategy):
                                    nesterov=nesterov and self.outer_momentum > 0)
         self.start = [p.detach().clone() for p in self.params]  # θ_start: what every replica held at the last sync
         itemsize = torch.tensor([], dtype=self.dtype).element_size()
-        per_sync = sum(p.numel() for p in self.params) * itemsize if self.n > 1 else 0
-        self.payload_per_sync = {"all_reduce": per_sync, "total": per_sync}
-        self.payload = self._per_step(per_sync, self.cfg.train.steps or self.period)
+        self.per_sync = sum(p.numel() for p in self.params) * itemsize if self.n > 1 else 0
+        self.start_step = self.done = 0
+        self.steps = self.cfg.train.steps or self.period
+        self.payload = self._per_step()
         return model
 
-    def _per_step(self, per_sync: float, steps: int) -> dict:
-        each = per_sync * syncs(steps, self.period) / steps
-        return {"all_reduce": each, "total": each} if per_sync else {"total": 0}
+    def _per_step(self) -> dict:
+        """Bytes handed in per step over the steps this process ran (start, done] — the run's planned
+        steps before the first: a synchronisation's bytes × those in it ÷ its steps."""
+        start, H = self.start_step, self.period
+        last = self.done if self.done > start else self.steps
+        syncs = last // H - start // H + (last == self.steps and last % H > 0)
+        each = self.per_sync * syncs / max(last - start, 1)
+        return {"all_reduce": each, "total": each} if self.per_sync else {"total": 0}
 
     def attach(self, opt, ledger, start: int, steps: int) -> None:
         """After each optimizer step: count it; at a synchronisation, synchronise and compare replicas."""
-        self.ledger, self.done, self.steps = ledger, start, steps
-        self.payload = self._per_step(self.payload_per_sync["total"], steps)
+        self.ledger, self.start_step, self.done, self.steps = ledger, start, start, steps
+        self.payload = self._per_step()
         opt.register_step_post_hook(lambda *_: self.after_step())
 
     def after_step(self) -> None:
         self.done += 1
-        if self.done % self.period and self.done != self.steps:
-            return
-        with self.ledger.phase("sync", steps=1):
-            self.sync()
-        with self.ledger.phase("checks"):
-            check_replicas(self.model, self.done)
+        if self.done % self.period == 0 or self.done == self.steps:
+            with self.ledger.phase("sync", steps=1):
+                self.sync()
+            with self.ledger.phase("checks"):
+                check_replicas(self.model, self.done)
+        self.payload = self._per_step()
 
     @torch.no_grad()
     def sync(self) -> None:

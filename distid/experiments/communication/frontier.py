@@ -73,7 +73,7 @@ def cells(args) -> list[Cell]:
     out += [Cell("PEFT", PEFT_NAMES[m] + (f" d={args.unilora_d}" if m == "unilora" else ""),
                  (f"train.method={m}", f"train.lr={getattr(args, 'lr_' + m)}", f"subspace.d={args.unilora_d}", *ddp))
             for m in args.peft]
-    diloco = local_sgd.overrides
+    diloco = lambda h: (*hooks.overrides("none"), *local_sgd.overrides(h))  # no hook: the strategy is local_sgd
     out += [Cell("DiLoCo", f"DiLoCo H={h}", (*full, *diloco(h))) for h in args.diloco_h]
     out += [Cell("subspace + DiLoCo", f"subspace d={d} H={h}", ("train.method=subspace", "subspace.projection=fastfood",
                  f"subspace.d={d}", f"train.lr={args.lr_subspace}", *diloco(h)))
