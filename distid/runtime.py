@@ -142,11 +142,12 @@ def shutdown(clean: bool = True) -> None:
     a model (DDP, FSDP) still refers to the group.
 
     clean=False (after an error on this rank): destroy without the barrier, which could only
-    wait for peers that are themselves failing; torchrun then stops the rest of the group.
+    wait for peers that are themselves failing; torchrun then stops the rest of the group. A
+    group of one has no peer to wait for: it leaves through the barrier either way.
     """
     if dist.is_initialized():
         try:
-            if clean:
+            if clean or dist.get_world_size() == 1:
                 work = dist.barrier(async_op=True)
                 work.wait()
                 _CLOSING_BARRIER.append(work)

@@ -285,7 +285,8 @@ class Checkpointer:
         local = meta["ranks"][self.rank] if same_world else {"evals": meta["ranks"][0].get("evals", [])}  # every rank's
         if self.strategy.own_optimizer:
             opt.load_state_dict(local["optim"])
-        self.strategy.load_state_dict(local.get("strategy", {}))
+        if local.get("strategy"):  # none where the writer's strategy kept nothing (one process, no hook)
+            self.strategy.load_state_dict(local["strategy"])
         self.strategy.load_shared_state_dict(meta.get("shared") or {})
         if len(meta["rng"]) == 1 or same_world:
             torch.set_rng_state(meta["rng"][0 if len(meta["rng"]) == 1 else self.rank])
