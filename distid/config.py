@@ -357,22 +357,27 @@ def validate(cfg: Config) -> None:
     _check_strategy_sections(cfg)
 
 
-def idle_sections(flat: dict) -> set[str]:
+def flat(raw: dict) -> dict:
+    """{'train.lr': 0.03, ...} of a nested config dict (``to_dict``'s form; top-level keys left out)."""
+    return {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
+
+
+def idle_sections(keys: dict) -> set[str]:
     """The sections of APPLIES_WHEN that do not apply to the flat config {'section.key': value}."""
-    return {section for section, (key, value) in APPLIES_WHEN.items() if flat.get(key) != value}
+    return {section for section, (key, value) in APPLIES_WHEN.items() if keys.get(key) != value}
 
 
 def _check_strategy_sections(cfg: Config) -> None:
     """DDP's hook set while another strategy runs would change nothing: refused, naming the setting
     that would make it apply ([powersgd] and [local_sgd] stay inert until their strategy runs)."""
-    flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() if isinstance(sec, dict) for k, v in sec.items()}
-    for section in sorted(idle_sections(flat) & set(REFUSED_WHEN_IDLE)):
+    keys = flat(to_dict(cfg))
+    for section in sorted(idle_sections(keys) & set(REFUSED_WHEN_IDLE)):
         key, owner = APPLIES_WHEN[section]
         default, mine = SECTIONS[section](), getattr(cfg, section)
         for f in dataclasses.fields(mine):
             if getattr(mine, f.name) != getattr(default, f.name):
                 raise ConfigError(f"{section}.{f.name} = {getattr(mine, f.name)!r} configures {key} = '{owner}', "
-                                  f"but this run's {key} is {flat[key]!r}: set {key} = '{owner}', or leave "
+                                  f"but this run's {key} is {keys[key]!r}: set {key} = '{owner}', or leave "
                                   f"[{section}] out")
 
 

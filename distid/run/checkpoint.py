@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distid.config import APPLIES_WHEN, SECTIONS, Config, idle_sections, timestamped_dir, to_dict
+from distid.config import APPLIES_WHEN, SECTIONS, Config, flat, idle_sections, timestamped_dir, to_dict
 from distid.run import fault_injection
 from distid.strategies import Strategy
 
@@ -64,16 +64,12 @@ def flat_config(cfg: Config | dict) -> dict:
     """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES);
     a strategy's or hook's section only where it applies, and then only its values that differ from
     the defaults (so that DDP without a hook and FSDP compare equal)."""
-    flat = _flat(to_dict(cfg) if isinstance(cfg, Config) else cfg)
-    idle, default = idle_sections(flat), _flat(to_dict(Config()))
-    if flat.get("dist.strategy") in EVERY_STEP:
-        flat["dist.strategy"] = "every step"
-    return {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES and not (
+    keys = flat(to_dict(cfg) if isinstance(cfg, Config) else cfg)
+    idle, default = idle_sections(keys), flat(to_dict(Config()))
+    if keys.get("dist.strategy") in EVERY_STEP:
+        keys["dist.strategy"] = "every step"
+    return {k: v for k, v in sorted(keys.items()) if k not in RESUMABLE_CHANGES and not (
         k.split(".")[0] in APPLIES_WHEN and (k.split(".")[0] in idle or v == default.get(k)))}
-
-
-def _flat(raw: dict) -> dict:
-    return {f"{s}.{k}": v for s, sec in raw.items() if isinstance(sec, dict) for k, v in sec.items()}
 
 
 def resume_hash(cfg: Config | dict) -> str:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from distid import runtime
-from distid.config import Config, ConfigError, load_config, to_dict
+from distid.config import Config, ConfigError, flat, load_config, to_dict
 from distid.train import train_logged
 
 
@@ -58,18 +58,14 @@ ONLY_FOR = {"lora": ("lora.",), "subspace": ("subspace.",)}  # a sweep's kinds: 
 def fingerprint(cfg: Config, ranks: int) -> str:
     """Hash of everything that decides a point's result: its settings (the method's own, not another
     method's), the world size and the code (runtime.code_version: any change to distid's sources)."""
-    flat = _flat(to_dict(cfg))
+    keys = flat(to_dict(cfg))
     method = cfg.train.method
     other = tuple(p for kind, prefixes in ONLY_FOR.items() if kind != method and method in ("full", *ONLY_FOR)
                   for p in prefixes)
     ignored = NOT_RESULT if not cfg.train.stop_plateau else tuple(k for k in NOT_RESULT if k != "train.eval_every")
-    what = {k: v for k, v in flat.items() if "." in k and not k.startswith(ignored + other)}
+    what = {k: v for k, v in keys.items() if "." in k and not k.startswith(ignored + other)}
     what.update(ranks=ranks, code=runtime.code_version())
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _flat(d: dict) -> dict:
-    return {f"{s}.{k}": v for s, sec in d.items() if isinstance(sec, dict) for k, v in sec.items()}
 
 
 def train_point(args, cfg: Config, point: dict, out: Path, ranks: int, rank: int) -> dict:
