@@ -17,7 +17,8 @@ from distid.strategies.base import falls_due
 class Schedule:
     """The numbers of steps done (start+1 … total) after which each duty falls due. `period`: the
     strategy's; an evaluation, a replica check or a checkpoint falls on the first step at or after
-    each multiple of its interval at which the replicas are one model."""
+    each multiple of its interval at which the replicas are one model. A strategy that synchronises
+    between steps (period > 1) has the replicas compared after every synchronisation too."""
 
     def __init__(self, start: int, total: int, period: int, log_every: int, eval_every: int, check_every: int,
                  ckpt_every: int, keep: int):
@@ -25,7 +26,8 @@ class Schedule:
         self.log = {k for k in done if k % max(log_every, 1) == 0 or k == total}
         self.eval = {k for k in done if falls_due(k, eval_every, period) and k < total}
         self.checkpoint = {k for k in done if keep > 0 and (k == total or falls_due(k, ckpt_every, period))}
-        self.check = {k for k in done if falls_due(k, check_every, period)} | self.checkpoint | {total}
+        synced = {k for k in done if k % period == 0} if period > 1 else set()
+        self.check = {k for k in done if falls_due(k, check_every, period)} | synced | self.checkpoint | {total}
 
 
 def check_finite(step: int, loss: torch.Tensor, params: list[torch.Tensor], last_ckpt) -> None:

@@ -47,7 +47,7 @@ class Strategy:
         return type(self).__name__
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module the loop calls; sets `payload`."""
+        """The module the loop calls; sets `payload` (or attach does, where it needs the run's steps)."""
         return model
 
     def attach(self, opt: torch.optim.Optimizer, ledger, start: int, steps: int) -> None:

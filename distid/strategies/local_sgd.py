@@ -7,7 +7,8 @@ handed in, 2·T with `local_sgd.outer_dtype` bfloat16/float16), and from θ_star
     average  (local SGD):         θ ← θ_start − mean Δ          = the replicas' mean
     nesterov (DiLoCo, Douillard et al. 2023): outer SGD with Nesterov momentum μ and rate η on the
              gradient mean Δ: v ← μ·v + mean Δ;  θ ← θ_start − η·(mean Δ + μ·v)
-then θ_start ← θ: every replica holds the same numbers again, which a hash per rank confirms.
+then θ_start ← θ: every replica holds the same numbers again, which the run's replica check
+(a hash per rank, after every synchronisation) confirms.
 Inner steps send nothing; each rank's inner optimizer state (Adam's moments) stays its own, as in
 DiLoCo. A subspace's pseudo-gradient is Δd (4·d bytes per synchronisation), LoRA's its factors'.
 Per training step: 4·T·(synchronisations ÷ steps) over the steps a process ran (a resumed run's
@@ -50,7 +51,7 @@ class LocalSGD(Strategy):
 
     def wrap(self, model):
         """The model itself: no per-step synchronisation. The replicas must have been built equal."""
-        self.model, self.params = model, [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
         check_replicas(model, 0)  # there is no start-up broadcast
         nesterov = self.outer == "nesterov"
         self.opt = torch.optim.SGD(self.params, lr=self.outer_lr if nesterov else 1.0,
@@ -59,10 +60,7 @@ class LocalSGD(Strategy):
         self.start = [p.detach().clone() for p in self.params]  # θ_start: what every replica held at the last sync
         itemsize = torch.tensor([], dtype=self.dtype).element_size()
         self.per_sync = sum(p.numel() for p in self.params) * itemsize if self.n > 1 else 0
-        self.start_step = self.done = 0
-        self.steps = self.cfg.train.steps or self.period
-        self.payload = self._per_step()
-        return model
+        return model  # payload: in attach, which knows the run's steps
 
     def _per_step(self) -> dict:
         """Bytes handed in per step over the steps this process ran (start, done] — the run's planned
@@ -74,7 +72,8 @@ class LocalSGD(Strategy):
         return {"all_reduce": each, "total": each} if self.per_sync else {"total": 0}
 
     def attach(self, opt, ledger, start: int, steps: int) -> None:
-        """After each optimizer step: count it; at a synchronisation, synchronise and compare replicas."""
+        """After each optimizer step: count it, and synchronise after every H-th and the last (the
+        replicas are compared there by the run's replica check, run/after_step.py)."""
         self.ledger, self.start_step, self.done, self.steps = ledger, start, start, steps
         self.payload = self._per_step()
         opt.register_step_post_hook(lambda *_: self.after_step())
@@ -84,8 +83,6 @@ class LocalSGD(Strategy):
         if self.done % self.period == 0 or self.done == self.steps:
             with self.ledger.phase("sync", steps=1):
                 self.sync()
-            with self.ledger.phase("checks"):
-                check_replicas(self.model, self.done)
         self.payload = self._per_step()
 
     @torch.no_grad()
