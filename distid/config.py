@@ -7,7 +7,8 @@ A config file has sections by what they configure (all optional) and an optional
     [subspace] [lora]    the re-parameterisations: d and P; LoRA's and PEFT's adapters
     [checkpoint]         how often, how many kept
     [dist]               the strategy that keeps replicas together, the backend, replica checks
-    [ddp] [powersgd] [local_sgd]   one strategy's own settings (refused under another strategy)
+    [ddp] [powersgd] [local_sgd] [demo] [sparse_loco] [streaming]
+                         one strategy's own settings (inert, or refused, under another strategy)
     [sweep]              the grid of the intrinsic-dimension sweep
 
 Any value can be overridden from the command line with ``--set section.key=value``; the value is
@@ -81,6 +82,8 @@ class SubspaceConfig:
     said: bool = False  # one trainable scale per parameter tensor (Aghajanyan et al.), within d
     layerwise: bool = False  # form θ = θ₀ + P·d one module at a time (large D: θ₀ + one slice in memory)
     max_dense_gb: float = 0.0  # 0 = auto (limit from available memory)
+    redraw_every: int = 0  # K: fold θ₀ ← θ₀ + P·d and draw a new P every K steps (0 = one subspace for the run)
+    redraw_optimizer: str = "reset"  # at a re-draw, the optimizer's state of d: "reset" (zeroed) | "keep"
 
 
 @dataclass
@@ -100,7 +103,8 @@ class CheckpointConfig:
 
 @dataclass
 class DistConfig:
-    strategy: str = "ddp"  # how replicas are kept together: "ddp" | "fsdp" | "local_sgd" | "none" | "package.module:Class"
+    strategy: str = "ddp"  # how replicas are kept together: "ddp" | "fsdp" | "local_sgd" | "streaming_diloco" |
+    # "sparse_loco" | "demo" | "none" | "package.module:Class"
     backend: str = "auto"  # "auto" | "gloo" | "nccl"
     timeout_s: float = 120.0
     check_replicas_every: int = 0  # compare every rank's trainable state every N steps (0 = only at the end)
@@ -126,6 +130,36 @@ class LocalSGDConfig:
     outer_lr: float = 0.7  # DiLoCo's outer learning rate (Douillard et al. 2023)
     outer_momentum: float = 0.9  # DiLoCo's outer Nesterov momentum
     outer_dtype: str = "float32"  # the pseudo-gradient on the wire: "float32" | "bfloat16" | "float16"
+
+
+@dataclass
+class StreamingConfig:
+    """Streaming DiLoCo (dist.strategy = "streaming_diloco"; H, the outer step and its dtype: [local_sgd])."""
+
+    fragments: int = 2  # the model split into this many fragments, each synchronised once every H steps, staggered
+    delay: int = 0  # τ: a fragment's all-reduce starts τ steps before its outer step is applied (overlap)
+    mix: float = 0.0  # α: a fragment becomes α·local + (1 − α)·global after its outer step (0 = global)
+
+
+@dataclass
+class SparseLoCoConfig:
+    """SparseLoCo (dist.strategy = "sparse_loco"): local steps whose pseudo-gradient is sent as top-k."""
+
+    every: int = 32  # H: local steps between synchronisations
+    density: float = 0.02  # k / chunk: the fraction of each chunk's entries sent
+    chunk: int = 4096  # top-k is taken within chunks of this many entries
+    value_bits: int = 2  # the sent values quantised to this many bits (32: float32 as they are)
+    error_decay: float = 0.95  # β: error feedback e ← β·e + Δ; what is sent is taken out of e
+    outer_lr: float = 1.0  # θ ← θ_start − outer_lr · mean of the ranks' sent pseudo-gradients
+
+
+@dataclass
+class DemoConfig:
+    """DeMo (dist.strategy = "demo"): each rank keeps its momentum and sends its k fastest DCT components."""
+
+    topk: int = 32  # k: DCT components sent per chunk
+    chunk: int = 64  # DCT chunk: 64 entries of a vector, 64 × 64 blocks of a matrix (the largest divisors ≤ this)
+    decay: float = 0.999  # β: momentum m ← β·m + g, before the sent components are taken out of it
 
 
 @dataclass
@@ -163,17 +197,24 @@ class Config:
     ddp: DdpConfig = field(default_factory=DdpConfig)
     powersgd: PowerSGDConfig = field(default_factory=PowerSGDConfig)
     local_sgd: LocalSGDConfig = field(default_factory=LocalSGDConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    sparse_loco: SparseLoCoConfig = field(default_factory=SparseLoCoConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     name: str = "default"  # set from the TOML file's stem by load_config
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "subspace": SubspaceConfig,
             "lora": LoraConfig, "checkpoint": CheckpointConfig, "dist": DistConfig, "ddp": DdpConfig,
-            "powersgd": PowerSGDConfig, "local_sgd": LocalSGDConfig, "sweep": SweepConfig}
-STRATEGIES = ("ddp", "fsdp", "local_sgd", "none")  # distid/strategies; or "package.module:Class"
-# sections that apply only when a key has a value: a strategy's own, and a hook's
-APPLIES_WHEN = {"ddp": ("dist.strategy", "ddp"), "powersgd": ("ddp.hook", "powersgd"),
-                "local_sgd": ("dist.strategy", "local_sgd")}
+            "powersgd": PowerSGDConfig, "local_sgd": LocalSGDConfig, "streaming": StreamingConfig, "sparse_loco": SparseLoCoConfig,
+            "demo": DemoConfig, "sweep": SweepConfig}
+STRATEGIES = ("ddp", "fsdp", "local_sgd", "streaming_diloco", "sparse_loco", "demo", "none")  # distid/strategies;
+# or "package.module:Class"
+# sections that apply only when a key has one of some values: a strategy's own, and a hook's
+APPLIES_WHEN = {"ddp": ("dist.strategy", ("ddp",)), "powersgd": ("ddp.hook", ("powersgd",)),
+                "local_sgd": ("dist.strategy", ("local_sgd", "streaming_diloco")),
+                "streaming": ("dist.strategy", ("streaming_diloco",)), "sparse_loco": ("dist.strategy", ("sparse_loco",)),
+                "demo": ("dist.strategy", ("demo",))}
 REFUSED_WHEN_IDLE = ("ddp",)  # a hook set while another strategy runs: refused ([powersgd] and [local_sgd]
 # may hold settings for the runs that turn them on, as the frontier's config does for its cells)
 # keys of the one-table layout, refused with their new place
@@ -194,6 +235,7 @@ CHOICES = {
     "data.dataset": ("mnist", "fashion-mnist"),
     "train.method": ("full", "subspace", "lora", "vera", "fourierft", "unilora"),
     "subspace.projection": ("dense", "sparse", "fastfood"),
+    "subspace.redraw_optimizer": ("reset", "keep"),
     "train.optimizer": ("adam", "sgd"),
     "local_sgd.outer": ("average", "nesterov"),
     "local_sgd.outer_dtype": ("float32", "bfloat16", "float16"),
@@ -302,6 +344,7 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     t, sub, lo, ck, ds, ls, ps = cfg.train, cfg.subspace, cfg.lora, cfg.checkpoint, cfg.dist, cfg.local_sgd, cfg.powersgd
+    st, sl, dm = cfg.streaming, cfg.sparse_loco, cfg.demo
     checks = [
         ("dist.strategy", ds.strategy in STRATEGIES or ":" in ds.strategy,
          f"one of {', '.join(map(repr, STRATEGIES))} or a class named by import path, 'package.module:Class'",
@@ -328,6 +371,29 @@ def validate(cfg: Config) -> None:
         ("local_sgd.every", ls.every >= 1, ">= 1 (1: synchronise after every step)", ls.every),
         ("local_sgd.outer_lr", ls.outer_lr > 0, "> 0", ls.outer_lr),
         ("local_sgd.outer_momentum", 0 <= ls.outer_momentum < 1, "in [0, 1)", ls.outer_momentum),
+        ("streaming.fragments", st.fragments >= 1, ">= 1", st.fragments),
+        ("streaming.fragments", ds.strategy != "streaming_diloco" or ls.every % max(st.fragments, 1) == 0,
+         f"a divisor of local_sgd.every = {ls.every} (the fragments' synchronisations are spaced H / fragments apart)",
+         st.fragments),
+        ("streaming.delay", st.delay >= 0 and (ds.strategy != "streaming_diloco"
+                                               or st.delay < ls.every // max(st.fragments, 1)),
+         f"in [0, local_sgd.every / streaming.fragments) = [0, {ls.every // max(st.fragments, 1)}) (a fragment's "
+         f"all-reduce must land before the next fragment's starts)", st.delay),
+        ("streaming.mix", 0 <= st.mix < 1, "in [0, 1) (0: a fragment becomes the global one)", st.mix),
+        ("sparse_loco.every", sl.every >= 1, ">= 1", sl.every),
+        ("sparse_loco.density", 0 < sl.density <= 1, "in (0, 1]", sl.density),
+        ("sparse_loco.chunk", sl.chunk >= 1, ">= 1", sl.chunk),
+        ("sparse_loco.density", sl.density * sl.chunk >= 1,
+         f"at least 1 / sparse_loco.chunk = {1 / max(sl.chunk, 1):.3g} (one entry per chunk)", sl.density),
+        ("sparse_loco.value_bits", sl.value_bits in (1, 2, 4, 8, 32), "one of 1, 2, 4, 8, 32", sl.value_bits),
+        ("sparse_loco.error_decay", 0 <= sl.error_decay <= 1, "in [0, 1]", sl.error_decay),
+        ("sparse_loco.outer_lr", sl.outer_lr > 0, "> 0", sl.outer_lr),
+        ("demo.chunk", dm.chunk >= 1, ">= 1", dm.chunk),
+        ("demo.topk", 1 <= dm.topk <= dm.chunk, f"in [1, demo.chunk = {dm.chunk}]", dm.topk),
+        ("demo.decay", 0 <= dm.decay < 1, "in [0, 1)", dm.decay),
+        ("subspace.redraw_every", sub.redraw_every >= 0, ">= 0 (0: never)", sub.redraw_every),
+        ("subspace.redraw_every", sub.redraw_every == 0 or t.method == "subspace",
+         f"0 unless train.method = 'subspace' (this run's is {t.method!r})", sub.redraw_every),
         ("powersgd.rank", ps.rank >= 1, ">= 1", ps.rank),
         ("powersgd.start_iter", ps.start_iter >= 2,
          ">= 2 (PowerSGD's error feedback and warm start need DDP's first two steps plain)", ps.start_iter),
@@ -364,7 +430,7 @@ def flat(raw: dict) -> dict:
 
 def idle_sections(keys: dict) -> set[str]:
     """The sections of APPLIES_WHEN that do not apply to the flat config {'section.key': value}."""
-    return {section for section, (key, value) in APPLIES_WHEN.items() if keys.get(key) != value}
+    return {section for section, (key, values) in APPLIES_WHEN.items() if keys.get(key) not in values}
 
 
 def _check_strategy_sections(cfg: Config) -> None:
@@ -372,7 +438,7 @@ def _check_strategy_sections(cfg: Config) -> None:
     that would make it apply ([powersgd] and [local_sgd] stay inert until their strategy runs)."""
     keys = flat(to_dict(cfg))
     for section in sorted(idle_sections(keys) & set(REFUSED_WHEN_IDLE)):
-        key, owner = APPLIES_WHEN[section]
+        key, (owner, *_) = APPLIES_WHEN[section]
         default, mine = SECTIONS[section](), getattr(cfg, section)
         for f in dataclasses.fields(mine):
             if getattr(mine, f.name) != getattr(default, f.name):

@@ -130,7 +130,7 @@ def test_type_errors(tmp_path, text, pattern):
     ("train.method=half", r"train\.method must be one of 'full', 'subspace', 'lora', 'vera', 'fourierft', 'unilora'; got 'half'"),
     ("subspace.projection=gauss", r"subspace\.projection must be one of 'dense', 'sparse', 'fastfood'"),
     ("train.optimizer=rmsprop", r"train\.optimizer must be one of 'adam', 'sgd'"),
-    ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'local_sgd', 'none' or a class named "
+    ("dist.strategy=zero3", r"dist\.strategy must be one of 'ddp', 'fsdp', 'local_sgd', 'streaming_diloco', 'sparse_loco', 'demo', 'none' or a class named "
                             r"by import path, 'package.module:Class'; got 'zero3'"),
     ("dist.backend=mpi", r"dist\.backend must be one of 'auto', 'gloo', 'nccl'"),
     ("data.dataset=cifar", r"data\.dataset must be one of 'mnist', 'fashion-mnist'"),

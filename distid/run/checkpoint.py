@@ -64,8 +64,10 @@ def flat_config(cfg: Config | dict) -> dict:
     """{'train.lr': 0.03, ...} of the keys that decide a run's trajectory (see RESUMABLE_CHANGES);
     a strategy's or hook's section only where it applies, and then only its values that differ from
     the defaults (so that DDP without a hook and FSDP compare equal)."""
-    keys = flat(to_dict(cfg) if isinstance(cfg, Config) else cfg)
-    idle, default = idle_sections(keys), flat(to_dict(Config()))
+    default = flat(to_dict(Config()))
+    keys = {**default, **flat(to_dict(cfg) if isinstance(cfg, Config) else cfg)}  # a key newer than the writer:
+    # its default, which is what the writer did
+    idle = idle_sections(keys)
     if keys.get("dist.strategy") in EVERY_STEP:
         keys["dist.strategy"] = "every step"
     return {k: v for k, v in sorted(keys.items()) if k not in RESUMABLE_CHANGES and not (

@@ -26,7 +26,9 @@ from torch import nn
 from distid.config import Config, ConfigError
 
 BUILTIN = {"none": "distid.strategies.single:Single", "ddp": "distid.strategies.ddp:DDP",
-           "fsdp": "distid.strategies.fsdp:FSDP", "local_sgd": "distid.strategies.local_sgd:LocalSGD"}
+           "fsdp": "distid.strategies.fsdp:FSDP", "local_sgd": "distid.strategies.local_sgd:LocalSGD",
+           "streaming_diloco": "distid.strategies.streaming_diloco:StreamingDiLoCo",
+           "sparse_loco": "distid.strategies.sparse_loco:SparseLoCo", "demo": "distid.strategies.demo:DeMo"}
 
 
 class Strategy:
@@ -50,6 +52,18 @@ class Strategy:
         """The module the loop calls; sets `payload` (or attach does, where it needs the run's steps)."""
         return model
 
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        """The optimizer the loop steps (train.optimizer at train.lr); a strategy that is its own
+        optimizer (DeMo: sign descent) returns its own."""
+        from distid.run.build import make_optimizer
+        return make_optimizer(self.cfg, params)
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of every tensor this strategy keeps on this rank between steps, by what it is
+        ({"θ_start": 796840, "outer momentum": 796840}), measured from the tensors themselves;
+        the optimizer's own state is counted by the run, not here."""
+        return {}
+
     def attach(self, opt: torch.optim.Optimizer, ledger, start: int, steps: int) -> None:
         """Called once before the first step (`start` steps already done, of `steps`)."""
 
@@ -70,6 +84,19 @@ class Strategy:
 
     def load_shared_state_dict(self, state: dict) -> None:
         pass
+
+
+def tensor_bytes(*tensors) -> int:
+    """Bytes held by these tensors (lists, tuples and dicts of them walked)."""
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            total += t.numel() * t.element_size()
+        elif isinstance(t, dict):
+            total += tensor_bytes(*t.values())
+        elif isinstance(t, (list, tuple)):
+            total += tensor_bytes(*t)
+    return total
 
 
 def find(name: str) -> type:
