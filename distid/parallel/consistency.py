@@ -46,13 +46,13 @@ def trainable_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def check_replicas(model, steps_done: int, group: dist.ProcessGroup | None = None) -> None:
-    """Every rank's trainable_digest, all-gathered; ReplicasDiverged on every rank when they differ,
+def check_replicas(model, steps_done: int, group: dist.ProcessGroup | None = None, digest=trainable_digest) -> None:
+    """Every rank's `digest(model)` (default: trainable_digest), all-gathered; ReplicasDiverged on every rank when they differ,
     naming the ranks outside the majority (with two ranks, or no majority, every rank's digest)."""
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return
     everyone: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(everyone, trainable_digest(model), group=group)
+    dist.all_gather_object(everyone, digest(model), group=group)
     common = max(dict.fromkeys(everyone), key=everyone.count)
     if everyone.count(common) == len(everyone):
         return

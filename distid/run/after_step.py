@@ -65,7 +65,7 @@ class AfterStep:
         saving = done in self.when.checkpoint or (done == last and job.cfg.checkpoint.keep > 0)
         if saving or done in self.when.check or done == last:
             with job.ledger.phase("checks"):  # before a checkpoint, which keeps one replica's copy
-                check_replicas(job.model, done)
+                check_replicas(job.model, done, digest=job.strategy.digest)
         if saving:
             self.checkpoint(done)
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distid.config import Config, ConfigError
+from distid.parallel.consistency import trainable_digest
 
 BUILTIN = {"none": "distid.strategies.single:Single", "ddp": "distid.strategies.ddp:DDP",
            "fsdp": "distid.strategies.fsdp:FSDP", "local_sgd": "distid.strategies.local_sgd:LocalSGD",
@@ -57,6 +58,12 @@ class Strategy:
         optimizer (DeMo: sign descent) returns its own."""
         from distid.run.build import make_optimizer
         return make_optimizer(self.cfg, params)
+
+    def digest(self, model: nn.Module) -> str:
+        """What the run's replica check compares across ranks (after every synchronisation, at checks
+        and checkpoints, at the end): the trainable parameters' hash. A strategy whose replicas differ
+        by design between synchronisations hashes what every rank holds alike (its global copy)."""
+        return trainable_digest(model)
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of every tensor this strategy keeps on this rank between steps, by what it is
