@@ -28,6 +28,7 @@ import torch.distributed as dist
 from distid.config import APPLIES_WHEN, SECTIONS, Config, flat, idle_sections, timestamped_dir, to_dict
 from distid.run import fault_injection
 from distid.strategies import Strategy
+from distid.subspace import redraw
 
 FORMAT = 3  # 3: the config by sections, the strategy's state
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")
@@ -211,7 +212,22 @@ class Checkpointer:
         return dict(format=FORMAT, step=done, world_size=self.n, config=to_dict(self.cfg),
                     resume_hash=resume_hash(self.cfg), loader=loader.state_dict(),
                     fingerprint=self.fingerprint, ranks=everyone, rng=rngs, dcp=self.dcp,
-                    shared=self.strategy.shared_state_dict())
+                    shared=self.strategy.shared_state_dict(), **self._redraws())
+
+    def _redraws(self) -> dict:
+        """A re-drawn subspace's history: d at each fold (θ₀ is replayed from it) and θ₀'s hash."""
+        folded = getattr(self.model, "folded", None)
+        return dict(folded=list(folded), theta0=redraw.theta0_digest(self.model)) if folded else {}
+
+    def _replay(self, path: Path, meta: dict) -> None:
+        """θ₀ and P as the writer's last re-draw left them; refused if θ₀ replayed here differs."""
+        if not meta.get("folded"):
+            return
+        self.model.replay(meta["folded"])
+        if redraw.theta0_digest(self.model) != meta["theta0"]:
+            raise CheckpointError(f"checkpoint {path}: θ₀ replayed here from its {len(meta['folded'])} re-draws "
+                                  f"differs from the writer's (sha256 {redraw.theta0_digest(self.model)} vs "
+                                  f"{meta['theta0']}): another machine's kernel rounds P·d differently")
 
     def save(self, done: int, opt: torch.optim.Optimizer, loader, local: dict) -> Path:
         """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path.
@@ -263,6 +279,7 @@ class Checkpointer:
             return None
         meta = payload if self.dcp else payload["meta"]
         self._check(path, meta)
+        self._replay(path, meta)
         if self.dcp:
             dcp, sd = _dcp()
             msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))

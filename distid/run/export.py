@@ -2,7 +2,8 @@
 
     python -m distid.run.export runs/mnist_fc_subspace-…/checkpoints/step_001407.pt [--out model.pt]
 
-Subspace: θ = θ₀ + P·d (θ₀ and P regenerated from the seed), split into the module's parameter
+Subspace: θ = θ₀ + P·d (θ₀ and P regenerated from the seed; re-drawn subspaces: replayed from the d
+of every fold, which the checkpoint keeps), split into the module's parameter
 names; LoRA: each adapted layer merged, W = W₀ + (α/r)·B·A; full training (a DCP folder): the model
 weights. The file holds tensors only (torch.load(..., weights_only=True)) and loads with
 load_state_dict(strict=True) into build_model(name) — or the same architecture written without distid.
@@ -45,6 +46,10 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     meta = payload if path.is_dir() else payload["meta"]
     cfg = config_from_dict(meta["config"])
     model = build(cfg, local_world=1)
+    if isinstance(model, SubspaceModel):
+        if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint():
+            raise CheckpointError(f"{path}: θ₀/P regenerated here differ from the run's (another torch version?)")
+        model.replay(meta.get("folded", []))  # a re-drawn subspace: θ₀ and P as its last re-draw left them
     trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         if path.is_dir():  # DCP: read just the model's trainable tensors, in place
@@ -56,8 +61,6 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
             for k, p in trainable.items():
                 p.copy_(payload["trainable"][k])
     if isinstance(model, SubspaceModel):
-        if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint():
-            raise CheckpointError(f"{path}: θ₀/P regenerated here differ from the run's (another torch version?)")
         with torch.no_grad():
             state = {**model.module.state_dict(), **model.params_dict()}
     elif cfg.train.method == "lora":

@@ -40,7 +40,7 @@ from distid.run.meter import StepMeter
 from distid.run.summarize import summarize
 from distid.run.watchdog import Watch, is_collective_error, restart_hazard
 from distid.strategies import choose
-from distid.subspace import SubspaceModel
+from distid.subspace import SubspaceModel, redraw
 
 
 class Job:
@@ -69,6 +69,8 @@ class Job:
         self.device, self.ledger, self.t_start = runtime.device(), CommLedger(n), time.perf_counter()
         with self.ledger.phase("setup"):  # data, model, start-up checks and the strategy's wrapper
             self.strategy = choose(cfg, n, self.device)  # refuses what it cannot run before anything is built
+            if cfg.subspace.redraw_every:
+                redraw.refuse(cfg)
             if cfg.dist.measure_interface:
                 try:
                     interface.check_everywhere(cfg.dist.measure_interface)
@@ -119,6 +121,10 @@ class Job:
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
         self.strategy.attach(self.opt, self.ledger, self.start, self.total_steps)
+        if cfg.subspace.redraw_every:  # after the strategy's hook: a re-draw follows the synchronisation
+            redraw.Redraw(self.model, self.strategy, cfg.subspace.redraw_every,
+                          cfg.subspace.redraw_optimizer == "keep").attach(self.opt, self.ledger, self.start,
+                                                                          self.total_steps)
         self.meter = StepMeter(self.ledger, to_wire(self.strategy.payload, n), self.start,
                                self.strategy.warm_steps(), self.device, cfg.dist.measure_interface)
         drill = Injector(rank, self.strategy.counter)
@@ -191,6 +197,8 @@ class Job:
         summary.checkpoint_bytes = size_bytes(last) if last and self.rank == 0 else None
         summary.full_state_dict_bytes = 4 * summary.total_params
         trained = full_state(self.model)  # on every rank: under FSDP it gathers the shards
+        if getattr(self.model, "folded", None):  # a re-drawn subspace: d alone is not the model
+            trained["folded"] = torch.stack(self.model.folded)  # [re-draws, d]: replay θ₀ from it
         if self.rank == 0:
             torch.save(trained, self.out / "trainable.pt")
             summary.save(self.out / "summary.json")

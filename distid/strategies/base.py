@@ -65,6 +65,11 @@ class Strategy:
         by design between synchronisations hashes what every rank holds alike (its global copy)."""
         return trainable_digest(model)
 
+    def rebase(self, reset: bool) -> None:
+        """The trainable parameters were changed between steps, alike on every rank (a re-drawn
+        subspace: d ← 0 in a new basis): take them as the common point; `reset`: drop state tied
+        to the old values (an outer momentum)."""
+
     def state_bytes(self) -> dict[str, int]:
         """Bytes of every tensor this strategy keeps on this rank between steps, by what it is
         ({"θ_start": 796840, "outer momentum": 796840}), measured from the tensors themselves;

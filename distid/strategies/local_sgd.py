@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distid.parallel.consistency import check_replicas
-from distid.strategies.base import Strategy
+from distid.strategies.base import Strategy, tensor_bytes
 
 
 def syncs(steps: int, every: int) -> int:
@@ -99,6 +99,18 @@ class LocalSGD(Strategy):
         for p, s in zip(self.params, self.start):
             s.copy_(p)
             p.grad = None
+
+    @torch.no_grad()
+    def rebase(self, reset: bool) -> None:
+        """θ_start ← the parameters (a re-draw has just set them, right after a synchronisation);
+        `reset`: the outer momentum, which belongs to the old basis, is dropped."""
+        for p, s in zip(self.params, self.start):
+            s.copy_(p)
+        if reset:
+            self.opt.state.clear()
+
+    def state_bytes(self) -> dict:
+        return {"θ_start": tensor_bytes(self.start), "outer momentum": tensor_bytes(self.opt.state_dict()["state"])}
 
     def shared_state_dict(self) -> dict:
         """The outer optimizer's state (Nesterov's momentum), alike on every rank: θ_start is the model

@@ -3,6 +3,12 @@
 The module's D parameters become frozen buffers (views into one flat θ₀ [D]); d ∈ R^d, initialised
 to zero, is the only nn.Parameter. forward() builds θ = θ₀ + P·d and runs the unchanged module on
 it with torch.func.functional_call. Gradient: ∂L/∂d = Pᵀ·∂L/∂θ.
+
+Re-drawn subspaces (Gressmann et al. 2020): `redraw()` folds θ₀ ← θ₀ + P·d, draws the next P from
+the seed (draw e: generator keyed by (seed, "subspace redraw", e)) and sets d ← 0, so training can
+leave any one subspace while d keeps its size. Every rank folds the same d into the same θ₀ itself;
+θ₀ is then no longer regenerated from the seed alone, but replayed from the d of every fold
+(`folded`, d numbers each): a checkpoint keeps those.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from distid import runtime
 from distid.subspace.dense import DenseProjection
 from distid.subspace.fastfood import FastfoodProjection
 from distid.subspace.layerwise import Layerwise
@@ -89,6 +96,8 @@ class SubspaceModel(nn.Module):
         if d - m < 1:
             raise ValueError(f"SAID needs d > {m} (one scale per parameter tensor, the rest for the subspace); "
                              f"got d = {d}")
+        self.seed, self.draw, self._proj_kwargs = seed, 0, proj_kwargs
+        self.folded: list[torch.Tensor] = []  # d at each re-draw so far (CPU copies), to replay θ₀
         self.projection = make_projection(projection, theta0.numel(), d - m, seed, **proj_kwargs).to(theta0.dtype)
         self.d = nn.Parameter(torch.zeros(d - m, dtype=theta0.dtype))
         self.said = nn.Parameter(torch.ones(m, dtype=theta0.dtype)) if said else None
@@ -154,6 +163,30 @@ class SubspaceModel(nn.Module):
         broadcast nor sync. The module's own buffers (batch-norm statistics) are not among them."""
         return (["theta0"] + [f"module.{n}" for n in self._frozen]
                 + [f"projection.{n}" for n, _ in self.projection.named_buffers()])
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        """θ₀ ← θ₀ + P·d (with SAID's λ), the next P from the seed, d ← 0. Autograd state of d is
+        untouched (it is a leaf): an optimizer keeps or drops its moments of d (see Redraw)."""
+        if self.layerwise is not None:
+            raise ValueError("a re-drawn subspace folds θ₀ whole: it cannot be combined with subspace.layerwise")
+        self.folded.append(self.d.detach().cpu().clone())
+        self.theta0.add_(self.offset())  # in place: the module's views of θ₀ follow
+        self.draw += 1
+        seed = runtime.rng_seed(self.seed, "subspace redraw", self.draw)
+        self.projection = make_projection(self.kind, self.D, self.d.numel(), seed, **self._proj_kwargs).to(
+            device=self.theta0.device, dtype=self.theta0.dtype)
+        self.d.zero_()
+
+    def replay(self, folded: list[torch.Tensor]) -> None:
+        """Re-do the re-draws of a run whose d at each fold was `folded` (from draw 0): θ₀ and P as
+        they were after the last, d ← 0 (a resume then loads d)."""
+        if self.draw:
+            raise ValueError(f"replay starts from the first subspace; this model is at draw {self.draw}")
+        with torch.no_grad():
+            for d in folded:
+                self.d.copy_(d)
+                self.redraw()
 
     def sharded(self) -> ShardedSubspaceModel:
         """This model's FSDP form: θ₀ sharded across the ranks, the same forward and d (sharded.py)."""

@@ -1,0 +1,71 @@
+"""Re-drawn subspaces (Gressmann et al. 2020, "Improving Neural Network Training in Low Dimensional
+Random Bases"): every K = `subspace.redraw_every` steps, after the optimizer's step (and after the
+strategy's synchronisation, whose hook was registered first), every rank folds θ₀ ← θ₀ + P·d,
+draws the next P from the seed and starts a new d at zero (SubspaceModel.redraw).
+
+A fixed subspace caps accuracy at what its d can reach; a new one every K steps lets training leave
+it while every synchronisation still carries d numbers: the bytes per step are the fixed
+subspace's, nothing more is sent for a re-draw. What does not carry over: the optimizer's moments
+of d belong to the old basis — `subspace.redraw_optimizer = "reset"` (the default) drops them,
+"keep" carries them into the new one — and a strategy's own copy of d (local steps' θ_start, reset
+to the new d = 0; with "reset", its outer momentum dropped too). Under local steps the replicas hold
+the same d only right after a synchronisation, so K must be a multiple of H.
+
+"Identically" rests on every rank computing P·d bit for bit alike: after each re-draw the ranks
+compare a hash of θ₀ (one tiny all-gather, ledger phase "checks").
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from distid.config import ConfigError
+from distid.parallel.consistency import assert_same_across_ranks
+
+WORKS_UNDER = ("none", "ddp", "local_sgd")  # strategies whose trainable state a re-draw may reset
+
+
+def theta0_digest(model) -> str:
+    """16 hex digits of the sha256 of θ₀'s bytes."""
+    return hashlib.sha256(model.theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def refuse(cfg, sharded: bool = False) -> None:
+    """ConfigError (one line) where re-draws cannot run as asked."""
+    K, strategy = cfg.subspace.redraw_every, cfg.dist.strategy
+    if strategy not in WORKS_UNDER:
+        raise ConfigError(f"subspace.redraw_every = {K} runs under dist.strategy = {', '.join(map(repr, WORKS_UNDER))}; "
+                          f"this run's is {strategy!r} (its state would outlive the subspace it belongs to)")
+    if strategy == "local_sgd" and K % cfg.local_sgd.every:
+        raise ConfigError(f"subspace.redraw_every = {K} must be a multiple of local_sgd.every = {cfg.local_sgd.every}: "
+                          f"the replicas hold the same d only right after a synchronisation")
+    if cfg.subspace.layerwise:
+        raise ConfigError("subspace.redraw_every > 0 cannot be combined with subspace.layerwise (a re-draw folds "
+                          "θ₀ whole)")
+
+
+class Redraw:
+    """The re-draw schedule of one run: `attach` after the strategy's, so its hook runs second."""
+
+    def __init__(self, model, strategy, every: int, keep_moments: bool):
+        self.model, self.strategy, self.every, self.keep = model, strategy, every, keep_moments
+
+    def attach(self, opt: torch.optim.Optimizer, ledger, start: int, steps: int) -> None:
+        self.opt, self.ledger, self.done, self.steps = opt, ledger, start, steps
+        opt.register_step_post_hook(lambda *_: self.after_step())
+
+    def after_step(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 and self.done < self.steps:  # the last step keeps its d (exported)
+            self.redraw()
+
+    def redraw(self) -> None:
+        self.model.redraw()
+        if not self.keep:
+            for p in self.model.parameters():
+                self.opt.state.pop(p, None)  # Adam restarts its moments (and bias correction) for d
+        self.strategy.rebase(reset=not self.keep)
+        with self.ledger.phase("checks"):
+            assert_same_across_ranks({f"θ₀ after re-draw {self.model.draw}": theta0_digest(self.model)})
