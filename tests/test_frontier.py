@@ -88,10 +88,10 @@ def test_a_cell_is_trained_again_after_a_code_or_world_size_change(monkeypatch):
 
 
 def test_cumulative_bytes_with_local_steps_counts_the_synchronisations_done():
-    r = dict(run_(), sync_period=4, wire_bytes_per_sync=1000.0, steps=10)
+    r = dict(run_(), sync_period=4, wire_sync_by_eval={3: 0.0, 8: 2000.0, 10: 3000.0}, steps=10)
     assert cumulative_bytes(r, 3) == 100  # set-up only: no synchronisation yet
-    assert cumulative_bytes(r, 8) == 100 + 2 * 1000
-    assert cumulative_bytes(r, 10) == 100 + 3 * 1000  # the last step synchronises too
+    assert cumulative_bytes(r, 8) == 100 + 2000  # what the ledger had booked at that evaluation
+    assert cumulative_bytes(r, 10) == 100 + 3000  # the last step synchronises too
 
 
 def test_the_link_model_is_the_alpha_beta_ring_formula():

@@ -22,7 +22,8 @@ def tensor_bytes(t) -> int:
 
 
 def state_bytes(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """{params, grads, optimizer, buffers, total} held by this rank (storage shared by views counted once)."""
+    """{params, grads, optimizer, buffers, total} held by this rank (storage shared by views counted once);
+    a strategy's own tensors (Strategy.state_bytes) are added by the summary."""
     seen: set[int] = set()
 
     def once(t) -> int:

@@ -72,7 +72,7 @@ class Summary:
     step_time_s: float | None  # the steps not booked by the ledger: median; their mean where sync_period > 1
     peak_rss_mb: float
     peak_gpu_mb: float | None
-    state_bytes: dict  # {params, grads, optimizer, buffers, total} on this rank
+    state_bytes: dict  # {params, grads, optimizer, buffers, strategy, total} on this rank
     step_time_s_per_rank: list
     peak_rss_mb_per_rank: list
     state_bytes_per_rank: list
@@ -103,6 +103,9 @@ class Summary:
     comm_wire_bytes_per_sync: dict | None = None
     comm_calls_per_sync: dict | None = None
     comm_payload_bytes_inner_step: dict | None = None  # with synchronisations: what the booked steps handed in
+    strategy_state_bytes: dict | None = None  # what the strategy keeps between steps on rank 0, by name
+    comm_wire_sync_by_eval: list | None = None  # [(steps done, wire bytes of the synchronisations so far)] at
+    # each evaluation, where a strategy synchronises between steps (all booked)
     schema: int = SCHEMA
 
     @property

@@ -131,6 +131,7 @@ class Job:
         self.inject_faults = drill if drill.fault else lambda step, x: x  # DISTID_FAULT: a fire drill
         self.after_step = AfterStep(self)  # the NaN stop, progress, evaluation, replica check, checkpoint
         self.curve: list = []  # [(steps done, training seconds, test accuracy)]
+        self.synced: list = []  # [(steps done, wire bytes of the synchronisations between steps so far)]
         self.t_loop, self.eval_s = 0.0, 0.0  # when the first step started; seconds spent evaluating since
 
     def __enter__(self) -> "Job":
@@ -175,6 +176,7 @@ class Job:
         acc = accuracy(self.net, self.test_split, device=self.device)
         self.progress.scalar("test/accuracy", acc, step)
         self.curve.append((step + 1, t0 - self.t_loop - self.eval_s - self.meter.idle_s, acc))
+        self.synced.append((step + 1, self.ledger.wire_totals("sync")["total"]))
         self.eval_s += time.perf_counter() - t0
         return acc
 

@@ -26,6 +26,9 @@ def summarize(job) -> Summary:
     peak_gpu = runtime.reduce_scalar(torch.cuda.max_memory_allocated() / 2**20, dist.ReduceOp.MAX) \
         if device.type == "cuda" else None
     held = state_bytes(getattr(job.net, "module", job.net), job.opt)
+    kept = strategy.state_bytes()  # θ_start, momenta, error feedback, receive buffers: measured from its tensors
+    held["strategy"] = sum(kept.values())
+    held["total"] += held["strategy"]
     step_time = job.meter.step_time(strategy.period)
     step_times = runtime.gather_floats(step_time if step_time is not None else float("nan"))
     rss = runtime.gather_floats(job.progress.peak_rss_mb())
@@ -68,4 +71,5 @@ def summarize(job) -> Summary:
         comm_wire_bytes_per_sync=ledger.wire_per_step("sync") if syncs else None,
         comm_calls_per_sync=ledger.calls_per_step("sync") if syncs else None,
         comm_payload_bytes_inner_step=ledger.per_step("step") if syncs and booked else None,
+        strategy_state_bytes=kept, comm_wire_sync_by_eval=job.synced if syncs else None,
     )

@@ -17,7 +17,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from distid.config import ConfigError
 from distid.parallel.ddp import wrap_ddp
 from distid.strategies import hooks
-from distid.strategies.base import Strategy
+from distid.strategies.base import Strategy, tensor_bytes
 
 
 @dataclass
@@ -87,6 +87,11 @@ class DDP(Strategy):
 
     def state_dict(self) -> dict:
         return self.hook.state_dict()
+
+    def state_bytes(self) -> dict:
+        """A hook's own tensors (PowerSGD: error feedback, warm-start P and Q), measured."""
+        held = tensor_bytes(self.hook.state_dict())
+        return {f"{self.hook.label} state": held} if held else {}
 
     def load_state_dict(self, state: dict) -> None:
         self.hook.load_state_dict(state)

@@ -42,7 +42,7 @@ from distid.run.build import build, make_optimizer
 from distid.strategies import hooks, local_sgd
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
-            "LoRA + DiLoCo")
+            "LoRA + DiLoCo", "DeMo", "SparseLoCo", "Streaming DiLoCo", "subspace, re-drawn")
 PEFT_NAMES = {"vera": "VeRA", "fourierft": "FourierFT", "unilora": "Uni-LoRA"}
 
 
@@ -84,7 +84,8 @@ def cells(args) -> list[Cell]:
 
 
 KEEP = ("trainable_params", "lora_rank", "comm_wire_formula", "comm_calls_per_step", "comm_steps_warmup",
-        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s", "sync_period")
+        "steps", "test_accuracy", "eval_curve", "step_time_s", "wall_time_s", "sync_period", "state_bytes",
+        "strategy_state_bytes")
 
 
 def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
@@ -97,11 +98,12 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
                    f"{s.wire_per_step:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
     calls = s.comm_calls_per_step
-    if s.comm_syncs:  # the steps between call nothing; a synchronisation's calls spread over its period
-        calls = {op: c / s.sync_period for op, c in (s.comm_calls_per_sync or {}).items()}
-    return dict(seed=seed, wire_bytes_per_step=s.wire_per_step,
+    if s.comm_syncs:  # the steps between call nothing; the synchronisations' calls spread over the steps
+        calls = {op: c * s.comm_syncs / s.steps for op, c in (s.comm_calls_per_sync or {}).items()}
+    return dict(seed=seed, wire_bytes_per_step=s.wire_per_step, wire_per_op=s.comm_wire_bytes_per_step,
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
+                wire_sync_by_eval=dict(s.comm_wire_sync_by_eval or []),
                 **{k: getattr(s, k) for k in KEEP if k != "comm_calls_per_step"}, comm_calls_per_step=calls)
 
 
@@ -164,12 +166,10 @@ def reusable(s: Summary, hash_: str, world_size: int) -> bool:
 def cumulative_bytes(seed_run: dict, step: int) -> float:
     """Wire bytes this rank sent by the end of `step` (1-based): set-up, the warm-up steps
     (PowerSGD's plain all-reduces among them) as booked, then bytes/step for each later step; with
-    synchronisations between steps (period H > 1), set-up + those done by then (every H-th step, and
-    the last)."""
-    h = seed_run.get("sync_period", 1)
-    if h > 1:
-        syncs = step // h + (step == seed_run["steps"] and step % h > 0)
-        return seed_run["wire_setup_bytes"] + syncs * seed_run["wire_bytes_per_sync"]
+    synchronisations between steps (period H > 1), set-up + those done by then, as the ledger booked
+    them at that evaluation (`step` is one)."""
+    if seed_run.get("sync_period", 1) > 1:  # the synchronisations' bytes by then, booked (all are)
+        return seed_run["wire_setup_bytes"] + seed_run["wire_sync_by_eval"][step]
     warm = seed_run["comm_steps_warmup"]
     done_warm = min(step, warm)
     warm_part = seed_run["wire_warmup_bytes"] * done_warm / warm if warm else 0.0
@@ -186,6 +186,7 @@ def summarize(cell: Cell, seeds: list[dict]) -> dict:
                 wire_bytes_per_step=statistics.mean(s["wire_bytes_per_step"] for s in seeds),
                 wire_formula_bytes_per_step=seeds[0]["comm_wire_formula"]["total"],
                 calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
+                wire_per_op=seeds[0]["wire_per_op"], state_bytes=seeds[0]["state_bytes"], strategy_state_bytes=seeds[0]["strategy_state_bytes"] or {},
                 test_accuracy=statistics.mean(accs), test_accuracy_min=min(accs), test_accuracy_max=max(accs),
                 step_time_s=statistics.mean(s["step_time_s"] or float("nan") for s in seeds),
                 train_time_s=statistics.mean((s["step_time_s"] or float("nan")) * s["steps"] for s in seeds),
@@ -232,6 +233,21 @@ def add_args(p) -> None:
                    help="the subspace DiLoCo cells: every d of --diloco-dims at every H here")
     p.add_argument("--diloco-lora-ranks", type=lambda t: _floats(t, int), default=[8])
     p.add_argument("--diloco-lora-h", type=lambda t: _floats(t, int), default=[32])
+    p.add_argument("--demo-topk", type=lambda t: _floats(t, int), default=[4, 32],
+                   help="DeMo cells: DCT components sent per chunk of 64 (64 × 64 blocks of a matrix)")
+    p.add_argument("--lr-demo", type=float, default=1e-3, help="DeMo's sign-descent rate (SGD, no momentum: DeMo's own)")
+    p.add_argument("--sparse-density", type=_floats, default=[1, 3],
+                   help="SparseLoCo cells: the percent of each chunk's entries sent (2-bit values)")
+    p.add_argument("--sparse-h", type=int, default=32, help="SparseLoCo's H")
+    p.add_argument("--streaming-fragments", type=lambda t: _floats(t, int), default=[2, 4],
+                   help="Streaming DiLoCo cells: fragments, each synchronised once every H steps, staggered")
+    p.add_argument("--streaming-h", type=int, default=32)
+    p.add_argument("--streaming-delay", type=int, default=1, help="steps a fragment's all-reduce overlaps")
+    p.add_argument("--redraw-dims", type=lambda t: _floats(t, int), default=[1000, 4000],
+                   help="re-drawn subspace cells (under DDP): every d here at every K of --redraw-k")
+    p.add_argument("--redraw-k", type=lambda t: _floats(t, int), default=[100, 200])
+    p.add_argument("--redraw-local", type=lambda t: [tuple(int(v) for v in c.split(":")) for c in t.split(",") if c],
+                   default=[(4000, 32, 128)], help="re-drawn subspaces with local steps: d:H:K,...")
     p.add_argument("--links-workers", type=lambda t: _floats(t, int), default=[4, 64],
                    help="worker counts of the time-to-accuracy model on named links (experiments/communication/links.py)")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],

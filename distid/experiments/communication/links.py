@@ -5,6 +5,8 @@ Each frontier cell's measured figures are turned into wall-clock time on named l
     t(S, N) = 2(N−1)·α + 2(N−1)/N · S/β     per all-reduce of S bytes handed in,
 N workers, α the one-way latency of a message, β the bandwidth. A cell's time to a target is
     steps × compute per step  +  set-up bytes / β  +  Σ over its all-reduces up to that step of t(S, N),
+and for a sparse exchange (an all-gather of a shard s per worker: DeMo, SparseLoCo)
+    t(s, N) = (N−1)·α + (N−1)·s/β     per all-gather: what each worker receives grows with N,
 with steps, set-up bytes, the all-reduce calls and the bytes handed in measured by the frontier run
 (PowerSGD's plain warm-up steps included, DiLoCo's synchronisations counted as they happened), and
 the compute per step measured by the frontier on one process, one rank's batch, no collective
@@ -55,6 +57,15 @@ def allreduce_s(payload: float, n: int, link: Link, calls: float = 1.0) -> float
     return calls * 2 * (n - 1) * link.alpha_s + 2 * (n - 1) / n * payload / link.bytes_per_s
 
 
+def allgather_s(shard: float, n: int, link: Link, calls: float = 1.0) -> float:
+    """Seconds for `calls` ring all-gathers of `shard` bytes per worker in all: (N−1)·α per call, and
+    each worker receives the other N−1 shards — a sparse exchange grows with N where an all-reduce
+    does not."""
+    if n < 2:
+        return 0.0
+    return calls * (n - 1) * link.alpha_s + (n - 1) * shard / link.bytes_per_s
+
+
 def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> float | None:
     """Model seconds for the frontier cell `row` to reach targets[target] on n workers over `link`
     (None if the run never reached it)."""
@@ -63,9 +74,17 @@ def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> floa
         return None
     step, seeds = hit["step"], row["seeds"]
     setup = sum(s["wire_setup_bytes"] for s in seeds) / len(seeds)
+    calls = row["calls_per_step"]
+    if calls.get("all_gather"):  # a sparse exchange (DeMo, SparseLoCo): each worker's shard, from the
+        # wire bytes measured at measured_n ((N−1)·shard a step), at n workers
+        wire = row["wire_per_op"]
+        gathered = allgather_s(step * wire["all_gather"] / (measured_n - 1), n, link, step * calls["all_gather"])
+        reduced = allreduce_s(step * wire.get("all_reduce", 0) / wire_factor("all_reduce", measured_n), n, link,
+                              step * calls.get("all_reduce", 0))
+        return step * row["compute_step_s"] + setup / link.bytes_per_s + gathered + reduced
     payload = (hit["wire_bytes"] - setup) / wire_factor("all_reduce", measured_n)  # handed in, warm-up included
-    calls = step * row["calls_per_step"].get("all_reduce", 0)
-    return step * row["compute_step_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link, calls)
+    return step * row["compute_step_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link,
+                                                                                  step * calls.get("all_reduce", 0))
 
 
 def _target(targets: list[dict], fraction: float = 0.90) -> int:

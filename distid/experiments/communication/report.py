@@ -7,12 +7,13 @@ from pathlib import Path
 
 from distid.experiments.plotting import pyplot
 
-MARKERS = "osD^vPXp*"
+MARKERS = "osD^vPXp*<>hd"
 COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-          "tab:olive")
+          "tab:olive", "tab:cyan", "navy", "darkgoldenrod", "crimson")
 # label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
 LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12),
-          (-6, 6, "right", 0), (6, -10, "left", 0), (-6, -10, "right", -12), (6, 10, "left", 0))
+          (-6, 6, "right", 0), (6, -10, "left", 0), (-6, -10, "right", -12), (6, 10, "left", 0),
+          (6, -10, "left", 12), (-6, 6, "right", -12), (6, 6, "left", 12), (-6, -10, "right", 12))
 
 
 def pareto(rows: list[dict], key: str) -> list[dict]:
@@ -36,6 +37,41 @@ def _reached(hit: dict | None) -> str:
         return "not reached"
     b = hit["wire_bytes"]
     return (f"{b / 1e6:,.1f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB") + f" (step {hit['step']})"
+
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:,.2f}"
+
+
+def _state(r: dict) -> str:
+    """State per rank, MB: everything a rank holds to train (parameters, gradients, optimizer,
+    buffers such as θ₀ and P, the strategy's own tensors), the strategy's part in brackets."""
+    held = r["state_bytes"]
+    return _mb(held["total"]) + (f" ({_mb(held['strategy'])})" if held.get("strategy") else "")
+
+
+def _calls(r: dict) -> str:
+    return ", ".join(f"{c:.4g} {op.replace('_', '-')}" for op, c in sorted(r["calls_per_step"].items())
+                     if op != "barrier") or "0"
+
+
+def redrawn_table(rows: list[dict]) -> str:
+    """Accuracy of the subspace at each d: fixed, and re-drawn every K steps (under DDP: same bytes)."""
+    ok = {r["cell"]: r for r in rows if "refused" not in r}
+    cells = [r for r in ok.values() if r["family"] == "subspace, re-drawn" and " H=" not in r["cell"]]
+    dims = sorted({int(r["cell"].split("d=")[1].split()[0]) for r in cells})
+    ks = sorted({int(r["cell"].split("K=")[1]) for r in cells})
+    if not dims:
+        return ""
+    lines = ["## Re-drawn subspaces: accuracy against d and K (under DDP, the same bytes per step)\n",
+             "| d | fixed (one subspace) | " + " | ".join(f"re-drawn every K = {k}" for k in ks) + " |",
+             "|---:|---:|" + "---:|" * len(ks)]
+    for d in dims:
+        fixed = ok.get(f"subspace d={d}")
+        lines.append(f"| {d:,} | {_acc(fixed) if fixed else '—'} | "
+                     + " | ".join(_acc(ok[f"subspace d={d} K={k}"]) if f"subspace d={d} K={k}" in ok else "—"
+                                  for k in ks) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _peft_lrs(meta: dict) -> str:
@@ -65,20 +101,21 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
              f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: its synchronisations' bytes ÷ steps (after "
              f"every H-th step and the last).\n",
-             "| cell | trainable | bytes/step | formula | ÷ DDP | all-reduces/step | test acc | step ms | train s | "
-             f"compute ms | {heads} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
+             "| cell | trainable | bytes/step | formula | ÷ DDP | collectives/step | state/rank MB | test acc | step ms | "
+             f"train s | compute ms | {heads} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (9 + len(targets)))
+            lines.append(f"| {r['cell']} | refused: {r['refused']} |" + " |" * (10 + len(targets)))
             continue
-        calls = r["calls_per_step"].get("all_reduce", 0)
         lines.append(f"| {r['cell']} | {r['trainable_params']:,} | {r['wire_bytes_per_step']:,.0f} | "
-                     f"{r['wire_formula_bytes_per_step']:,.0f} | {r['wire_bytes_per_step'] / base:.4f} | {calls:.4g} | {_acc(r)} | "
+                     f"{r['wire_formula_bytes_per_step']:,.0f} | {r['wire_bytes_per_step'] / base:.4f} | {_calls(r)} | "
+                     f"{_state(r)} | {_acc(r)} | "
                      f"{1e3 * r['step_time_s']:.2f} | {r['train_time_s']:.1f} | {1e3 * r['compute_step_s']:.2f} | "
                      + " | ".join(_reached(h) for h in r["to_target"]) + " |")
     front = " → ".join(r["cell"] for r in pareto([r for r in rows if "refused" not in r], "wire_bytes_per_step"))
-    return "\n".join(lines) + f"\n\nPareto front (fewest bytes/step → highest accuracy): {front}\n"
+    return "\n".join(lines) + f"\n\nPareto front (fewest bytes/step → highest accuracy): {front}\n\n" \
+        + redrawn_table(rows)
 
 
 def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()) -> bool:
