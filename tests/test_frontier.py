@@ -22,13 +22,16 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
             "--set", "train.steps=14", "--set", "train.eval_every=7", "--set", "powersgd.start_iter=2",
             "--powersgd-ranks", "1", "--lora-ranks", "1", "--dims", "100", "--peft", "vera", "--diloco-h", "7",
             "--diloco-dims", "100", "--diloco-dims-h", "7", "--diloco-lora-ranks", "1", "--diloco-lora-h", "7",
+            "--demo-topk", "4", "--sparse-density", "3", "--sparse-h", "7", "--streaming-fragments", "1",
+            "--streaming-h", "7", "--redraw-dims", "100", "--redraw-k", "5", "--redraw-local", "100:7:7",
             "--out", str(tmp_path)]
     res = torchrun(2, *args, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "frontier.json").read_text())
     cells = {c["cell"]: c for c in out["cells"]}
     assert set(cells) == {"DDP", "DDP + fp16", "DDP + bf16", "DDP + PowerSGD r=1", "LoRA r=1", "subspace d=100", "VeRA",
-                          "DiLoCo H=7", "subspace d=100 H=7", "LoRA r=1 H=7"}
+                          "DiLoCo H=7", "subspace d=100 H=7", "LoRA r=1 H=7", "DeMo k=4", "SparseLoCo 3% H=7",
+                          "Streaming DiLoCo H=7 P=1", "subspace d=100 K=5", "subspace d=100 H=7 K=7"}
     assert {c["family"] for c in cells.values()} == set(FAMILIES)
     full = cells["DDP"]["wire_bytes_per_step"]  # 2 ranks: a ring all-reduce sends 2(N−1)/N = 1× the payload
     assert cells["DDP + fp16"]["wire_bytes_per_step"] == full / 2
@@ -37,6 +40,10 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     assert cells["DiLoCo H=7"]["wire_bytes_per_step"] == pytest.approx(full / 7)  # one all-reduce every 7 steps
     assert cells["subspace d=100 H=7"]["wire_bytes_per_step"] == pytest.approx(400 / 7)
     assert cells["VeRA"]["wire_bytes_per_step"] == 4 * 1178
+    assert cells["DeMo k=4"]["wire_bytes_per_step"] == 340 * (4 + 2)  # 340 DCT components (tests/test_demo.py)
+    assert cells["subspace d=100 K=5"]["wire_bytes_per_step"] == 400  # a re-draw sends nothing
+    assert cells["subspace d=100 H=7 K=7"]["wire_bytes_per_step"] == pytest.approx(400 / 7)
+    assert cells["DeMo k=4"]["state_bytes"]["strategy"] == 4 * 199_210 + 2 * 340 * 6  # momentum + receive buffer
     for c in cells.values():
         assert c["wire_bytes_per_step"] == c["wire_formula_bytes_per_step"]
         assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2

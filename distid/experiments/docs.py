@@ -50,6 +50,7 @@ FIGURES = [
     (re.compile(r"sent per step\s+([\d,]+) B by each rank; full training under DDP would send ([\d,]+) B \((?:this run sends )?([\d,.]+)×"), 0),
     (re.compile(r"synchronised\s+every (\d+) steps and after the last, [\d,]+ times: ([\d,]+) B by each rank each time"), 0),
     (re.compile(r"compute\s+([\d,.]+) MFLOP"), 0),
+    (re.compile(r"kept per rank\s+(.*) \(the strategy's own; optimizer state ([\d,]+) B\)"), 0),
     (re.compile(r"^(all_reduce|all_gather|reduce_scatter|broadcast)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$"), 1),
     (re.compile(r"\| ([\d,]+) B sent/step$"), 0),
     (re.compile(r"^(\w+)\s+(float32|int64)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)"), 3),

@@ -114,6 +114,9 @@ def final_table(s: Summary, ledger_table: str) -> str:
                    "not timed (too few steps after the booked ones)"),
               _row("peak memory", f"{s.peak_rss_mb:.0f} MB resident, the largest rank"),
               _row("compute", f"{s.flops_per_step / 1e6:.1f} MFLOP per step per rank")]
+    if s.strategy_state_bytes:  # what the strategy keeps between steps, beyond model, gradients and optimizer
+        lines.append(_row("kept per rank", ", ".join(f"{what} {b:,} B" for what, b in s.strategy_state_bytes.items())
+                          + f" (the strategy's own; optimizer state {s.state_bytes['optimizer']:,} B)"))
     if n > 1 and ledger_table.count("\n") > 0:
         per, booked = ("synchronisation", f"{s.comm_syncs} synchronisations") if s.comm_syncs \
             else ("step", f"{s.comm_steps_booked} steps")

@@ -235,7 +235,7 @@ def add_args(p) -> None:
     p.add_argument("--diloco-lora-h", type=lambda t: _floats(t, int), default=[32])
     p.add_argument("--demo-topk", type=lambda t: _floats(t, int), default=[4, 32],
                    help="DeMo cells: DCT components sent per chunk of 64 (64 × 64 blocks of a matrix)")
-    p.add_argument("--lr-demo", type=float, default=1e-3, help="DeMo's sign-descent rate (SGD, no momentum: DeMo's own)")
+    p.add_argument("--lr-demo", type=float, default=3e-3, help="DeMo's sign-descent rate (SGD, no momentum: DeMo's own)")
     p.add_argument("--sparse-density", type=_floats, default=[1, 3],
                    help="SparseLoCo cells: the percent of each chunk's entries sent (2-bit values)")
     p.add_argument("--sparse-h", type=int, default=32, help="SparseLoCo's H")
