@@ -148,7 +148,8 @@ def test_k_rounds_and_a_resume_equal_2k_rounds(dist_pool, tmp_path):
 
 @pytest.mark.parametrize("override,pattern", [
     (["sparse_loco.value_bits=3"], r"sparse_loco\.value_bits must be one of 1, 2, 4, 8, 32"),
-    (["sparse_loco.chunk=64", "sparse_loco.density=0.01"], r"sparse_loco\.density must be at least 1 / sparse_loco\.chunk"),
+    (["sparse_loco.chunk=64", "sparse_loco.density=0.01"],
+     r"sparse_loco\.density must be at least 1 / sparse_loco\.chunk"),
 ])
 def test_what_cannot_work_is_refused(override, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:

@@ -94,8 +94,9 @@ def pack(levels: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """pack's inverse: [⌈n·bits/8⌉] uint8 → levels [n] uint8."""
-    per = 8 // bits
-    return ((packed.long()[:, None] >> (bits * torch.arange(per, device=packed.device))) & (2**bits - 1)).flatten()[:n].to(torch.uint8)
+    shifts = bits * torch.arange(8 // bits, device=packed.device)
+    levels = (packed.long()[:, None] >> shifts) & (2**bits - 1)
+    return levels.flatten()[:n].to(torch.uint8)
 
 
 class SparseLoCo(LocalSGD):
@@ -125,7 +126,8 @@ class SparseLoCo(LocalSGD):
         self.T = sum(p.numel() for p in self.params)
         self.error = torch.zeros(self.T, device=self.device)  # e [T], this rank's own
         self.message = message_bytes(self.T, self.chunk, self.k, self.bits)
-        self.received = torch.empty(self.n * self.message, dtype=torch.uint8, device=self.device) if self.n > 1 else None
+        self.received = None if self.n == 1 else \
+            torch.empty(self.n * self.message, dtype=torch.uint8, device=self.device)  # N messages
         self.per_sync = self.message if self.n > 1 else 0
         return model  # payload: in attach, which knows the run's steps
 
@@ -143,7 +145,8 @@ class SparseLoCo(LocalSGD):
             levels, table = quantise(values.flatten(), self.bits)
             sent = dequantise(levels, table).view_as(values)
             body = [pack(levels, self.bits), table.view(torch.uint8)]
-        flat = idx + self.chunk * torch.arange(idx.shape[0], device=idx.device)[:, None]  # [C, k]: positions in the padded T
+        first = self.chunk * torch.arange(idx.shape[0], device=idx.device)[:, None]
+        flat = idx + first  # [C, k]: positions in the padded T
         keep = flat < self.T  # a pad position chosen in the last chunk is dropped
         e.index_add_(0, flat[keep], -sent[keep])
         return torch.cat([idx.to(index_dtype(self.chunk)).view(torch.uint8).flatten(), *body])
@@ -178,8 +181,8 @@ class SparseLoCo(LocalSGD):
         for m in messages:  # the same order on every rank: the same sums
             mean.add_(self.decode(m))
         mean.div_(self.n)
-        start = _flatten_dense_tensors(self.start)
-        for p, s, new in zip(self.params, self.start, _unflatten_dense_tensors(start - self.outer_lr * mean, self.start)):
+        theta = _flatten_dense_tensors(self.start).sub_(mean, alpha=self.outer_lr)  # θ_start − outer_lr·Δ̄
+        for p, s, new in zip(self.params, self.start, _unflatten_dense_tensors(theta, self.start)):
             p.copy_(new)
             s.copy_(new)
 
