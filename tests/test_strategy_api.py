@@ -96,7 +96,8 @@ def test_a_strategy_path_that_does_not_import_is_one_config_error():
 # A strategy's settings, as code and docs inside distid/ may name them, and the files allowed to.
 OWN_SETTINGS = {
     "local steps": (r"sync_every|\blocal_sgd\.(every|outer\w*)\b|\bcfg\.local_sgd\b|\bouter_(lr|momentum|dtype)\b",
-                    ("strategies/local_sgd.py", "strategies/sparse_loco.py")),  # [sparse_loco] has its own outer_lr
+                    ("strategies/local_sgd.py", "strategies/streaming_diloco.py",  # reads [local_sgd]
+                     "strategies/sparse_loco.py")),  # [sparse_loco] has its own outer_lr
     "DDP's comm hook": (r"\bcomm_hook\b|\bddp\.hook\b", ("strategies/ddp.py", "strategies/hooks.py")),
     "PowerSGD": (r"\bpowersgd_(rank|start_iter|error_feedback)\b|\bpowersgd\.(rank|start_iter|error_feedback)\b|"
                  r"\bcfg\.powersgd\b", ("strategies/hooks.py",)),
