@@ -11,6 +11,7 @@ from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError, load_config
 from distid.models import build_model
 from distid.subspace import SubspaceModel
+from distid.strategies import choose
 from distid.subspace.redraw import refuse
 
 mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
@@ -44,11 +45,13 @@ def test_a_redraw_keeps_the_function_and_starts_a_new_d_in_a_new_basis(projectio
 
 def test_what_cannot_run_is_refused_in_one_line():
     cases = {("dist.strategy=fsdp",): r"runs under dist.strategy = 'none', 'ddp', 'local_sgd'; this run's is 'fsdp'",
-             ("dist.strategy=local_sgd", "local_sgd.every=3"): r"must be a multiple of local_sgd.every = 3",
+             ("dist.strategy=local_sgd", "local_sgd.every=3"): r"must be a multiple of the 3 steps between "
+                                                               r"synchronisations of DiLoCo \(H = 3\)",
              ("subspace.layerwise=true",): r"cannot be combined with subspace.layerwise"}
     for sets, pattern in cases.items():
         with pytest.raises(ConfigError, match=pattern) as e:
-            refuse(load_config(None, ["subspace.redraw_every=4", *sets]))
+            cfg = load_config(None, ["subspace.redraw_every=4", *sets])
+            refuse(cfg, choose(cfg, 2, torch.device("cpu")))
         assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"subspace.redraw_every must be 0 unless train.method = 'subspace'"):
         load_config(None, ["subspace.redraw_every=4", "train.method=full"])

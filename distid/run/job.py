@@ -70,7 +70,7 @@ class Job:
         with self.ledger.phase("setup"):  # data, model, start-up checks and the strategy's wrapper
             self.strategy = choose(cfg, n, self.device)  # refuses what it cannot run before anything is built
             if cfg.subspace.redraw_every:
-                redraw.refuse(cfg)
+                redraw.refuse(cfg, self.strategy)
             if cfg.dist.measure_interface:
                 try:
                     interface.check_everywhere(cfg.dist.measure_interface)

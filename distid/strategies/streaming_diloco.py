@@ -89,6 +89,10 @@ class StreamingDiLoCo(Strategy):
         self.period, self.outer, self.dtype = s.every, s.outer, getattr(torch, s.outer_dtype)
         self.outer_lr, self.outer_momentum = s.outer_lr, s.outer_momentum
         self.fragments, self.delay, self.mix = st.fragments, st.delay, st.mix
+        if cfg.train.stop_plateau:
+            raise ConfigError(f"train.stop_plateau = {cfg.train.stop_plateau} cannot stop Streaming DiLoCo: its "
+                              f"fragments are never all synchronised at an evaluation, and a run ends as one model "
+                              f"only after its last planned step; set train.stop_plateau = 0")
 
     @property
     def label(self) -> str:

@@ -32,15 +32,15 @@ def theta0_digest(model) -> str:
     return hashlib.sha256(model.theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def refuse(cfg, sharded: bool = False) -> None:
-    """ConfigError (one line) where re-draws cannot run as asked."""
-    K, strategy = cfg.subspace.redraw_every, cfg.dist.strategy
-    if strategy not in WORKS_UNDER:
+def refuse(cfg, strategy) -> None:
+    """ConfigError (one line) where re-draws cannot run as asked under `strategy` (chosen)."""
+    K, name = cfg.subspace.redraw_every, cfg.dist.strategy
+    if name not in WORKS_UNDER:
         raise ConfigError(f"subspace.redraw_every = {K} runs under dist.strategy = {', '.join(map(repr, WORKS_UNDER))}; "
-                          f"this run's is {strategy!r} (its state would outlive the subspace it belongs to)")
-    if strategy == "local_sgd" and K % cfg.local_sgd.every:
-        raise ConfigError(f"subspace.redraw_every = {K} must be a multiple of local_sgd.every = {cfg.local_sgd.every}: "
-                          f"the replicas hold the same d only right after a synchronisation")
+                          f"this run's is {name!r} (its state would outlive the subspace it belongs to)")
+    if K % strategy.period:
+        raise ConfigError(f"subspace.redraw_every = {K} must be a multiple of the {strategy.period} steps between "
+                          f"synchronisations of {strategy.label}: the replicas hold the same d only right after one")
     if cfg.subspace.layerwise:
         raise ConfigError("subspace.redraw_every > 0 cannot be combined with subspace.layerwise (a re-draw folds "
                           "θ₀ whole)")
