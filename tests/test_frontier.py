@@ -44,6 +44,9 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     assert cells["subspace d=100 K=5"]["wire_bytes_per_step"] == 400  # a re-draw sends nothing
     assert cells["subspace d=100 H=7 K=7"]["wire_bytes_per_step"] == pytest.approx(400 / 7)
     assert cells["DeMo k=4"]["state_bytes"]["strategy"] == 4 * 199_210 + 2 * 340 * 6  # momentum + receive buffer
+    # 49 chunks of 4,096, k = 123 each: int16 indices, 2-bit values, a 20 B table; 2 syncs in 14 steps
+    assert cells["SparseLoCo 3% H=7"]["wire_bytes_per_step"] == pytest.approx(2 * (6027 * 2 + 1507 + 20) / 14)
+    assert cells["Streaming DiLoCo H=7 P=1"]["wire_bytes_per_step"] == pytest.approx(full / 7)  # one fragment: DiLoCo
     for c in cells.values():
         assert c["wire_bytes_per_step"] == c["wire_formula_bytes_per_step"]
         assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2

@@ -80,6 +80,27 @@ def cells(args) -> list[Cell]:
             for d in args.diloco_dims for h in args.diloco_dims_h]
     out += [Cell("LoRA + DiLoCo", f"LoRA r={r} H={h}", ("train.method=lora", f"lora.rank={r}",
                  f"train.lr={args.lr_lora}", *diloco(h))) for r in args.diloco_lora_ranks for h in args.diloco_lora_h]
+    return out + field_cells(args, full)
+
+
+def field_cells(args, full: tuple) -> list[Cell]:
+    """The field's low-communication methods on full training, and subspaces re-drawn every K steps."""
+    out = [Cell("DeMo", f"DeMo k={k}", ("train.method=full", "train.optimizer=sgd", f"train.lr={args.lr_demo}",
+                                         "dist.strategy=demo", f"demo.topk={k}")) for k in args.demo_topk]
+    out += [Cell("SparseLoCo", f"SparseLoCo {q:g}% H={args.sparse_h}",
+                 (*full, "dist.strategy=sparse_loco", f"sparse_loco.every={args.sparse_h}",
+                  f"sparse_loco.density={q / 100:g}", f"sparse_loco.outer_lr={args.sparse_outer_lr}"))
+            for q in args.sparse_density]
+    out += [Cell("Streaming DiLoCo", f"Streaming DiLoCo H={args.streaming_h} P={f}",
+                 (*full, "dist.strategy=streaming_diloco", f"local_sgd.every={args.streaming_h}",
+                  f"streaming.fragments={f}", f"streaming.delay={args.streaming_delay}")) for f in args.streaming_fragments]
+    sub = lambda d: ("train.method=subspace", "subspace.projection=fastfood", f"subspace.d={d}",
+                     f"train.lr={args.lr_subspace}")
+    out += [Cell("subspace, re-drawn", f"subspace d={d} K={k}", (*sub(d), *hooks.overrides("none"),
+                                                                 f"subspace.redraw_every={k}"))
+            for d in args.redraw_dims for k in args.redraw_k]
+    out += [Cell("subspace, re-drawn", f"subspace d={d} H={h} K={k}", (*sub(d), *hooks.overrides("none"),
+                 *local_sgd.overrides(h), f"subspace.redraw_every={k}")) for d, h, k in args.redraw_local]
     return out
 
 

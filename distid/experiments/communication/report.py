@@ -39,15 +39,15 @@ def _reached(hit: dict | None) -> str:
     return (f"{b / 1e6:,.1f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB") + f" (step {hit['step']})"
 
 
-def _mb(b: float) -> str:
-    return f"{b / 1e6:,.2f}"
+def _size(b: float) -> str:
+    return f"{b / 1e6:,.2f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB"
 
 
 def _state(r: dict) -> str:
-    """State per rank, MB: everything a rank holds to train (parameters, gradients, optimizer,
-    buffers such as θ₀ and P, the strategy's own tensors), the strategy's part in brackets."""
+    """State per rank: everything a rank holds to train (parameters, gradients, optimizer, buffers
+    such as θ₀ and P, the strategy's own tensors), the strategy's part in brackets."""
     held = r["state_bytes"]
-    return _mb(held["total"]) + (f" ({_mb(held['strategy'])})" if held.get("strategy") else "")
+    return _size(held["total"]) + (f" ({_size(held['strategy'])})" if held.get("strategy") else "")
 
 
 def _calls(r: dict) -> str:
@@ -101,7 +101,7 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
              f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: its synchronisations' bytes ÷ steps (after "
              f"every H-th step and the last).\n",
-             "| cell | trainable | bytes/step | formula | ÷ DDP | collectives/step | state/rank MB | test acc | step ms | "
+             "| cell | trainable | bytes/step | formula | ÷ DDP | collectives/step | state/rank (strategy's) | test acc | step ms | "
              f"train s | compute ms | {heads} |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
     for r in rows:
