@@ -47,6 +47,8 @@ def test_a_tiny_two_rank_frontier_writes_every_file_and_resumes(tmp_path):
     # 49 chunks of 4,096, k = 123 each: int16 indices, 2-bit values, a 20 B table; 2 syncs in 14 steps
     assert cells["SparseLoCo 3% H=7"]["wire_bytes_per_step"] == pytest.approx(2 * (6027 * 2 + 1507 + 20) / 14)
     assert cells["Streaming DiLoCo H=7 P=1"]["wire_bytes_per_step"] == pytest.approx(full / 7)  # one fragment: DiLoCo
+    # the ledger's synchronisation bytes at each evaluation (7 and 14): one all-reduce of the model each
+    assert cells["DiLoCo H=7"]["seeds"][0]["wire_sync_by_eval"] == {"7": 796_840, "14": 2 * 796_840}
     for c in cells.values():
         assert c["wire_bytes_per_step"] == c["wire_formula_bytes_per_step"]
         assert [step for step, _ in c["curve"]] == [7, 14] and len(c["to_target"]) == 2
@@ -114,3 +116,14 @@ def test_the_link_model_is_the_alpha_beta_ring_formula():
     expect = 8 * 0.01 + 100 / 1e6 + 2 * 2 * 63 * 1e-3 + 2 * 63 / 64 * 2.0  # 2 calls on 64 workers
     assert links.time_to(row, 0, 4, 64, link) == pytest.approx(expect)
     assert links.time_to(dict(row, to_target=[None]), 0, 4, 64, link) is None
+
+
+def test_the_link_model_of_a_sparse_exchange_grows_with_the_workers():
+    """An all-gather of a shard s per worker: (N−1)·α + (N−1)·s/β per call — each worker receives the
+    other N−1 shards, so 64 workers take 21× what 4 take where a ring all-reduce takes ~1.3×."""
+    link = links.Link("test", 8e6, 1e-3, "a test")  # 1 MB/s, 1 ms
+    assert links.allgather_s(1e4, 4, link) == pytest.approx(3 * 1e-3 + 3 * 0.01)
+    row = dict(seeds=[dict(wire_setup_bytes=100.0)], compute_step_s=0.01, calls_per_step={"all_gather": 1.0},
+               to_target=[dict(step=10, wire_bytes=100.0 + 3 * 10 * 2000)])  # 2,000 B shards, sent 3× on 4 ranks
+    expect = 10 * 0.01 + 100 / 1e6 + 10 * 63 * 1e-3 + 63 * 10 * 2000 / 1e6  # 10 gathers on 64 workers
+    assert links.time_to(row, 0, 4, 64, link) == pytest.approx(expect)

@@ -47,7 +47,8 @@ def test_what_cannot_run_is_refused_in_one_line():
     cases = {("dist.strategy=fsdp",): r"runs under dist.strategy = 'none', 'ddp', 'local_sgd'; this run's is 'fsdp'",
              ("dist.strategy=local_sgd", "local_sgd.every=3"): r"must be a multiple of the 3 steps between "
                                                                r"synchronisations of DiLoCo \(H = 3\)",
-             ("subspace.layerwise=true",): r"cannot be combined with subspace.layerwise"}
+             ("subspace.layerwise=true",): r"cannot be combined with subspace.layerwise",
+             ("subspace.said=true",): r"cannot be combined with subspace.said"}
     for sets, pattern in cases.items():
         with pytest.raises(ConfigError, match=pattern) as e:
             cfg = load_config(None, ["subspace.redraw_every=4", *sets])
@@ -75,18 +76,20 @@ def test_bytes_per_step_are_the_fixed_subspace_s_and_the_ranks_fold_alike(dist_p
 @mnist
 @pytest.mark.parametrize("strategy", ["ddp", "local_sgd"])
 def test_k_steps_and_a_resume_equal_2k_across_a_redraw(dist_pool, tmp_path, strategy):
-    """Cut after 6 steps (one re-draw behind it, Adam's moments reset there), resumed to 12 (two
-    more): bitwise the straight run — θ₀ replayed from the folds, d, Adam and (local steps, H = 2)
-    θ_start and the outer momentum as they were."""
+    """Cut after 6 steps (one re-draw behind it, Adam's moments reset there) or after 8 (a re-draw at
+    the cut itself), resumed to 14: bitwise the straight run — θ₀ replayed from the folds, d, Adam and
+    (local steps, H = 2) θ_start and the outer momentum as they were."""
     pool = dist_pool(2)
-    kv = {"dist.strategy": strategy, "checkpoint.every": 6, "local_sgd.every": 2}
-    train(pool, tmp_path / "whole", **{"train.steps": 12, **kv})
-    train(pool, tmp_path / "cut", **{"train.steps": 6, **kv})
-    resumed = train(pool, tmp_path / "cut", resume=True, **{"train.steps": 12, **kv})
-    assert resumed[0][0]["resumed_from_step"] == 6
-    whole, cut = (torch.load(tmp_path / f / "trainable.pt") for f in ("whole", "cut"))
-    assert whole["folded"].shape == (2, 64)  # after steps 4 and 8; not after the last
-    assert torch.equal(whole["folded"], cut["folded"]) and torch.equal(whole["d"], cut["d"])
+    kv = {"dist.strategy": strategy, "checkpoint.every": 2, "local_sgd.every": 2}
+    train(pool, tmp_path / "whole", **{"train.steps": 14, **kv})
+    whole = torch.load(tmp_path / "whole" / "trainable.pt")
+    assert whole["folded"].shape == (3, 64)  # after steps 4, 8 and 12
+    for cut in (6, 8):
+        train(pool, tmp_path / f"cut{cut}", **{"train.steps": cut, **kv})
+        resumed = train(pool, tmp_path / f"cut{cut}", resume=True, **{"train.steps": 14, **kv})
+        assert resumed[0][0]["resumed_from_step"] == cut
+        again = torch.load(tmp_path / f"cut{cut}" / "trainable.pt")
+        assert torch.equal(whole["folded"], again["folded"]) and torch.equal(whole["d"], again["d"]), cut
 
 
 @mnist
@@ -94,6 +97,8 @@ def test_reset_and_keep_differ_and_both_train(dist_pool, tmp_path):
     pool = dist_pool(2)
     runs = {how: train(pool, tmp_path / how, **{"train.steps": 40, "subspace.redraw_every": 10,
                                                  "subspace.redraw_optimizer": how}) for how in ("reset", "keep")}
-    assert not torch.equal(runs["reset"][0][1], runs["keep"][0][1])
+    folded = {how: torch.load(tmp_path / how / "trainable.pt")["folded"] for how in runs}  # [4, 64]: the last step folds too
+    assert folded["reset"].shape == (4, 64) and not torch.equal(folded["reset"][1:], folded["keep"][1:])
+    assert torch.equal(folded["reset"][0], folded["keep"][0])  # the first subspace: no re-draw behind it yet
     for how, results in runs.items():  # both learn across 3 re-draws: after one step the accuracy is 0.149
         assert results[0][0]["test_accuracy"] > 0.19, how

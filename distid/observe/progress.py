@@ -100,7 +100,12 @@ def final_table(s: Summary, ledger_table: str) -> str:
         lines += [_row("sent per step", f"{sent:,.0f} B by each rank; full training under DDP would send "
                        f"{full:,.0f} B ({more})"),
                   _row("sent at set-up", f"{s.comm_wire_bytes_setup['total']:,.0f} B by each rank, once")]
-        if s.comm_syncs and s.comm_wire_bytes_per_sync:
+        rounds = s.steps // s.sync_period + (s.steps % s.sync_period > 0)
+        if s.comm_syncs and s.comm_wire_bytes_per_sync and s.comm_syncs > rounds:  # a part of the model each time
+            lines.append(_row("synchronised", f"a part of the model at a time, {s.comm_syncs} times in {s.steps} "
+                              f"steps (each part once every {s.sync_period} steps): "
+                              f"{s.comm_wire_bytes_per_sync['total']:,.0f} B by each rank each time on average"))
+        elif s.comm_syncs and s.comm_wire_bytes_per_sync:
             lines.append(_row("synchronised", f"every {s.sync_period} steps and after the last, {s.comm_syncs} "
                               f"times: {s.comm_wire_bytes_per_sync['total']:,.0f} B by each rank each time; "
                               f"the steps between send nothing"))

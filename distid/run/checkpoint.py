@@ -224,10 +224,10 @@ class Checkpointer:
         if not meta.get("folded"):
             return
         self.model.replay(meta["folded"])
-        if redraw.theta0_digest(self.model) != meta["theta0"]:
-            raise CheckpointError(f"checkpoint {path}: θ₀ replayed here from its {len(meta['folded'])} re-draws "
-                                  f"differs from the writer's (sha256 {redraw.theta0_digest(self.model)} vs "
-                                  f"{meta['theta0']}): another machine's kernel rounds P·d differently")
+        try:
+            redraw.check_replayed(self.model, meta["theta0"], f"checkpoint {path}")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
 
     def save(self, done: int, opt: torch.optim.Optimizer, loader, local: dict) -> Path:
         """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path.
@@ -321,7 +321,7 @@ class Checkpointer:
         if meta.get("format") != FORMAT or meta.get("dcp") != self.dcp:
             raise CheckpointError(f"checkpoint {path} is not a distid checkpoint of this kind "
                                   f"({'full/sharded' if self.dcp else 'subspace/LoRA'}); use another --out")
-        if meta["resume_hash"] != resume_hash(self.cfg):
+        if resume_hash(meta["config"]) != resume_hash(self.cfg):  # the writer's config, as this version reads it
             diff = _diff(flat_config(meta["config"]), flat_config(self.cfg))
             raise CheckpointError(f"checkpoint {path} was written by another config ({diff}); "
                                   f"resume with the same config, or start afresh with another --out")

@@ -22,7 +22,7 @@ from distid import lora
 from distid.config import Config
 from distid.run import cli
 from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read
-from distid.subspace import SubspaceModel
+from distid.subspace import SubspaceModel, redraw
 
 
 def resolve(path: str | Path) -> Path:
@@ -49,7 +49,12 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     if isinstance(model, SubspaceModel):
         if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint():
             raise CheckpointError(f"{path}: θ₀/P regenerated here differ from the run's (another torch version?)")
-        model.replay(meta.get("folded", []))  # a re-drawn subspace: θ₀ and P as its last re-draw left them
+        if meta.get("folded"):  # a re-drawn subspace: θ₀ and P as its last re-draw left them
+            model.replay(meta["folded"])
+            try:
+                redraw.check_replayed(model, meta["theta0"], str(path))
+            except ValueError as e:
+                raise CheckpointError(str(e)) from e
     trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         if path.is_dir():  # DCP: read just the model's trainable tensors, in place

@@ -35,7 +35,8 @@ BUILTIN = {"none": "distid.strategies.single:Single", "ddp": "distid.strategies.
 class Strategy:
     """The interface, with the behaviour of one process that synchronises nothing."""
 
-    period = 1  # the replicas hold the same trainable state after every `period`-th step (and the last)
+    period = 1  # the replicas hold the same trainable state after every `period`-th step (and the last);
+    # evaluations and checkpoints fall there (Streaming DiLoCo: its global copies agree there, its replicas not)
     own_optimizer = False  # each rank's optimizer state is its own (a checkpoint keeps every rank's)
     own_state = ""  # what of this rank's state is its own, in words (a resume on other world sizes is refused)
 

@@ -34,10 +34,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from distid.config import ConfigError
 from distid.parallel.consistency import check_replicas
+from distid.runtime import all_gather_tensor
 from distid.strategies.base import Strategy, tensor_bytes
 
 
@@ -96,10 +96,17 @@ def index_dtype(largest_chunk: int) -> torch.dtype:
     return torch.int64
 
 
-def by_block(t: torch.Tensor, c: Chunks) -> torch.Tensor:
-    """[N, blocks·k] (each rank's components of one tensor) → [blocks, N·k]: each block's from every rank."""
-    n = t.shape[0]
-    return t.reshape(n, c.blocks, c.k).transpose(0, 1).reshape(c.blocks, n * c.k)
+def mean_by_component(values: torch.Tensor, indices: torch.Tensor, c: Chunks) -> torch.Tensor:
+    """Every rank's components of one tensor ([N, blocks·k] each) → coefficients [blocks, h·w]: each
+    the mean over the ranks that sent it, 0 where none did. Added rank by rank, in rank order (a
+    rank's indices within a block are distinct), so every rank and device sums in the same order."""
+    total = torch.zeros(c.blocks, c.h * c.w, device=values.device)
+    count = torch.zeros_like(total)
+    for v, i in zip(values, indices):
+        i = i.view(c.blocks, c.k)
+        total.scatter_add_(-1, i, v.view(c.blocks, c.k))
+        count.scatter_add_(-1, i, torch.ones_like(total[:, : c.k]))
+    return total / count.clamp(min=1)
 
 
 class DeMo(Strategy):
@@ -168,7 +175,7 @@ class DeMo(Strategy):
         this rank's K·(4 + index bytes) packed into one byte buffer."""
         mine = torch.cat([values.view(torch.uint8), indices.to(self.index_dtype).view(torch.uint8)])
         if self.n > 1:
-            dist.all_gather_into_tensor(self.received, mine)
+            all_gather_tensor(self.received, mine)
             everyone = self.received.view(self.n, -1)
         else:
             everyone = mine[None]
@@ -183,9 +190,7 @@ class DeMo(Strategy):
         values, indices = self.gather(*self.compress())  # [N, K] each
         sizes = [c.blocks * c.k for c in self.chunks]
         for p, c, v, i in zip(self.params, self.chunks, values.split(sizes, 1), indices.split(sizes, 1)):
-            dense = torch.zeros(c.blocks, c.h * c.w, device=p.device)
-            dense.scatter_reduce_(-1, by_block(i, c), by_block(v, c), "mean", include_self=False)
-            p.grad = c.decode(dense, self.bases).sign().view_as(p).to(p.dtype)
+            p.grad = c.decode(mean_by_component(v, i, c), self.bases).sign().view_as(p).to(p.dtype)
 
     def state_bytes(self) -> dict[str, int]:
         out = {"momentum": tensor_bytes(self.momentum)}

@@ -193,7 +193,7 @@ class SparseLoCo(LocalSGD):
     def state_dict(self) -> dict:
         """This rank's error feedback; θ_start is the model itself right after a synchronisation, the
         only place a checkpoint is written."""
-        return {"error": self.error.clone()}
+        return {"error": self.error.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.error.copy_(state["error"])
@@ -206,3 +206,9 @@ class SparseLoCo(LocalSGD):
         with torch.no_grad():
             for p, s in zip(self.params, self.start):
                 s.copy_(p)
+
+
+def overrides(every: int, density: float, outer_lr: float) -> tuple[str, ...]:
+    """The `--set` lines that turn SparseLoCo on, for experiments that build runs."""
+    return ("dist.strategy=sparse_loco", f"sparse_loco.every={every}", f"sparse_loco.density={density:g}",
+            f"sparse_loco.outer_lr={outer_lr:g}")

@@ -116,6 +116,7 @@ class StreamingDiLoCo(Strategy):
         itemsize = torch.tensor([], dtype=self.dtype).element_size()
         self.per_sync = [sum(p.numel() for p in g) * itemsize if self.n > 1 else 0 for g in self.groups]
         self.pending: dict[int, tuple] = {}  # fragment → (work or None, flat mean Δ_p [T_p])
+        self.peak_in_flight = 0  # bytes of the largest fragment in flight so far (state_bytes)
         return model  # payload: in attach, which knows the run's steps
 
     def _per_step(self) -> dict:
@@ -153,6 +154,7 @@ class StreamingDiLoCo(Strategy):
         with self.ledger.phase("sync", steps=1):
             work = dist.all_reduce(flat, async_op=True) if self.n > 1 else None
         self.pending[p] = (work, flat)
+        self.peak_in_flight = max(self.peak_in_flight, tensor_bytes(flat))
 
     @torch.no_grad()
     def apply(self, p: int, mix: float) -> None:
@@ -188,29 +190,30 @@ class StreamingDiLoCo(Strategy):
             return trainable_digest(model)
         h = hashlib.sha256()
         for g in (t for group in self.globals for t in group):
-            h.update(g.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(g.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
     def state_bytes(self) -> dict[str, int]:
         momenta = [s["momentum_buffer"] for o in self.opts for s in o.state.values() if s.get("momentum_buffer") is not None]
         return {"global copy": tensor_bytes(self.globals), "outer momentum": tensor_bytes(momenta),
-                "in-flight buffers": tensor_bytes([flat for _, flat in self.pending.values()])}
+                "in-flight buffer (its largest)": self.peak_in_flight}
 
     def state_dict(self) -> dict:
-        """This rank's own: its parameters (the checkpoint keeps rank 0's model), and any fragment's
-        all-reduce in flight, finished here and kept as its mean pseudo-gradient."""
+        """This rank's own: its parameters (the checkpoint's model tensors are one rank's, or under
+        DCP any rank's: a checkpoint taken mid-run is one model only with these), and any fragment's
+        all-reduce in flight, finished here and kept as its mean pseudo-gradient (on the CPU)."""
         for p, (work, flat) in self.pending.items():
             if work is not None:
                 work.wait()
             self.pending[p] = (None, flat)
-        return {"params": [x.detach().clone() for g in self.groups for x in g],
-                "in_flight": {p: flat.clone() for p, (_, flat) in self.pending.items()}}
+        return {"params": [x.detach().cpu().clone() for g in self.groups for x in g],
+                "in_flight": {p: flat.detach().cpu().clone() for p, (_, flat) in self.pending.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             for x, saved in zip((x for g in self.groups for x in g), state["params"]):
                 x.copy_(saved)
-        self.pending = {p: (None, flat.clone()) for p, flat in state["in_flight"].items()}
+        self.pending = {p: (None, flat.to(self.device).clone()) for p, flat in state["in_flight"].items()}
 
     def shared_state_dict(self) -> dict:
         """Alike on every rank: the global copies and the outer optimizers' state (Nesterov's momenta)."""
@@ -226,3 +229,9 @@ class StreamingDiLoCo(Strategy):
                     g.copy_(s)
         for o, s in zip(self.opts, state["outer"]):
             o.load_state_dict(s)
+
+
+def overrides(every: int, fragments: int, delay: int) -> tuple[str, ...]:
+    """The `--set` lines that turn Streaming DiLoCo on, for experiments that build runs."""
+    return ("dist.strategy=streaming_diloco", f"local_sgd.every={every}", f"streaming.fragments={fragments}",
+            f"streaming.delay={delay}")

@@ -27,6 +27,16 @@ from distid.parallel.consistency import assert_same_across_ranks
 WORKS_UNDER = ("none", "ddp", "local_sgd")  # strategies whose trainable state a re-draw may reset
 
 
+def check_replayed(model, expected: str, where: str) -> None:
+    """After a replay of `where`'s re-draws: every rank's θ₀ alike, and the writer's (sha256 `expected`);
+    else one error on every rank (CheckpointError's text, as a ValueError)."""
+    mine = theta0_digest(model)
+    assert_same_across_ranks({"θ₀ replayed from the checkpoint's re-draws": mine})
+    if mine != expected:
+        raise ValueError(f"{where}: θ₀ replayed here from its {model.draw} re-draws differs from the writer's "
+                         f"(sha256 {mine} vs {expected}): another machine's kernel rounds P·d differently")
+
+
 def theta0_digest(model) -> str:
     """16 hex digits of the sha256 of θ₀'s bytes."""
     return hashlib.sha256(model.theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -44,6 +54,9 @@ def refuse(cfg, strategy) -> None:
     if cfg.subspace.layerwise:
         raise ConfigError("subspace.redraw_every > 0 cannot be combined with subspace.layerwise (a re-draw folds "
                           "θ₀ whole)")
+    if cfg.subspace.said:
+        raise ConfigError("subspace.redraw_every > 0 cannot be combined with subspace.said (a fold would need λ, "
+                          "which the re-draw history does not keep)")
 
 
 class Redraw:
@@ -58,8 +71,8 @@ class Redraw:
 
     def after_step(self) -> None:
         self.done += 1
-        if self.done % self.every == 0 and self.done < self.steps:  # the last step keeps its d (exported)
-            self.redraw()
+        if self.done % self.every == 0:  # the last step's too: a run cut there and resumed folds as one
+            self.redraw()  # that runs on (trainable.pt keeps every fold, d = 0 then)
 
     def redraw(self) -> None:
         self.model.redraw()

@@ -6,14 +6,19 @@ shrink DDP's all-reduce, measured side by side in one run.
 Cells: full DDP; full DDP with PyTorch's fp16 and bf16 compression hooks and with PowerSGD at
 several ranks; LoRA at several ranks; the subspace (Fastfood) at several d; PEFT's VeRA, FourierFT
 and Uni-LoRA (DDP over the PEFT-wrapped model); and the other axis, syncing less often: DiLoCo
-(`dist.strategy = "local_sgd"`, H steps between synchronisations, outer Nesterov step) for full training, the subspace and LoRA. Each cell is
-`distid.train.train` with a few keys changed — same data, global batch, steps and seeds — and its
-bytes are wire bytes: what a rank sends for the payloads the ledger measured at the dispatcher (PowerSGD's
-P and Q all-reduces included), under the ring algorithms (all-reduce 2(N−1)/N of the payload).
-Bytes to a target accuracy (a fraction of full DDP's): set-up + warm-up (PowerSGD's plain steps)
-+ steps × bytes/step (with local steps: synchronisations × bytes per synchronisation), at the first
-evaluation (train.eval_every; with local steps the first synchronisation at or after it) whose
-seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/communication/links.py).
+(`dist.strategy = "local_sgd"`, H steps between synchronisations, outer Nesterov step) for full
+training, the subspace and LoRA; the field's low-communication methods on full training — DeMo
+(`demo`, at several k), SparseLoCo (`sparse_loco`, at several densities), Streaming DiLoCo
+(`streaming_diloco`, at several fragment counts) — and subspaces re-drawn every K steps (under DDP
+at several d and K, and with local steps). Each cell is `distid.train.train` with a few keys
+changed — same data, global batch, steps and seeds — and its bytes are wire bytes: what a rank sends
+for the payloads the ledger measured at the dispatcher (PowerSGD's P and Q all-reduces included),
+under the ring algorithms (all-reduce 2(N−1)/N of the payload; an all-gather (N−1) times a rank's
+message). Its state per rank is what the run holds to train, measured (parameters, gradients,
+optimizer, buffers, the strategy's own tensors). Bytes to a target accuracy (a fraction of full
+DDP's): set-up + warm-up (PowerSGD's plain steps) + steps × bytes/step (with synchronisations
+between steps: those the ledger had booked by then), at the first evaluation (train.eval_every;
+with local steps the first synchronisation at or after it) whose seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/communication/links.py).
 Writes frontier.json, frontier.md, frontier.png and links.png to --out; a cell already in --out with the same
 config, world size and code (its summary.json) is reused, so an interrupted run resumes.
 """
@@ -21,12 +26,14 @@ config, world size and code (its summary.json) is reused, so an interrupted run 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from distid import runtime
@@ -38,8 +45,10 @@ from distid.experiments.communication.report import plot, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
 from distid.train import train_logged, train_step
-from distid.run.build import build, make_optimizer
-from distid.strategies import hooks, local_sgd
+from distid.observe.ledger import CommLedger
+from distid.run.build import build
+from distid.strategies import choose, hooks, local_sgd, sparse_loco, streaming_diloco
+from distid.subspace import redraw
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
             "LoRA + DiLoCo", "DeMo", "SparseLoCo", "Streaming DiLoCo", "subspace, re-drawn")
@@ -88,12 +97,11 @@ def field_cells(args, full: tuple) -> list[Cell]:
     out = [Cell("DeMo", f"DeMo k={k}", ("train.method=full", "train.optimizer=sgd", f"train.lr={args.lr_demo}",
                                          "dist.strategy=demo", f"demo.topk={k}")) for k in args.demo_topk]
     out += [Cell("SparseLoCo", f"SparseLoCo {q:g}% H={args.sparse_h}",
-                 (*full, "dist.strategy=sparse_loco", f"sparse_loco.every={args.sparse_h}",
-                  f"sparse_loco.density={q / 100:g}", f"sparse_loco.outer_lr={args.sparse_outer_lr}"))
+                 (*full, *sparse_loco.overrides(args.sparse_h, q / 100, args.sparse_outer_lr)))
             for q in args.sparse_density]
     out += [Cell("Streaming DiLoCo", f"Streaming DiLoCo H={args.streaming_h} P={f}",
-                 (*full, "dist.strategy=streaming_diloco", f"local_sgd.every={args.streaming_h}",
-                  f"streaming.fragments={f}", f"streaming.delay={args.streaming_delay}")) for f in args.streaming_fragments]
+                 (*full, *streaming_diloco.overrides(args.streaming_h, f, args.streaming_delay)))
+            for f in args.streaming_fragments]
     sub = lambda d: ("train.method=subspace", "subspace.projection=fastfood", f"subspace.d={d}",
                      f"train.lr={args.lr_subspace}")
     out += [Cell("subspace, re-drawn", f"subspace d={d} K={k}", (*sub(d), *hooks.overrides("none"),
@@ -121,7 +129,7 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     calls = s.comm_calls_per_step
     if s.comm_syncs:  # the steps between call nothing; the synchronisations' calls spread over the steps
         calls = {op: c * s.comm_syncs / s.steps for op, c in (s.comm_calls_per_sync or {}).items()}
-    return dict(seed=seed, wire_bytes_per_step=s.wire_per_step, wire_per_op=s.comm_wire_bytes_per_step,
+    return dict(seed=seed, wire_bytes_per_step=s.wire_per_step,
                 wire_setup_bytes=s.comm_wire_bytes_setup["total"], wire_warmup_bytes=s.comm_wire_bytes_warmup["total"],
                 wire_bytes_per_sync=(s.comm_wire_bytes_per_sync or {}).get("total", 0.0),
                 wire_sync_by_eval=dict(s.comm_wire_sync_by_eval or []),
@@ -129,27 +137,38 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
 
 
 def compute_step_s(cfg, n: int, steps: int = 30, warm: int = 5) -> float:
-    """Median seconds of one optimizer step of `cfg`'s model (plain, LoRA, PEFT or subspace; never
-    wrapped) on this process alone, on one rank's batch (global_batch / n), calling no collective:
-    what a step computes, for the link model (a DDP step timed among 4 ranks sharing 2 cores also
-    waits for its peers)."""
+    """Seconds of one optimizer step of `cfg`'s model (plain, LoRA, PEFT or subspace) on one rank's
+    batch (global_batch / n), with the cell's strategy as on a world of one: its own computation
+    (DeMo's DCTs and top-k; a synchronisation's compression, copies and outer step) counts, no
+    collective runs. The median of `steps`; with synchronisations between steps, the mean over a
+    whole number of periods (at least `steps`). What a step computes, for the link model (a step timed among 4 ranks
+    sharing 2 cores also waits for its peers). Call it in a process without a process group."""
     model = build(cfg)
-    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    train = load_split(cfg.data.dataset, cfg.data.root, "train", verify=False).only(cfg.data.classes)  # no collective:
-    # the other ranks are waiting; the cell's runs checked the files
+    strategy = choose(cfg, 1, torch.device("cpu"))
+    net = strategy.wrap(model)
+    opt = strategy.make_optimizer([p for p in model.parameters() if p.requires_grad])
+    period = strategy.period
+    steps = steps if period == 1 else period * -(-steps // period)
+    strategy.attach(opt, CommLedger(1), 0, warm + steps + 1)  # no "last step" inside the timed ones
+    if cfg.subspace.redraw_every:
+        redraw.Redraw(model, strategy, cfg.subspace.redraw_every,
+                      cfg.subspace.redraw_optimizer == "keep").attach(opt, CommLedger(1), 0, warm + steps + 1)
+    train = load_split(cfg.data.dataset, cfg.data.root, "train", verify=False).only(cfg.data.classes)  # the
+    # cell's runs checked the files
     times = []
     for i, (x, y) in zip(range(warm + steps), ShardedLoader(train, cfg.train.global_batch, 0, n, seed=cfg.train.seed)):
         t0 = time.perf_counter()
-        train_step(model, opt, x, y)
+        train_step(net, opt, x, y)
         if i >= warm:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times) if period == 1 else statistics.mean(times)
 
 
 def measure_compute(args, cell: Cell, out: Path) -> float:
-    """compute_step_s of the cell's first seed, timed on rank 0 while the other ranks wait (or read
-    from out/<cell>/compute.json when the config, world size and code match, as a cell's runs are);
-    every rank's answer."""
+    """compute_step_s of the cell's first seed, timed in a fresh process that rank 0 starts while the
+    other ranks wait (a world of one: the strategy calls no collective), or read from
+    out/<cell>/compute.json when the config, world size and code match, as a cell's runs are; every
+    rank's answer."""
     box = [None]
     if dist.get_rank() == 0:
         seed = (args.seeds or [None])[0]
@@ -158,7 +177,9 @@ def measure_compute(args, cell: Cell, out: Path) -> float:
         key = dict(config_hash=config_hash(cfg), world_size=dist.get_world_size(), code_version=runtime.code_version())
         saved = json.loads(path.read_text()) if path.is_file() else {}
         if {k: saved.get(k) for k in key} != key:
-            saved = dict(key, compute_step_s=compute_step_s(cfg, dist.get_world_size()))
+            with multiprocessing.get_context("spawn").Pool(1) as alone:
+                seconds = alone.apply(compute_step_s, (cfg, dist.get_world_size()))
+            saved = dict(key, compute_step_s=seconds)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(saved))
         box = [saved["compute_step_s"]]
@@ -207,7 +228,7 @@ def summarize(cell: Cell, seeds: list[dict]) -> dict:
                 wire_bytes_per_step=statistics.mean(s["wire_bytes_per_step"] for s in seeds),
                 wire_formula_bytes_per_step=seeds[0]["comm_wire_formula"]["total"],
                 calls_per_step=seeds[0]["comm_calls_per_step"], warmup_steps=seeds[0]["comm_steps_warmup"],
-                wire_per_op=seeds[0]["wire_per_op"], state_bytes=seeds[0]["state_bytes"], strategy_state_bytes=seeds[0]["strategy_state_bytes"] or {},
+                state_bytes=seeds[0]["state_bytes"], strategy_state_bytes=seeds[0]["strategy_state_bytes"] or {},
                 test_accuracy=statistics.mean(accs), test_accuracy_min=min(accs), test_accuracy_max=max(accs),
                 step_time_s=statistics.mean(s["step_time_s"] or float("nan") for s in seeds),
                 train_time_s=statistics.mean((s["step_time_s"] or float("nan")) * s["steps"] for s in seeds),
@@ -307,7 +328,9 @@ def main_body(args, cfg) -> None:
         meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=n, steps=steps,
                     global_batch=cfg.train.global_batch, eval_every=cfg.train.eval_every,
                     seeds=args.seeds or [cfg.train.seed], powersgd=hooks.describe(cfg), machine=runtime.machine(),
-                    lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR}, outer=local_sgd.describe(cfg))
+                    lr={m: getattr(args, f"lr_{m}") for m in METHOD_LR}, outer=local_sgd.describe(cfg),
+                    field=dict(demo_lr=args.lr_demo, sparse_outer_lr=args.sparse_outer_lr,
+                               streaming_delay=args.streaming_delay))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
         md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)
         (out / "frontier.md").write_text(md)

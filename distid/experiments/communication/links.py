@@ -75,13 +75,11 @@ def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> floa
     step, seeds = hit["step"], row["seeds"]
     setup = sum(s["wire_setup_bytes"] for s in seeds) / len(seeds)
     calls = row["calls_per_step"]
-    if calls.get("all_gather"):  # a sparse exchange (DeMo, SparseLoCo): each worker's shard, from the
-        # wire bytes measured at measured_n ((N−1)·shard a step), at n workers
-        wire = row["wire_per_op"]
-        gathered = allgather_s(step * wire["all_gather"] / (measured_n - 1), n, link, step * calls["all_gather"])
-        reduced = allreduce_s(step * wire.get("all_reduce", 0) / wire_factor("all_reduce", measured_n), n, link,
-                              step * calls.get("all_reduce", 0))
-        return step * row["compute_step_s"] + setup / link.bytes_per_s + gathered + reduced
+    if calls.get("all_gather"):  # a sparse exchange (DeMo, SparseLoCo): the shards a worker handed in by
+        # then, from the wire bytes measured at measured_n ((N−1)·shard), gathered at n workers
+        shards = (hit["wire_bytes"] - setup) / (measured_n - 1)
+        return step * row["compute_step_s"] + setup / link.bytes_per_s + allgather_s(shards, n, link,
+                                                                                     step * calls["all_gather"])
     payload = (hit["wire_bytes"] - setup) / wire_factor("all_reduce", measured_n)  # handed in, warm-up included
     return step * row["compute_step_s"] + setup / link.bytes_per_s + allreduce_s(payload, n, link,
                                                                                   step * calls.get("all_reduce", 0))

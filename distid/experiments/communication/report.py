@@ -74,6 +74,19 @@ def redrawn_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _field(meta: dict) -> str:
+    """The field's methods' settings, in a sentence (older frontier.json files have none)."""
+    f = meta.get("field")
+    if not f:
+        return ""
+    return (f"DeMo: sign descent at lr {f['demo_lr']} (SGD, DeMo's own momentum β 0.999), k DCT components per "
+            f"chunk of 64 (64 × 64 blocks of a matrix). SparseLoCo: H local Adam steps, then the error-fed "
+            f"pseudo-gradient's top density × 4,096 per chunk of 4,096 at 2 bits, all-gathered, outer lr "
+            f"{f['sparse_outer_lr']}. Streaming DiLoCo: DiLoCo's outer step, P fragments in turn every H/P steps, "
+            f"each all-reduce started {f['streaming_delay']} step(s) before it is applied. Re-drawn subspaces: θ₀ ← "
+            f"θ₀ + P·d and a new P every K steps, Adam's moments of d reset.")
+
+
 def _peft_lrs(meta: dict) -> str:
     names = {"vera": "VeRA", "fourierft": "FourierFT", "unilora": "Uni-LoRA"}
     return "".join(f", {meta['lr'][m]} ({n})" for m, n in names.items() if m in meta["lr"])
@@ -90,17 +103,22 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
              f"{meta['lr']['full']} (full model, with or without a hook), {meta['lr']['lora']} (LoRA), "
              f"{meta['lr']['subspace']} (subspace, Fastfood)" + _peft_lrs(meta) + ". DiLoCo: H inner steps, "
              f"then the pseudo-gradient averaged and an outer Nesterov step (lr {meta['outer']['lr']}, momentum "
-             f"{meta['outer']['momentum']}), every H steps. {meta['powersgd']}\n",
+             f"{meta['outer']['momentum']}), every H steps. {meta['powersgd']} " + _field(meta) + "\n",
              "bytes/step: what a rank sends per step under the ring algorithms (all-reduce: 2(N−1)/N of the "
              "tensor handed in), for the payloads the ledger measured once the hook "
              "compresses (PowerSGD's P and Q all-reduces included), beside the formula's. Accuracy: the test set, "
-             "seed mean [min–max]. step ms: median of the unbooked steps (DiLoCo: their mean, the synchronisations "
-             "included); train s: that × steps; compute ms: one step "
-             "on one process, one rank's batch, no collective (what the link model below uses). "
-             f"Bytes to a target: set-up + warm-up + steps × bytes/step (DiLoCo: set-up + synchronisations × bytes each) at "
-             f"the first evaluation (every {meta['eval_every']} steps; DiLoCo: the first synchronisation at or after "
-             f"it) whose seed-mean accuracy reaches it. DiLoCo's bytes/step: its synchronisations' bytes ÷ steps (after "
-             f"every H-th step and the last).\n",
+             "seed mean [min–max]. collectives/step: calls per step by op (an all-gather sends (N−1) times a "
+             "rank's message: it grows with N). state/rank: what rank 0 holds to train, measured — parameters, "
+             "gradients, optimizer state, buffers (θ₀ and P of a subspace) and, in brackets, the strategy's own "
+             "tensors (DeMo's momentum, error feedback, θ_start, global copies, outer momenta, receive buffers). "
+             "step ms: median of the unbooked steps (with synchronisations between steps: their mean, the "
+             "synchronisations included); train s: that × steps; compute ms: one step on one process, one rank's "
+             "batch, with the cell's strategy as on a world of one (its own computation counts: DeMo's DCTs, a "
+             "synchronisation's compression and outer step), no collective — what the link model below uses. "
+             f"Bytes to a target: set-up + warm-up + steps × bytes/step (with synchronisations between steps: set-up + "
+             f"those the ledger had booked by then) at the first evaluation (every {meta['eval_every']} steps; with "
+             f"local steps the first synchronisation at or after it) whose seed-mean accuracy reaches it. With local "
+             f"steps, bytes/step is the synchronisations' bytes ÷ steps (after every H-th step and the last).\n",
              "| cell | trainable | bytes/step | formula | ÷ DDP | collectives/step | state/rank (strategy's) | test acc | step ms | "
              f"train s | compute ms | {heads} |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets)]
