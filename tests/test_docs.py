@@ -108,7 +108,7 @@ CASES = [(page, i, cmd, block) for page in LESSONS + GUIDES for i, (cmd, block) 
 
 
 def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
-    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 9)]
+    assert [p.name.split("_")[0] for p in LESSONS] == [f"lesson{i}" for i in range(1, 10)]
     for page in LESSONS:
         text = page.read_text()
         assert commands(page), f"{page.name} shows no command"

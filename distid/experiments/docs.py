@@ -186,13 +186,18 @@ SENT_PER_STEP = 1  # FIGURES' index of "sent per step": with synchronisations be
 # synchronisation's own bytes (the next pattern) do not
 
 
+LEDGER_ROWS = 5  # FIGURES' index of the ledger's rows: per synchronisation of a part of the model (Streaming
+# DiLoCo) an average over parts of unequal size, which depends on the run's length too
+
+
 def figures(lines: list[str]) -> dict[tuple, set]:
     """The machine-independent figures the lines show (FIGURES): {(pattern index, name): {values}}."""
     found: dict[tuple, set] = {}
-    between = any(FIGURES[SENT_PER_STEP + 1][0].search(line) for line in lines)
+    parts = any("a part of the model at a time" in line for line in lines)
+    between = parts or any(FIGURES[SENT_PER_STEP + 1][0].search(line) for line in lines)
     for line in lines:
         for k, (rx, nkey) in enumerate(FIGURES):
-            if k == SENT_PER_STEP and between:
+            if k == SENT_PER_STEP and between or k == LEDGER_ROWS and parts:
                 continue
             if m := rx.search(line):
                 found.setdefault((k, m.groups()[:nkey]), set()).add(m.groups()[nkey:])

@@ -111,6 +111,10 @@ def final_table(s: Summary, ledger_table: str) -> str:
                               f"the steps between send nothing"))
     else:
         lines.append(_row("sent per step", "nothing: one process"))
+    every = (s.config.get("subspace") or {}).get("redraw_every", 0) if s.method == "subspace" else 0
+    if every:
+        lines.append(_row("re-drawn", f"every {every} steps, {s.steps // every} times: θ₀ ← θ₀ + P·d, a new P from the "
+                          f"seed, d ← 0; nothing sent (the checkpoint keeps each fold's d)"))
     if s.comm_measured_bytes_per_step is not None:
         lines.append(_row("measured", f"{s.comm_measured_bytes_per_step:,.0f} B/step/rank on {s.comm_measured_interface} "
                           f"(its counters: headers and the backend's own algorithms included)"))
