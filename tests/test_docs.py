@@ -41,10 +41,10 @@ TINY = {
     "distid.experiments.methods.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
     "distid.experiments.communication.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
                                     "--set", "powersgd.start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
-                                    "--dims", "250", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
+                                    "--dims", "1000", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
                                     "--diloco-lora-ranks", "1", "--diloco-lora-h", "7", "--demo-topk", "4",
                                     "--sparse-density", "3", "--sparse-h", "7", "--streaming-fragments", "1",
-                                    "--streaming-h", "7", "--redraw-dims", "250", "--redraw-k", "5",
+                                    "--streaming-h", "7", "--redraw-dims", "1000", "--redraw-k", "5,7",
                                     "--redraw-local", "250:7:7"],  # every family, one cell each
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
