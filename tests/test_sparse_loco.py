@@ -66,6 +66,27 @@ def test_one_synchronisation_is_the_papers_equations_by_hand():
     assert p.detach().view(-1).tolist() == [-2, 0, 0, 0, 0, 0, 0, 2] and torch.equal(s.start[0], p.detach())
 
 
+def test_two_ranks_messages_are_averaged_over_n_by_hand(monkeypatch):
+    """Two ranks, chunks of 4, k = 2, float32 values, β = 0, outer_lr = 1: this rank's Δ = [4, 0, 0, 1 |
+    0, 0, 5, -2], the other's [2, 0, 0, 0 | 0, 6, 0, 0]; each sends its top 2 per chunk, every rank
+    decodes both and divides by N = 2 — index 5, sent by the other rank only, is 6/2 = 3 (not 6, the
+    mean over the ranks that sent it) — so θ = θ_start − [3, 0, 0, 0.5 | 0, 3, 2.5, −1]."""
+    sets = ("sparse_loco.chunk=4", "sparse_loco.density=0.5", "sparse_loco.error_decay=0",
+            "sparse_loco.value_bits=32", "sparse_loco.outer_lr=1.0")
+    other, _ = _one_rank(8, *sets)
+    theirs = other.encode(torch.tensor([2, 0, 0, 0, 0, 6, 0, 0.0]))
+    model = torch.nn.Linear(8, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    mine = SparseLoCo(load_config(None, ["dist.strategy=sparse_loco", *sets]), 2, torch.device("cpu"))
+    mine.wrap(model)
+    with torch.no_grad():
+        model.weight.copy_(-torch.tensor([[4, 0, 0, 1, 0, 0, 5, -2.0]]))  # θ = θ_start − Δ
+    monkeypatch.setattr("distid.strategies.sparse_loco.all_gather_tensor",
+                        lambda out, message: out.copy_(torch.cat([message, theirs])))
+    mine.sync()
+    assert model.weight.detach().view(-1).tolist() == [-3, 0, 0, -0.5, 0, -3, -2.5, 1]
+
+
 def test_32_bit_values_are_sent_as_they_are_and_leave_nothing_in_e():
     """value_bits = 32: the top-k values in float32, no table; what was sent leaves e exactly."""
     s, _ = _one_rank(6, "sparse_loco.chunk=4", "sparse_loco.density=0.25", "sparse_loco.value_bits=32",
