@@ -67,7 +67,7 @@ def test_progress_line_averages_rank_0s_batches_since_the_last_line(tmp_path, ca
     progress = Progress(tmp_path, rank=0, world=1, steps=4, every=2)
     assert "training loss and accuracy averaged over rank 0's batches" in capsys.readouterr().out
     cfg = load_config(None, ["train.log_every=2", "train.steps=4", "checkpoint.keep=0"])
-    job = SimpleNamespace(cfg=cfg, start=0, total_steps=4, strategy=SimpleNamespace(period=1), trainable=[],
+    job = SimpleNamespace(cfg=cfg, start=0, total_steps=4, strategy=SimpleNamespace(period=1, digest=lambda model: "same"), trainable=[],
                           ckpt=SimpleNamespace(last=None), losses=[], progress=progress, ledger=CommLedger(1),
                           meter=SimpleNamespace(wire_per_step=lambda done: 0.0), settled_at=None, model=None)
     after = AfterStep(job)

@@ -12,7 +12,7 @@ from distid.config import ConfigError, load_config
 from distid.models import build_model
 from distid.subspace import SubspaceModel
 from distid.strategies import choose
-from distid.subspace.redraw import refuse
+from distid.run.redraw import refuse
 
 mnist = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m distid.data fetch mnist")
 BASE = {"data.root": DATA_ROOT, "train.global_batch": 120, "train.log_every": 100, "subspace.d": 64,

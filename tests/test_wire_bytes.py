@@ -81,7 +81,8 @@ def test_frontier_rows_name_their_byte_figures():
     seed = dict(seed=0, wire_bytes_per_step=30.0, wire_setup_bytes=100.0, wire_warmup_bytes=60.0,
                 payload_bytes_per_step=1e9, trainable_params=5, lora_rank=None, comm_wire_formula={"total": 30},
                 comm_calls_per_step={"all_reduce": 1.0}, comm_steps_warmup=2, steps=10, test_accuracy=0.9,
-                eval_curve=[(5, 0.1, 0.5), (10, 0.2, 0.9)], step_time_s=0.01, wall_time_s=1.0)
+                eval_curve=[(5, 0.1, 0.5), (10, 0.2, 0.9)], step_time_s=0.01, wall_time_s=1.0,
+                state_bytes={"total": 100, "strategy": 0}, strategy_state_bytes={})
     row = summarize(Cell("DDP", "DDP", ()), [seed])
     assert _unnamed_byte_keys(row) == [] and _unnamed_byte_keys(seed) == []
     assert reach(row, 0.85) == dict(step=10, wire_bytes=100 + 60 + 8 * 30)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from distid.config import APPLIES_WHEN, SECTIONS, Config, flat, idle_sections, timestamped_dir, to_dict
 from distid.run import fault_injection
 from distid.strategies import Strategy
-from distid.subspace import redraw
+from distid.run import redraw
 
 FORMAT = 3  # 3: the config by sections, the strategy's state
 NAME = re.compile(r"^step_(\d{6,})(\.pt)?$")

@@ -22,7 +22,8 @@ from distid import lora
 from distid.config import Config
 from distid.run import cli
 from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read
-from distid.subspace import SubspaceModel, redraw
+from distid.run import redraw
+from distid.subspace import SubspaceModel
 
 
 def resolve(path: str | Path) -> Path:

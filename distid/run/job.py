@@ -33,14 +33,15 @@ from distid.observe.summary import Summary
 from distid.parallel.consistency import assert_same_across_ranks
 from distid.parallel.fsdp import full_state
 from distid.run.after_step import AfterStep, settled
-from distid.run.build import build
+from distid.run.build import build, make_optimizer
 from distid.run.checkpoint import AlreadyFinished, Checkpointer, default_out_dir, restart_count, size_bytes
 from distid.run.fault_injection import Injector
 from distid.run.meter import StepMeter
 from distid.run.summarize import summarize
 from distid.run.watchdog import Watch, is_collective_error, restart_hazard
 from distid.strategies import choose
-from distid.subspace import SubspaceModel, redraw
+from distid.run import redraw
+from distid.subspace import SubspaceModel
 
 
 class Job:
@@ -88,7 +89,7 @@ class Job:
             self.shape = _shape(self.model)
             self.net = self.strategy.wrap(self.model)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = self.strategy.make_optimizer(self.trainable)
+        self.opt = self.strategy.make_optimizer(self.trainable) or make_optimizer(cfg, self.trainable)
         self.total_steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(self.loader)))
         self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.strategy, self.fingerprint)
         with self.ledger.phase("checkpoint"):  # model, optimizer, loader, RNG and the strategy's state

@@ -54,11 +54,10 @@ class Strategy:
         """The module the loop calls; sets `payload` (or attach does, where it needs the run's steps)."""
         return model
 
-    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
-        """The optimizer the loop steps (train.optimizer at train.lr); a strategy that is its own
-        optimizer (DeMo: sign descent) returns its own."""
-        from distid.run.build import make_optimizer
-        return make_optimizer(self.cfg, params)
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer | None:
+        """A strategy that is its own optimizer (DeMo: sign descent) returns it; None: the run's
+        train.optimizer at train.lr (run/build.py)."""
+        return None
 
     def digest(self, model: nn.Module) -> str:
         """What the run's replica check compares across ranks (after every synchronisation, at checks

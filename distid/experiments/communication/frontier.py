@@ -46,9 +46,9 @@ from distid.observe.summary import Summary
 from distid.run import cli
 from distid.train import train_logged, train_step
 from distid.observe.ledger import CommLedger
-from distid.run.build import build
+from distid.run.build import build, make_optimizer
 from distid.strategies import choose, hooks, local_sgd, sparse_loco, streaming_diloco
-from distid.subspace import redraw
+from distid.run import redraw
 
 FAMILIES = ("DDP", "DDP + fp16/bf16", "DDP + PowerSGD", "LoRA", "subspace", "PEFT", "DiLoCo", "subspace + DiLoCo",
             "LoRA + DiLoCo", "DeMo", "SparseLoCo", "Streaming DiLoCo", "subspace, re-drawn")
@@ -146,7 +146,8 @@ def compute_step_s(cfg, n: int, steps: int = 30, warm: int = 5) -> float:
     model = build(cfg)
     strategy = choose(cfg, 1, torch.device("cpu"))
     net = strategy.wrap(model)
-    opt = strategy.make_optimizer([p for p in model.parameters() if p.requires_grad])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = strategy.make_optimizer(trainable) or make_optimizer(cfg, trainable)
     period = strategy.period
     steps = steps if period == 1 else period * -(-steps // period)
     strategy.attach(opt, CommLedger(1), 0, warm + steps + 1)  # no "last step" inside the timed ones
