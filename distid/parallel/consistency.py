@@ -38,11 +38,16 @@ def trainable_digest(model) -> str:
     """16 hex digits of the sha256 of the replicated trainable parameters' bytes, in name order.
     A parameter FSDP shards (a DTensor) is left out: each of its numbers lives on one rank, so there
     is no replica to compare (gathering it would give every rank the same bytes by construction)."""
+    return tensors_digest((name, p) for name, p in model.named_parameters()
+                          if p.requires_grad and not hasattr(p, "full_tensor"))
+
+
+def tensors_digest(named) -> str:
+    """16 hex digits of the sha256 of (name, tensor) pairs: each name, then the tensor's bytes."""
     h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if p.requires_grad and not hasattr(p, "full_tensor"):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, t in named:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

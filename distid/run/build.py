@@ -76,8 +76,12 @@ def dense_limit(cfg: Config) -> int:
     return limit
 
 
-def make_optimizer(cfg: Config, params):
-    """train.optimizer over `params`: Adam, or SGD with momentum 0.9, at train.lr."""
+def make_optimizer(cfg: Config, params, strategy=None):
+    """The strategy's own optimizer where it has one (DeMo), else train.optimizer over `params`:
+    Adam, or SGD with momentum 0.9, at train.lr."""
+    own = strategy.make_optimizer(params) if strategy is not None else None
+    if own is not None:
+        return own
     if cfg.train.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.train.lr)
     return torch.optim.SGD(params, lr=cfg.train.lr, momentum=0.9)

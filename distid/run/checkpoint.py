@@ -185,6 +185,18 @@ def _publish(tmp: Path, final: Path, step: int) -> None:
     _fsync_dir(final.parent)
 
 
+def replay(model: torch.nn.Module, meta: dict, where: str) -> None:
+    """A re-drawn subspace's θ₀ and P as the writer's last re-draw left them (nothing without re-draws);
+    CheckpointError on every rank if θ₀ replayed here differs from the writer's."""
+    if not meta.get("folded"):
+        return
+    model.replay(meta["folded"])
+    try:
+        redraw.check_replayed(model, meta["theta0"], where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+
+
 def _diff(saved: dict, mine: dict) -> str:
     keys = sorted(set(saved) | set(mine))
     return ", ".join(f"{k}: {saved.get(k)!r} → {mine.get(k)!r}" for k in keys if saved.get(k) != mine.get(k))
@@ -217,17 +229,8 @@ class Checkpointer:
     def _redraws(self) -> dict:
         """A re-drawn subspace's history: d at each fold (θ₀ is replayed from it) and θ₀'s hash."""
         folded = getattr(self.model, "folded", None)
-        return dict(folded=list(folded), theta0=redraw.theta0_digest(self.model)) if folded else {}
+        return dict(folded=list(folded), theta0=self.model.theta0_digest()) if folded else {}
 
-    def _replay(self, path: Path, meta: dict) -> None:
-        """θ₀ and P as the writer's last re-draw left them; refused if θ₀ replayed here differs."""
-        if not meta.get("folded"):
-            return
-        self.model.replay(meta["folded"])
-        try:
-            redraw.check_replayed(self.model, meta["theta0"], f"checkpoint {path}")
-        except ValueError as e:
-            raise CheckpointError(str(e)) from e
 
     def save(self, done: int, opt: torch.optim.Optimizer, loader, local: dict) -> Path:
         """Write the checkpoint of `done` steps on every rank's behalf (a collective); returns its path.
@@ -279,7 +282,7 @@ class Checkpointer:
             return None
         meta = payload if self.dcp else payload["meta"]
         self._check(path, meta)
-        self._replay(path, meta)
+        replay(self.model, meta, f"checkpoint {path}")
         if self.dcp:
             dcp, sd = _dcp()
             msd, osd = sd.get_state_dict(self.model, opt, options=sd.StateDictOptions(**FROZEN_LEFT_OUT))

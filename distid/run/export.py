@@ -21,8 +21,7 @@ import torch.distributed.checkpoint as dcp
 from distid import lora
 from distid.config import Config
 from distid.run import cli
-from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read
-from distid.run import redraw
+from distid.run.checkpoint import CheckpointError, config_from_dict, latest, read, replay
 from distid.subspace import SubspaceModel
 
 
@@ -50,12 +49,7 @@ def export(path: str | Path) -> tuple[dict[str, torch.Tensor], Config]:
     if isinstance(model, SubspaceModel):
         if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint():
             raise CheckpointError(f"{path}: θ₀/P regenerated here differ from the run's (another torch version?)")
-        if meta.get("folded"):  # a re-drawn subspace: θ₀ and P as its last re-draw left them
-            model.replay(meta["folded"])
-            try:
-                redraw.check_replayed(model, meta["theta0"], str(path))
-            except ValueError as e:
-                raise CheckpointError(str(e)) from e
+        replay(model, meta, str(path))  # a re-drawn subspace: θ₀ and P as its last re-draw left them
     trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         if path.is_dir():  # DCP: read just the model's trainable tensors, in place

@@ -89,7 +89,7 @@ class Job:
             self.shape = _shape(self.model)
             self.net = self.strategy.wrap(self.model)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = self.strategy.make_optimizer(self.trainable) or make_optimizer(cfg, self.trainable)
+        self.opt = make_optimizer(cfg, self.trainable, self.strategy)
         self.total_steps = cfg.train.steps or max(1, round(cfg.train.epochs * len(self.loader)))
         self.ckpt = Checkpointer(self.out / "checkpoints", cfg, self.model, self.strategy, self.fingerprint)
         with self.ledger.phase("checkpoint"):  # model, optimizer, loader, RNG and the strategy's state
@@ -122,10 +122,8 @@ class Job:
         self.progress = Progress(self.out, rank, n, self.total_steps, cfg.train.log_every)
         self.watch = Watch(token)
         self.strategy.attach(self.opt, self.ledger, self.start, self.total_steps)
-        if cfg.subspace.redraw_every:  # after the strategy's hook: a re-draw follows the synchronisation
-            redraw.Redraw(self.model, self.strategy, cfg.subspace.redraw_every,
-                          cfg.subspace.redraw_optimizer == "keep").attach(self.opt, self.ledger, self.start,
-                                                                          self.total_steps)
+        redraw.attach(cfg, self.model, self.strategy, self.opt, self.ledger, self.start, self.total_steps)  # after
+        # the strategy's hook: a re-draw follows the synchronisation
         self.meter = StepMeter(self.ledger, to_wire(self.strategy.payload, n), self.start,
                                self.strategy.warm_steps(), self.device, cfg.dist.measure_interface)
         drill = Injector(rank, self.strategy.counter)

@@ -17,8 +17,6 @@ compare a hash of θ₀ (one tiny all-gather, ledger phase "checks").
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from distid.config import ConfigError
@@ -30,16 +28,11 @@ WORKS_UNDER = ("none", "ddp", "local_sgd")  # strategies whose trainable state a
 def check_replayed(model, expected: str, where: str) -> None:
     """After a replay of `where`'s re-draws: every rank's θ₀ alike, and the writer's (sha256 `expected`);
     else one error on every rank (CheckpointError's text, as a ValueError)."""
-    mine = theta0_digest(model)
+    mine = model.theta0_digest()
     assert_same_across_ranks({"θ₀ replayed from the checkpoint's re-draws": mine})
     if mine != expected:
         raise ValueError(f"{where}: θ₀ replayed here from its {model.draw} re-draws differs from the writer's "
                          f"(sha256 {mine} vs {expected}): another machine's kernel rounds P·d differently")
-
-
-def theta0_digest(model) -> str:
-    """16 hex digits of the sha256 of θ₀'s bytes."""
-    return hashlib.sha256(model.theta0.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def refuse(cfg, strategy) -> None:
@@ -57,6 +50,14 @@ def refuse(cfg, strategy) -> None:
     if cfg.subspace.said:
         raise ConfigError("subspace.redraw_every > 0 cannot be combined with subspace.said (a fold would need λ, "
                           "which the re-draw history does not keep)")
+
+
+def attach(cfg, model, strategy, opt, ledger, start: int, steps: int) -> None:
+    """Hook the re-draws of `cfg` (subspace.redraw_every, redraw_optimizer) on `opt`'s step, after the
+    strategy's hook; nothing where subspace.redraw_every is 0."""
+    if cfg.subspace.redraw_every:
+        keep = cfg.subspace.redraw_optimizer == "keep"
+        Redraw(model, strategy, cfg.subspace.redraw_every, keep).attach(opt, ledger, start, steps)
 
 
 class Redraw:
@@ -81,4 +82,4 @@ class Redraw:
                 self.opt.state.pop(p, None)  # Adam restarts its moments (and bias correction) for d
         self.strategy.rebase(reset=not self.keep)
         with self.ledger.phase("checks"):
-            assert_same_across_ranks({f"θ₀ after re-draw {self.model.draw}": theta0_digest(self.model)})
+            assert_same_across_ranks({f"θ₀ after re-draw {self.model.draw}": self.model.theta0_digest()})

@@ -111,6 +111,15 @@ def tensor_bytes(*tensors) -> int:
     return total
 
 
+def index_dtype(size: int) -> torch.dtype:
+    """The smallest integer dtype that holds every index in [0, size): what a sparse exchange sends
+    as each value's address within its chunk (uint8 up to 256, int16 up to 32,768)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if size - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
 def find(name: str) -> type:
     """The class `dist.strategy` names: a built-in name, or "package.module:Class"."""
     path = BUILTIN.get(name, name)

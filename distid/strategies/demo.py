@@ -38,7 +38,7 @@ import torch
 from distid.config import ConfigError
 from distid.parallel.consistency import check_replicas
 from distid.runtime import all_gather_tensor
-from distid.strategies.base import Strategy, tensor_bytes
+from distid.strategies.base import Strategy, index_dtype, tensor_bytes
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -86,14 +86,6 @@ class Chunks:
         """Coefficients [blocks, h·w] → x [rows, cols] (C_hᵀ · coefficients · C_w per block)."""
         c = c.reshape(self.rows // self.h, self.cols // self.w, self.h, self.w)
         return torch.einsum("yxab,ai,bj->yixj", c, bases[self.h], bases[self.w]).reshape(self.rows, self.cols)
-
-
-def index_dtype(largest_chunk: int) -> torch.dtype:
-    """The smallest integer type that holds every index in [0, largest_chunk)."""
-    for dtype in (torch.uint8, torch.int16, torch.int32):
-        if largest_chunk - 1 <= torch.iinfo(dtype).max:
-            return dtype
-    return torch.int64
 
 
 def mean_by_component(values: torch.Tensor, indices: torch.Tensor, c: Chunks) -> torch.Tensor:

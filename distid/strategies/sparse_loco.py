@@ -39,15 +39,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distid.parallel.consistency import check_replicas
 from distid.runtime import all_gather_tensor
-from distid.strategies.base import Strategy, tensor_bytes
+from distid.strategies.base import Strategy, index_dtype, tensor_bytes
 from distid.strategies.local_sgd import LocalSGD
 
 SIGMAS = 6.0  # the quantiser's range in standard deviations (the reference's default)
-
-
-def index_dtype(chunk: int) -> torch.dtype:
-    """The smallest integer dtype that holds an index within a chunk, 0 … chunk − 1."""
-    return torch.uint8 if chunk <= 2**8 else torch.int16 if chunk <= 2**15 else torch.int32
 
 
 def message_bytes(T: int, chunk: int, k: int, bits: int) -> int:

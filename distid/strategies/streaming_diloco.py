@@ -29,7 +29,6 @@ outer momenta (4·T, Nesterov), the fragment in flight (4·T_p, 2·T_p in half p
 
 from __future__ import annotations
 
-import hashlib
 from itertools import accumulate
 
 import torch
@@ -37,7 +36,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distid.config import ConfigError
-from distid.parallel.consistency import check_replicas, trainable_digest
+from distid.parallel.consistency import check_replicas, tensors_digest, trainable_digest
 from distid.strategies.base import Strategy, tensor_bytes
 
 
@@ -188,10 +187,8 @@ class StreamingDiLoCo(Strategy):
         """The global copies' hash (alike on every rank mid-run); after the last step, the parameters'."""
         if self.done == self.steps:
             return trainable_digest(model)
-        h = hashlib.sha256()
-        for g in (t for group in self.globals for t in group):
-            h.update(g.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        return tensors_digest((f"fragment {p}.{i}", g) for p, group in enumerate(self.globals)
+                              for i, g in enumerate(group))
 
     def state_bytes(self) -> dict[str, int]:
         momenta = [s["momentum_buffer"] for o in self.opts for s in o.state.values() if s.get("momentum_buffer") is not None]

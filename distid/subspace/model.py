@@ -198,7 +198,11 @@ class SubspaceModel(nn.Module):
         e1[0] = 1
         with torch.no_grad():
             pe1 = self.projection.matvec(e1)
-        return {"theta0": _sha(self.theta0), "P_e1": _sha(pe1)}
+        return {"theta0": self.theta0_digest(), "P_e1": _sha(pe1)}
+
+    def theta0_digest(self) -> str:
+        """16 hex digits of the sha256 of θ₀'s bytes (after re-draws: the folded θ₀)."""
+        return _sha(self.theta0)
 
 
 def _sha(t: torch.Tensor) -> str:

@@ -146,14 +146,11 @@ def compute_step_s(cfg, n: int, steps: int = 30, warm: int = 5) -> float:
     model = build(cfg)
     strategy = choose(cfg, 1, torch.device("cpu"))
     net = strategy.wrap(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = strategy.make_optimizer(trainable) or make_optimizer(cfg, trainable)
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], strategy)
     period = strategy.period
     steps = steps if period == 1 else period * -(-steps // period)
     strategy.attach(opt, CommLedger(1), 0, warm + steps + 1)  # no "last step" inside the timed ones
-    if cfg.subspace.redraw_every:
-        redraw.Redraw(model, strategy, cfg.subspace.redraw_every,
-                      cfg.subspace.redraw_optimizer == "keep").attach(opt, CommLedger(1), 0, warm + steps + 1)
+    redraw.attach(cfg, model, strategy, opt, CommLedger(1), 0, warm + steps + 1)
     train = load_split(cfg.data.dataset, cfg.data.root, "train", verify=False).only(cfg.data.classes)  # the
     # cell's runs checked the files
     times = []
