@@ -21,9 +21,7 @@ import torch
 
 from distid.config import ConfigError
 from distid.parallel.consistency import assert_same_across_ranks
-
-WORKS_UNDER = ("none", "ddp", "local_sgd")  # strategies whose trainable state a re-draw may reset
-
+from distid.strategies.base import BUILTIN, find
 
 def check_replayed(model, expected: str, where: str) -> None:
     """After a replay of `where`'s re-draws: every rank's θ₀ alike, and the writer's (sha256 `expected`);
@@ -38,8 +36,9 @@ def check_replayed(model, expected: str, where: str) -> None:
 def refuse(cfg, strategy) -> None:
     """ConfigError (one line) where re-draws cannot run as asked under `strategy` (chosen)."""
     K, name = cfg.subspace.redraw_every, cfg.dist.strategy
-    if name not in WORKS_UNDER:
-        raise ConfigError(f"subspace.redraw_every = {K} runs under dist.strategy = {', '.join(map(repr, WORKS_UNDER))}; "
+    if not strategy.rebases:
+        works = [n for n in BUILTIN if find(n).rebases]  # the strategies that say so (Strategy.rebases)
+        raise ConfigError(f"subspace.redraw_every = {K} runs under dist.strategy = {', '.join(map(repr, works))}; "
                           f"this run's is {name!r} (its state would outlive the subspace it belongs to)")
     if K % strategy.period:
         raise ConfigError(f"subspace.redraw_every = {K} must be a multiple of the {strategy.period} steps between "

@@ -39,6 +39,7 @@ class Strategy:
     # evaluations and checkpoints fall there (Streaming DiLoCo: its global copies agree there, its replicas not)
     own_optimizer = False  # each rank's optimizer state is its own (a checkpoint keeps every rank's)
     own_state = ""  # what of this rank's state is its own, in words (a resume on other world sizes is refused)
+    rebases = False  # its state stays right through `rebase` (a re-drawn subspace may run under it)
 
     def __init__(self, cfg: Config, n: int, device: torch.device):
         self.cfg, self.n, self.device = cfg, n, device

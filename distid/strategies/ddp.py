@@ -63,6 +63,8 @@ def ddp(model: nn.Module, device, hook: hooks.Hook | None = None):
 class DDP(Strategy):
     """DDP with the comm hook `ddp.hook` names; one process: the model itself."""
 
+    rebases = True  # each step's gradient is synchronised afresh
+
     def __init__(self, cfg, n, device):
         super().__init__(cfg, n, device)
         try:

@@ -38,6 +38,7 @@ class LocalSGD(Strategy):
 
     own_optimizer = True
     own_state = "inner optimizer state"
+    rebases = True  # θ_start follows the re-drawn parameters (rebase)
 
     def __init__(self, cfg, n, device):
         super().__init__(cfg, n, device)

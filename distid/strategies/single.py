@@ -9,6 +9,8 @@ from distid.strategies.base import Strategy
 class Single(Strategy):
     """One process. With several ranks it would train that many unrelated models: refused."""
 
+    rebases = True  # nothing kept between steps
+
     def __init__(self, cfg, n, device):
         super().__init__(cfg, n, device)
         if n > 1:

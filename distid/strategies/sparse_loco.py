@@ -100,6 +100,7 @@ class SparseLoCo(LocalSGD):
     step are local_sgd's; the synchronisation is this module's."""
 
     own_state = "error feedback and inner optimizer state"
+    rebases = False  # its error feedback belongs to the basis it was accumulated in
 
     def __init__(self, cfg, n, device):
         Strategy.__init__(self, cfg, n, device)
