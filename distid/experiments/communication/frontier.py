@@ -126,6 +126,12 @@ def run_seed(args, cell: Cell, seed: int, out: Path) -> dict:
     runtime.print0(f"{cell.name:<28} seed {seed}: test acc {s.test_accuracy:.4f}, "
                    f"{s.wire_per_step:>11,.0f} B sent/step  ({where}"
                    f"{'; reused: same config, world size and code' if cached else ''})")
+    return seed_record(s, seed)
+
+
+def seed_record(s: Summary, seed: int) -> dict:
+    """What the frontier keeps of one run's summary: its bytes (per step, set-up, warm-up, per
+    synchronisation and by each evaluation), its collectives per step and the KEEP fields."""
     calls = s.comm_calls_per_step
     if s.comm_syncs:  # the steps between call nothing; the synchronisations' calls spread over the steps
         calls = {op: c * s.comm_syncs / s.steps for op, c in (s.comm_calls_per_sync or {}).items()}

@@ -66,6 +66,20 @@ def allgather_s(shard: float, n: int, link: Link, calls: float = 1.0) -> float:
     return calls * (n - 1) * link.alpha_s + (n - 1) * shard / link.bytes_per_s
 
 
+def latency_hops(calls: dict, n: int) -> float:
+    """Messages in a row a rank waits for in `calls` ({op: how many}): 2(N−1) per ring all-reduce, N−1 per
+    any other collective (all-gather, reduce-scatter, broadcast)."""
+    return sum(c * (2 * (n - 1) if op == "all_reduce" else n - 1) for op, c in calls.items())
+
+
+def shared_medium_s(wire_bytes: float, calls: dict, n: int, medium_bytes_per_s: float, alpha_s: float) -> float:
+    """Seconds a shared medium takes to carry `wire_bytes` sent by each of n ranks in `calls`
+    collectives: every rank's bytes cross one queue of medium_bytes_per_s (one shaped loopback, a hub),
+    so n·wire/B, plus α per message in a row (`latency_hops`). A ring all-reduce of S: 2(N−1)·S/B, N
+    times the per-rank model's 2(N−1)/N·S/B."""
+    return n * wire_bytes / medium_bytes_per_s + latency_hops(calls, n) * alpha_s
+
+
 def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> float | None:
     """Model seconds for the frontier cell `row` to reach targets[target] on n workers over `link`
     (None if the run never reached it)."""

@@ -1,0 +1,363 @@
+"""Time to accuracy measured on a shaped link, not only modelled: a laptop as a slow network.
+
+    python -m distid.experiments.communication.shaped --config configs/mnist_frontier.toml \\
+        [--rates 1gbit,100mbit] [--cells "DDP,DDP + PowerSGD r=2,DiLoCo H=32,subspace d=4000,LoRA r=8"] \\
+        [--nproc 4] [--delay 20ms] [--out DIR] [--set KEY=VALUE ...]
+
+Linux, iproute2, and root or an ordinary user allowed user namespaces (netns.py says what to set).
+The command starts itself again inside a private network namespace, whose loopback only its own
+runs use; there, for each rate and for the loopback unshaped (always, first), it shapes the
+loopback with tc's token bucket (tbf) and fits α and β from the bench's all-reduce timings
+(link_fit.py); then it trains each cell (the frontier's cells, by name) under torchrun at every
+rate in turn, so that each rate's unshaped baseline is measured beside it (N ranks on a few cores
+compete for the CPU, and that share of a step is not the link's). When it ends — done, failed or
+interrupted (Ctrl-C) — its runs are stopped and the namespace goes with them.
+
+Per cell and rate it reports the median step time (the mean where the strategy synchronises
+between steps, so that those count), the training seconds to 90 % and 95 % of DDP's accuracy (the
+unshaped DDP run's final test accuracy; the config's evaluation schedule; evaluations excluded),
+the wire bytes per step (the ledger's), the bytes the loopback carried per rank per step (the
+whole run: set-up, evaluations and rendezvous included), and what the model predicts.
+
+The topology is a shared medium: one loopback, every rank's bytes through one queue (a hub, not a
+switch). The model (links.shared_medium_s): the cell's step as measured unshaped, its link time
+swapped for the shaped link's, n·wire/B + α per message in a row, with B and α fitted on that link
+— never on the training runs. A ring all-reduce of S bytes on 4 ranks puts 6·S through the queue.
+Where the kernel has netem, --delay adds one-way latency to every packet; where it does not, the
+output says so and the delay enters the model only. Writes shaped.json, shaped.md and shaped.png
+to --out, and each run's own output to <cell>/<rate>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from distid import runtime
+from distid.config import ConfigError, timestamped_dir
+from distid.experiments.communication import frontier, link_fit, links, netns
+from distid.experiments.plotting import pyplot
+from distid.observe.summary import Summary
+from distid.run import cli
+
+MODULE = "distid.experiments.communication.shaped"
+CELLS = ("DDP", "DDP + PowerSGD r=2", "DiLoCo H=32", "subspace d=4000", "LoRA r=8")
+STOP_S = 20  # seconds a run may take to stop after SIGTERM before it is killed
+
+
+def add_args(p) -> None:
+    p.add_argument("--rates", default="1gbit,100mbit",
+                   help="link rates in tc's units (bit, kbit, mbit, gbit; bps … bytes), comma-separated; the "
+                        "unshaped loopback is always measured too, first")
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help="the frontier's cells by name, comma-separated; DDP (the accuracy the targets are "
+                        f"fractions of) is always among them (default {', '.join(CELLS)})")
+    p.add_argument("--nproc", type=int, default=4, help="ranks, all on this machine (default 4)")
+    p.add_argument("--delay", default="0ms", help="one-way latency per packet through netem (where the kernel has "
+                   "it; elsewhere in the model only), e.g. 20ms")
+    p.add_argument("--targets", type=lambda t: [float(v) for v in t.split(",") if v.strip()], default=[0.90, 0.95],
+                   help="fractions of DDP's accuracy (default 0.90,0.95)")
+    p.add_argument("--fit-sizes", default=",".join(map(str, link_fit.SIZES)),
+                   help="bytes per all-reduce of the α–β fit, comma-separated")
+
+
+def frontier_cells() -> dict[str, frontier.Cell]:
+    """The frontier's cells at its defaults, by name."""
+    p = argparse.ArgumentParser()
+    frontier.add_args(p)
+    return {c.name: c for c in frontier.cells(p.parse_args([]))}
+
+
+def choose_cells(text: str) -> list[frontier.Cell]:
+    known = frontier_cells()
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in known]
+    if unknown:
+        raise ConfigError(f"--cells: no frontier cell {unknown[0]!r}; choose from {', '.join(known)}")
+    return [known[c] for c in dict.fromkeys(["DDP", *names])]
+
+
+def plan_rates(text: str) -> list[float | None]:
+    """None (unshaped) first, then each rate once, in the order given."""
+    return list(dict.fromkeys([None, *(netns.parse_rate(r) for r in text.split(",") if r.strip())]))
+
+
+def slug(rate: float | None) -> str:
+    return netns.rate_name(rate).replace(" ", "").replace("/", "")
+
+
+# ---- processes: the namespace, torchrun, and stopping them ------------------------------------
+
+def _stop_on_signals() -> None:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so the clean-up runs whole."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def stop(proc: subprocess.Popen, group: bool) -> None:
+    """Stop proc (and its process group, when it leads one): SIGTERM, then SIGKILL after STOP_S."""
+    if proc.poll() is not None:
+        return
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    try:
+        send(signal.SIGTERM)
+        proc.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_in_namespace(argv: list[str]) -> int:
+    """This command again, inside a new network namespace; its exit code (130 when interrupted)."""
+    _stop_on_signals()
+    proc = subprocess.Popen(netns.enter([sys.executable, "-m", MODULE, *argv]), env={**os.environ, netns.INSIDE: "1"})
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop(proc, group=False)
+        return 130
+
+
+def torchrun(nproc: int, module_argv: list[str], log: Path) -> None:
+    """torchrun --standalone of module_argv on nproc ranks, its output in log; stopped with its ranks
+    if this process is interrupted; RuntimeError naming the log when it fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_argv]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        try:
+            code = proc.wait()
+        finally:
+            stop(proc, group=True)
+    if code:
+        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"torchrun … {' '.join(module_argv[:2])} exited with {code} ({tail[0]}); its output: {log}")
+
+
+# ---- the measurements ------------------------------------------------------------------------
+
+def fit_link(args, rate, out: Path) -> dict:
+    """link_fit on this (shaped) loopback: α, the medium's rate, the rows."""
+    path = out / "fit" / f"{slug(rate)}.json"
+    torchrun(args.nproc, ["-m", "distid.experiments.communication.link_fit", "--out", str(path),
+                          "--sizes", args.fit_sizes], path.with_suffix(".log"))
+    return dict(json.loads(path.read_text()), rate=rate, rate_name=netns.rate_name(rate))
+
+
+def train_cell(args, cell: frontier.Cell, rate, out: Path, lo: netns.Loopback) -> dict:
+    """One training run of `cell` under torchrun on the loopback as shaped now; its summary and the
+    bytes the loopback carried."""
+    where = out / cell.slug / slug(rate)
+    sets = [x for o in [*args.overrides, *cell.overrides] for x in ("--set", o)]
+    before = lo.tx_bytes()
+    torchrun(args.nproc, ["-m", "distid.train", *(["--config", args.config] if args.config else []), *sets,
+                          "--out", str(where)], where / "torchrun.log")
+    sent = lo.tx_bytes() - before
+    return dict(summary=Summary.load(where / "summary.json"), interface_bytes=sent)
+
+
+def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Path) -> dict:
+    """Inside the namespace: the fits, then every cell at every rate; {"fits", "runs", "netem", "delay"}."""
+    lo = netns.Loopback()
+    lo.up()
+    netem = lo.has_netem()
+    applied = delay if netem else 0.0
+    if delay and not netem:
+        print(f"netem: this kernel has none, so no latency is added; the {1e3 * delay:g} ms enter the model only",
+              flush=True)
+    fits, runs = {}, {c.name: {} for c in cells}
+    try:
+        for rate in rates:
+            lo.shape(rate, applied)
+            fits[rate] = f = fit_link(args, rate, out)
+            print(f"link {netns.rate_name(rate):>10}: fitted {_rate(f['medium_bytes_per_s'])} through the "
+                  f"shared loopback, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
+        for cell in cells:
+            for rate in rates:
+                lo.shape(rate, applied)
+                runs[cell.name][rate] = r = train_cell(args, cell, rate, out, lo)
+                s = r["summary"]
+                print(f"{cell.name:<22} {netns.rate_name(rate):>10}: step {1e3 * (s.step_time_s or math.nan):8,.1f} ms, "
+                      f"test acc {s.test_accuracy:.4f}, {s.wall_time_s:6.1f} s in all", flush=True)
+    finally:
+        lo.clear()
+    return dict(fits=fits, runs=runs, netem=netem, delay=delay, applied=applied)
+
+
+# ---- the model and the table -----------------------------------------------------------------
+
+def _hit(curve: list, target: float):
+    """The first evaluation (steps done, training seconds, accuracy) at or above target, or None."""
+    return next((e for e in curve if e[2] >= target), None)
+
+
+def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int | None = None) -> float:
+    """Model seconds of the unshaped run `base` (a frontier.seed_record plus its curve and step time) on
+    the link of `fit`: per step (step None) or to the end of `step`; the unshaped link's time (fit0)
+    swapped for that link's, and `delay` one-way per message in a row where netem did not add it."""
+    def link(f, wire, calls):
+        return links.shared_medium_s(wire, calls, n, f["medium_bytes_per_s"], f["alpha_s"]) \
+            + (links.latency_hops(calls, n) * delay if f is fit else 0.0)
+    if step is None:
+        wire, calls, own = base["wire_bytes_per_step"], base["comm_calls_per_step"], base["step_time_s"]
+    else:
+        wire = frontier.cumulative_bytes(base, step) - base["wire_setup_bytes"]
+        calls = {op: c * step for op, c in base["comm_calls_per_step"].items()}
+        own = next(e[1] for e in base["eval_curve"] if e[0] == step)
+    return own + link(fit, wire, calls) - link(fit0, wire, calls)
+
+
+def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: list[float], n: int) -> dict:
+    """The table's rows from measure()'s runs: measured beside the model, per cell and rate."""
+    fits, runs = measured["fits"], measured["runs"]
+    model_delay = measured["delay"] - measured["applied"]
+    reference = runs["DDP"][None]["summary"].test_accuracy
+    targets = [dict(fraction=f, accuracy=f * reference) for f in fractions]
+    rows = []
+    for cell in cells:
+        s0 = runs[cell.name][None]["summary"]
+        base = dict(frontier.seed_record(s0, s0.config["train"]["seed"]), step_time_s=s0.step_time_s)
+        for rate in rates:
+            s, fit = runs[cell.name][rate]["summary"], fits[rate]
+            lag = model_delay if rate is not None else 0.0
+            reach = []
+            for t in targets:
+                got, want = _hit(s.eval_curve, t["accuracy"]), _hit(s0.eval_curve, t["accuracy"])
+                reach.append(dict(fraction=t["fraction"], step=got[0] if got else None, seconds=got[1] if got else None,
+                                  model_s=predict(base, fit, fits[None], n, lag, want[0]) if want else None))
+            rows.append(dict(cell=cell.name, family=cell.family, rate=rate, rate_name=netns.rate_name(rate),
+                             step_time_s=s.step_time_s, model_step_s=predict(base, fit, fits[None], n, lag),
+                             wire_bytes_per_step=s.wire_per_step, test_accuracy=s.test_accuracy, steps=s.steps,
+                             interface_bytes_per_step=runs[cell.name][rate]["interface_bytes"] / n / s.steps,
+                             to_target=reach))
+    return dict(reference_accuracy=reference, targets=targets, rows=rows,
+                fits=[fits[r] for r in rates])
+
+
+def _rate(bytes_per_s: float) -> str:
+    bits = 8 * bytes_per_s
+    return f"{bits / 1e9:,.2f} Gb/s" if bits >= 1e9 else f"{bits / 1e6:,.1f} Mb/s"
+
+
+def _s(t: float | None) -> str:
+    if t is None or math.isnan(t):
+        return "not reached"
+    return f"{1e3 * t:,.1f} ms" if t < 1 else f"{t:,.1f} s"
+
+
+def to_markdown(res: dict, meta: dict) -> str:
+    m = meta["machine"]
+    fr = [f"{t['fraction']:.0%}" for t in res["targets"]]
+    lat = ("netem added " + f"{1e3 * meta['delay']:g} ms one way") if meta["applied"] else \
+        ("No netem in this kernel: no latency added" + (f"; the {1e3 * meta['delay']:g} ms one way are in the model only"
+                                                         if meta["delay"] else ""))
+    lines = [f"# Time to accuracy on a shaped loopback — {meta['model']} on {meta['dataset']}, "
+             f"{meta['world_size']} ranks (gloo)\n",
+             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Topology: a shared medium — one loopback "
+             "shaped by tc's tbf, every rank's bytes through one queue. One seed; the config's evaluation schedule; "
+             f"targets {' and '.join(fr)} of unshaped DDP's test accuracy {res['reference_accuracy']:.4f}; "
+             f"times are training seconds (evaluations excluded). {lat}.\n",
+             f"## The link, fitted from the bench's all-reduce on {meta['world_size']} ranks\n",
+             "| link | medium's rate, fitted | α, fitted | largest error of the fit |", "|---|---:|---:|---:|"]
+    for f in res["fits"]:
+        lines.append(f"| {f['rate_name']} | {_rate(f['medium_bytes_per_s'])} | "
+                     f"{1e6 * f['alpha_s']:,.0f} µs | {f['max_rel_error']:.0%} |")
+    lines += ["", "## Each cell on each link: measured, and the model's prediction\n",
+              "Model: the cell's unshaped step, its link time n·wire/B + α per message in a row swapped for the "
+              "shaped link's (B, α fitted above). Interface: bytes the loopback carried per rank per step over the "
+              "whole run (set-up, evaluations, rendezvous).\n",
+              "| cell | link | step, measured | step, model | " + " | ".join(f"to {f}, measured | model" for f in fr)
+              + " | wire B/step | interface B/step |",
+              "|---|---|---:|---:|" + "---:|---:|" * len(fr) + "---:|---:|"]
+    for r in res["rows"]:
+        reach = " | ".join(f"{_s(t['seconds'])} | {_s(t['model_s'])}" for t in r["to_target"])
+        lines.append(f"| {r['cell']} | {r['rate_name']} | {_s(r['step_time_s'])} | {_s(r['model_step_s'])} | {reach} | "
+                     f"{r['wire_bytes_per_step']:,.0f} | {r['interface_bytes_per_step']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> bool:
+    """shaped.png: time to the first target against the link's fitted rate, per cell: measured points,
+    the model's curve over them; False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fits = {f["rate"]: f for f in res["fits"]}
+    i = 0
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colors = plt.get_cmap("tab10")
+    for k, cell in enumerate(dict.fromkeys(r["cell"] for r in res["rows"])):
+        pts = [r for r in res["rows"] if r["cell"] == cell and r["to_target"][i]["seconds"] is not None]
+        xs = [8e-6 * fits[r["rate"]]["medium_bytes_per_s"] for r in pts]
+        ax.plot(xs, [r["to_target"][i]["seconds"] for r in pts], "o", color=colors(k % 10), label=f"{cell}, measured")
+        ax.plot(xs, [r["to_target"][i]["model_s"] for r in pts], "--", color=colors(k % 10), lw=1,
+                label=f"{cell}, model")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("link: the shared loopback's rate, fitted (Mb/s, log; the right-most point: unshaped)")
+    ax.set_ylabel(f"training seconds to {res['targets'][i]['fraction']:.0%} of DDP's accuracy (log)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Time to accuracy on a shaped loopback (shared medium): measured points, the model's lines")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+def body(args, cfg, argv: list[str]) -> int:
+    rates, cells = plan_rates(args.rates), choose_cells(args.cells)
+    delay = netns.parse_delay(args.delay)
+    if args.nproc < 2:
+        raise ConfigError("--nproc: one rank sends nothing; use 2 or more")
+    if cfg.train.eval_every < 1:
+        raise ConfigError("time to accuracy needs accuracy curves: set train.eval_every >= 1")
+    out = Path(args.out or timestamped_dir("shaped"))
+    if not netns.inside():
+        netns.check_namespace()
+        return run_in_namespace([*argv, "--out", str(out)])
+    _stop_on_signals()
+    try:
+        measured = measure(args, cells, rates, delay, out)
+    except KeyboardInterrupt:
+        print("interrupted: the runs are stopped; the namespace goes with this process", file=sys.stderr, flush=True)
+        return 130
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    res = results(measured, cells, rates, args.targets, args.nproc)
+    meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=args.nproc, machine=runtime.machine(),
+                topology="shared medium: one loopback shaped by tc tbf, every rank's bytes through one queue",
+                netem=measured["netem"], delay=delay, applied=measured["applied"], config=args.config,
+                overrides=args.overrides)
+    (out / "shaped.json").write_text(json.dumps(dict(meta=meta, **res), indent=2))
+    md = to_markdown(res, meta)
+    (out / "shaped.md").write_text(md)
+    drew = plot(res, out / "shaped.png")
+    print("\n" + md + f"\nwrote {out}/shaped.json, shaped.md" + (", shaped.png" if drew else " (no matplotlib: no chart)"))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.main(argv, f"python -m {MODULE}", __doc__, lambda args, cfg: body(args, cfg, argv), add_args,
+                    join=False, out="runs/shaped-<YYYYmmdd-HHMMSS>")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
