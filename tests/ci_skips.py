@@ -1,12 +1,15 @@
 """A pytest plugin: under CI (the CI environment variable set, as CI runs `.ci/run`), a skipped
 test fails the session unless its reason is a documented gate — no CUDA GPU (or one that keeps
-PowerSGD off CPU tensors), or the opt-in fetches from npm and apt (README). A suite whose data
+PowerSGD off CPU tensors), the opt-in fetches from npm and apt, a machine that refuses a private
+network namespace (not root, and ordinary users may not make user namespaces) or a kernel without
+netem (README). A missing `tc`, `ip` or `unshare` is no gate: install iproute2 and util-linux. A suite whose data
 went missing cannot go green by skipping."""
 
 import os
 
 GATES = ("needs a CUDA GPU", "set DISTID_TEST_NPM=1", "set DISTID_TEST_APT=1",
-         "cannot run on a machine with a CUDA GPU")  # the last: PowerSGD on CPU tensors beside a GPU
+         "cannot run on a machine with a CUDA GPU",  # PowerSGD on CPU tensors beside a GPU
+         "needs a private network namespace", "needs netem")  # the shaped loopback (tests/test_shaped.py)
 SKIPPED: list[str] = []  # "test id: reason" of this session's other skips
 
 

@@ -298,6 +298,9 @@ def add_args(p) -> None:
                    default=[(4000, 32, 128)], help="re-drawn subspaces with local steps: d:H:K,...")
     p.add_argument("--links-workers", type=lambda t: _floats(t, int), default=[4, 64],
                    help="worker counts of the time-to-accuracy model on named links (experiments/communication/links.py)")
+    p.add_argument("--shaped", default=None, metavar="JSON",
+                   help="shaped.json of `python -m distid.experiments.communication.shaped`: its measured times "
+                        "to accuracy beside the link model's")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
     for method, lr in METHOD_LR.items():
@@ -318,6 +321,17 @@ def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
     return rows, add_targets(rows, args.targets)
 
 
+def load_shaped(path: str | None) -> dict | None:
+    """shaped.json (experiments/communication/shaped.py) at `path`, or None without one; ConfigError if unreadable."""
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--shaped {path}: cannot read it ({e}); write it with "
+                          "python -m distid.experiments.communication.shaped --out DIR (DIR/shaped.json)") from None
+
+
 def main_body(args, cfg) -> None:
     if cfg.train.eval_every < 1:
         raise ConfigError("the frontier needs accuracy curves: set train.eval_every >= 1")
@@ -325,6 +339,7 @@ def main_body(args, cfg) -> None:
     if n < 2:
         raise ConfigError("one rank sends nothing; run the frontier under torchrun with 2 or more processes")
     out = Path(args.out or timestamped_dir("frontier"))
+    shaped = load_shaped(args.shaped)
     rows, targets = frontier(args, cfg, out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -336,10 +351,11 @@ def main_body(args, cfg) -> None:
                     field=dict(demo_lr=args.lr_demo, sparse_outer_lr=args.sparse_outer_lr,
                                streaming_delay=args.streaming_delay))
         (out / "frontier.json").write_text(json.dumps(dict(meta=meta, targets=targets, cells=rows), indent=2))
-        md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers)
+        md = to_markdown(rows, targets, meta) + "\n" + links.to_markdown(rows, targets, n, args.links_workers) \
+            + (links.measured_markdown(rows, targets, n, shaped) if shaped else "")
         (out / "frontier.md").write_text(md)
         drew = plot(rows, out / "frontier.png", FAMILIES, targets)
-        drew = links.plot(rows, targets, n, args.links_workers, out / "links.png", FAMILIES) and drew
+        drew = links.plot(rows, targets, n, args.links_workers, out / "links.png", FAMILIES, shaped) and drew
         print(md + f"\nwrote {out}/frontier.json, frontier.md"
               + (", frontier.png, links.png" if drew else " (matplotlib missing: no frontier.png, links.png)")
               + "; each run's own output: <cell>/seed<k>/train.log")

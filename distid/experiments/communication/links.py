@@ -141,8 +141,41 @@ def to_markdown(rows: list[dict], targets: list[dict], measured_n: int, workers:
     return "\n".join(lines) + "\n"
 
 
+def shaped_points(shaped: dict, fraction: float) -> list[dict]:
+    """The shaped loopback's rows (shaped.py's shaped.json) at a rate, with their measured and
+    modelled seconds to the target nearest `fraction`."""
+    i = _target(shaped["targets"], fraction)
+    return [dict(r, measured_s=r["to_target"][i]["seconds"], medium_model_s=r["to_target"][i]["model_s"])
+            for r in shaped["rows"] if r["rate"] is not None]
+
+
+def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, shaped: dict) -> str:
+    """The shaped loopback's measured times to 90 % of DDP's accuracy beside two models: the shared
+    medium's (B and α fitted on that loopback) and this page's per-rank model on a link of the same
+    fitted B and α, at the shaped run's world size."""
+    i, meta = _target(targets), shaped["meta"]
+    by_cell = {r["cell"]: r for r in rows if "refused" not in r}
+    fits = {f["rate"]: f for f in shaped["fits"]}
+    n = meta["world_size"]
+    lines = [f"\n### Measured on a shaped loopback, beside the model\n",
+             f"`python -m distid.experiments.communication.shaped`: {n} ranks on one machine ({meta['machine']['cpu']}, "
+             f"{meta['machine']['cores']} cores), its loopback shaped by tc — a shared medium, every rank's bytes "
+             "through one queue; one seed; training seconds to "
+             f"{targets[i]['fraction']:.0%} of that run's unshaped DDP accuracy. The shared medium's model: the "
+             "cell's unshaped step with its link time swapped (n·wire/B + α per message in a row). The per-rank "
+             "model: the table above's, with β and α as fitted on the loopback — one link per worker.\n",
+             "| cell | link | measured | shared medium, model | per-rank links, model |", "|---|---|---:|---:|---:|"]
+    for p in shaped_points(shaped, targets[i]["fraction"]):
+        f, row = fits[p["rate"]], by_cell.get(p["cell"])
+        link = Link(p["rate_name"], 8 * f["medium_bytes_per_s"], f["alpha_s"], "fitted on the shaped loopback")
+        per_rank = time_to(row, i, measured_n, n, link) if row and row["to_target"][i] else None
+        lines.append(f"| {p['cell']} | {p['rate_name']} | {_fmt(p['measured_s'])} | {_fmt(p['medium_model_s'])} | "
+                     f"{_fmt(per_rank) if row else 'not in this frontier'} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[int], path: Path,
-         families: tuple) -> bool:
+         families: tuple, shaped: dict | None = None) -> bool:
     """links.png: model time to 90 % of DDP's accuracy against link bandwidth, one panel per worker
     count, one line per cell (colour: family); False without matplotlib."""
     plt = pyplot()
@@ -161,6 +194,12 @@ def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[i
                     label=r["family"] if r is next(q for q in ok if q["family"] == r["family"]) else None)
             ax.annotate(r["cell"], (xs[0], ys[0]), textcoords="offset points", xytext=(-4, 0), ha="right",
                         va="center", fontsize=7, color=colors(f % 10))
+        if shaped and shaped["meta"]["world_size"] == n:
+            for j, p in enumerate(q for q in shaped_points(shaped, targets[i]["fraction"]) if q["measured_s"]):
+                fam = next((r["family"] for r in ok if r["cell"] == p["cell"]), None)
+                f = families.index(fam) if fam in families else 0
+                ax.plot([p["rate"]], [p["measured_s"]], "*", ms=12, color=colors(f % 10), mec="black", mew=0.8,
+                        label="measured, one machine's shaped loopback (shared medium)" if j == 0 else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(xs, [k.name.replace(" ", "\n", 1) for k in LINKS], fontsize=8)
