@@ -25,6 +25,7 @@ from distid.experiments import docs
 from distid.config import load_config
 from distid.models import build_model
 from procs import REPO, run, user_env
+from test_shaped import namespace_refused
 
 DOCS = Path(REPO) / "docs"
 LESSONS = sorted(DOCS.glob("lesson[0-9]*_*.md"))
@@ -45,12 +46,18 @@ TINY = {
                                     "--diloco-lora-ranks", "1", "--diloco-lora-h", "7", "--demo-topk", "4",
                                     "--sparse-density", "3", "--sparse-h", "7", "--streaming-fragments", "1",
                                     "--streaming-h", "7", "--redraw-dims", "1000", "--redraw-k", "5,7",
-                                    "--redraw-local", "250:7:7"],  # every family, one cell each
+                                    "--redraw-local", "250:7:7",  # every family, one cell each
+                                    "--shaped", str(Path(REPO) / "tests" / "shaped_tiny.json")],  # a tiny shaped run's
+    # output (the shaped command's TINY arguments, 2 ranks): the measured points beside the link model
+    "distid.experiments.communication.shaped": ["--nproc", "2", "--rates", "100mbit", "--fit-sizes", "16384",
+                                                "--set", "train.steps=14", "--set", "train.eval_every=7"],
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }
 NEEDS_GPU = {"distid.experiments.bench.gpt2"}
+NEEDS_NAMESPACE = {"distid.experiments.communication.shaped"}  # a shaped loopback in a namespace of its own
 TAKES_CONFIG = {"distid.train", "distid.experiments.methods.compare", "distid.experiments.intrinsic.sweep",
-                "distid.experiments.methods.convergence", "distid.probe", "distid.experiments.communication.frontier"}  # --set data.root, --out
+                "distid.experiments.methods.convergence", "distid.probe", "distid.experiments.communication.frontier",
+                "distid.experiments.communication.shaped"}  # --set data.root, --out
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
@@ -187,6 +194,8 @@ def prepared(command: str, tmp: Path) -> list[str] | str:
     module, config = module_and_config(command)
     if module in NEEDS_GPU and not torch.cuda.is_available():
         return "needs a CUDA GPU"
+    if module in NEEDS_NAMESPACE and (refused := namespace_refused()):
+        return refused
     if config:
         cfg = load_config(str(Path(REPO) / config))
         if not have_dataset(cfg.data.dataset):

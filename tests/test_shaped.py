@@ -8,7 +8,6 @@ refuses one (not root, and ordinary users may not make user namespaces) or its k
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -100,12 +99,12 @@ def test_the_loopback_here_is_never_shaped():
             netns.Loopback().up()
 
 
-def test_the_shared_medium_carries_every_ranks_bytes():
+def test_a_shared_medium_gives_each_rank_a_share_of_its_rate():
     s, b, a = 796_840, 12.5e6, 1e-4
     wire = 2 * 3 / 4 * s  # a ring all-reduce of S on 4 ranks: what one rank sends
-    assert links.shared_medium_s(wire, {"all_reduce": 1}, 4, b, a) == pytest.approx(6 * s / b + 6 * a)
-    assert links.shared_medium_s(wire, {"all_reduce": 1}, 4, b, 0) == pytest.approx(
-        4 * links.allreduce_s(s, 4, links.Link("x", 8 * b, 0, "")))  # N times the per-rank model
+    link = links.Link("x", 8 * b, a, "")
+    assert links.link_s(wire, {"all_reduce": 1}, 4, b, a) == pytest.approx(links.allreduce_s(s, 4, link))
+    assert links.link_s(wire, {"all_reduce": 1}, 4, b / 4, a) == pytest.approx(6 * s / b + 6 * a)  # one queue
     assert links.latency_hops({"all_gather": 2, "broadcast": 1}, 4) == 9
 
 
@@ -145,35 +144,40 @@ def shaped_cmd(out, *extra) -> list[str]:
 
 @needs_namespace
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
-def test_a_shaped_step_is_no_faster_than_its_bytes_through_the_shared_medium(tmp_path):
+@pytest.mark.parametrize("topology,queues", [("shared", 1), ("per-node", 2)])
+def test_a_shaped_step_is_no_faster_than_its_bytes_allow(tmp_path, topology, queues):
+    """At 40 Mb/s a DDP step of the MLP on 2 ranks moves S = 796,840 B from each rank: through one
+    queue (shared) both ranks' bytes, 2·S; through a link per rank (per-node) S each, side by side."""
     rate = 40e6
-    got = run(shaped_cmd(tmp_path, "--rates", "40mbit", "--set", "train.steps=16", "--set", "train.eval_every=8"), 240)
+    got = run(shaped_cmd(tmp_path, "--rates", "40mbit", "--topology", topology, "--set", "train.steps=16",
+                         "--set", "train.eval_every=8"), 240)
     assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
     res = json.loads((tmp_path / "shaped.json").read_text())
-    assert [r["rate"] for r in res["rows"]] == [None, rate]
+    assert res["meta"]["topology"] == topology and [r["rate"] for r in res["rows"]] == [None, rate]
     slow = res["rows"][1]
     assert slow["wire_bytes_per_step"] == 796_840  # 2 ranks: a rank sends S
-    assert slow["step_time_s"] >= 2 * slow["wire_bytes_per_step"] / (rate / 8)  # both ranks' bytes, one queue
+    # tbf keeps its rate to about 1 % (a plain socket measured 101 Mbit/s at rate 100mbit): 3 % allowed
+    assert slow["step_time_s"] >= 0.97 * 2 / queues * slow["wire_bytes_per_step"] / (rate / 8)
     assert slow["interface_bytes_per_step"] >= slow["wire_bytes_per_step"]
     assert {"shaped.md", "shaped.png"} <= {p.name for p in tmp_path.iterdir()}
-    assert host_state()["qdisc"] == subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True,
-                                                   text=True).stdout and "tbf" not in host_state()["qdisc"]
 
 
 @needs_namespace
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
-def test_ctrl_c_leaves_no_process_namespace_interface_or_qdisc(tmp_path):
+@pytest.mark.parametrize("topology", ["shared", "per-node"])
+def test_ctrl_c_leaves_no_process_namespace_interface_or_qdisc(tmp_path, topology):
     before = host_state()
-    proc = start(shaped_cmd(tmp_path, "--rates", "10mbit", "--fit-sizes", "16384", "--set", "train.steps=400"))
+    proc = start(shaped_cmd(tmp_path, "--rates", "10mbit", "--topology", topology, "--fit-sizes", "16384",
+                            "--set", "train.steps=400"))
     slow = tmp_path / "DDP" / "10Mbs" / "torchrun.log"
     deadline = time.monotonic() + 180
     while not (slow.exists() and "every" in slow.read_text()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # until the run on the shaped link is training
     assert proc.poll() is None, proc.communicate()
-    os.kill(proc.pid, signal.SIGINT)  # the driver only, as a user's Ctrl-C reaches it first
+    os.kill(proc.pid, signal.SIGINT)  # the driver only: the rest must follow
     got = finish(proc, 90)
     assert got.returncode == 130, got.stderr[-3000:]
     time.sleep(1)
-    left = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    left = subprocess.run(["pgrep", "-af", f"{tmp_path}|sleep infinity"], capture_output=True, text=True).stdout.strip()
     assert left == "", f"processes left behind:\n{left}"
-    assert host_state() == before
+    assert host_state() == before  # no named namespace, no interface (veth, bridge), the loopback's qdisc as it was

@@ -298,9 +298,9 @@ def add_args(p) -> None:
                    default=[(4000, 32, 128)], help="re-drawn subspaces with local steps: d:H:K,...")
     p.add_argument("--links-workers", type=lambda t: _floats(t, int), default=[4, 64],
                    help="worker counts of the time-to-accuracy model on named links (experiments/communication/links.py)")
-    p.add_argument("--shaped", default=None, metavar="JSON",
-                   help="shaped.json of `python -m distid.experiments.communication.shaped`: its measured times "
-                        "to accuracy beside the link model's")
+    p.add_argument("--shaped", default="", metavar="JSON[,JSON]",
+                   help="shaped.json files of `python -m distid.experiments.communication.shaped` (one per network), "
+                        "comma-separated: their measured times to accuracy beside the link model's")
     p.add_argument("--targets", type=_floats, default=[0.95, 0.90],
                    help="target accuracies as fractions of full DDP's (default 0.95,0.90)")
     for method, lr in METHOD_LR.items():
@@ -321,15 +321,17 @@ def frontier(args, cfg, out: Path) -> tuple[list[dict], list[dict]]:
     return rows, add_targets(rows, args.targets)
 
 
-def load_shaped(path: str | None) -> dict | None:
-    """shaped.json (experiments/communication/shaped.py) at `path`, or None without one; ConfigError if unreadable."""
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--shaped {path}: cannot read it ({e}); write it with "
-                          "python -m distid.experiments.communication.shaped --out DIR (DIR/shaped.json)") from None
+def load_shaped(paths: str) -> list[dict]:
+    """The shaped.json files (experiments/communication/shaped.py) named in `paths`, comma-separated;
+    ConfigError naming one that cannot be read."""
+    out = []
+    for path in (p.strip() for p in paths.split(",") if p.strip()):
+        try:
+            out.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--shaped {path}: cannot read it ({e}); write it with python -m "
+                              "distid.experiments.communication.shaped --out DIR (DIR/shaped.json)") from None
+    return out
 
 
 def main_body(args, cfg) -> None:

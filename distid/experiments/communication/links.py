@@ -72,12 +72,13 @@ def latency_hops(calls: dict, n: int) -> float:
     return sum(c * (2 * (n - 1) if op == "all_reduce" else n - 1) for op, c in calls.items())
 
 
-def shared_medium_s(wire_bytes: float, calls: dict, n: int, medium_bytes_per_s: float, alpha_s: float) -> float:
-    """Seconds a shared medium takes to carry `wire_bytes` sent by each of n ranks in `calls`
-    collectives: every rank's bytes cross one queue of medium_bytes_per_s (one shaped loopback, a hub),
-    so n·wire/B, plus α per message in a row (`latency_hops`). A ring all-reduce of S: 2(N−1)·S/B, N
-    times the per-rank model's 2(N−1)/N·S/B."""
-    return n * wire_bytes / medium_bytes_per_s + latency_hops(calls, n) * alpha_s
+def link_s(wire_bytes: float, calls: dict, n: int, bytes_per_s: float, alpha_s: float) -> float:
+    """Seconds a rank takes to send `wire_bytes` in `calls` collectives over a link of its own of
+    bytes_per_s: wire/β + α per message in a row (`latency_hops`); the ring all-reduce's
+    2(N−1)·α + 2(N−1)/N·S/β. On a shared medium of B bytes/s — every rank's bytes through one queue
+    (one shaped loopback, a hub) — a rank's share is B/n: a ring all-reduce of S on 4 ranks takes
+    6·S/B, 4 times what a link of B per worker would."""
+    return wire_bytes / bytes_per_s + latency_hops(calls, n) * alpha_s
 
 
 def time_to(row: dict, target: int, measured_n: int, n: int, link: Link) -> float | None:
@@ -149,33 +150,42 @@ def shaped_points(shaped: dict, fraction: float) -> list[dict]:
             for r in shaped["rows"] if r["rate"] is not None]
 
 
-def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, shaped: dict) -> str:
-    """The shaped loopback's measured times to 90 % of DDP's accuracy beside two models: the shared
-    medium's (B and α fitted on that loopback) and this page's per-rank model on a link of the same
-    fitted B and α, at the shaped run's world size."""
-    i, meta = _target(targets), shaped["meta"]
+NETWORKS = {"shared": "one loopback (shared)", "per-node": "a link per rank"}
+
+
+def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, shaped: list[dict]) -> str:
+    """The shaped runs' measured times to 90 % of DDP's accuracy (shaped.py's shaped.json, one per
+    network) beside two models: the shaped run's own (its unshaped step, the link time swapped, α and
+    a rank's rate fitted on the shaped network) and this page's per-rank model on a link of the
+    network's fitted rate and α, at the shaped run's world size."""
+    i = _target(targets)
     by_cell = {r["cell"]: r for r in rows if "refused" not in r}
-    fits = {f["rate"]: f for f in shaped["fits"]}
-    n = meta["world_size"]
-    lines = [f"\n### Measured on a shaped loopback, beside the model\n",
-             f"`python -m distid.experiments.communication.shaped`: {n} ranks on one machine ({meta['machine']['cpu']}, "
-             f"{meta['machine']['cores']} cores), its loopback shaped by tc — a shared medium, every rank's bytes "
-             "through one queue; one seed; training seconds to "
-             f"{targets[i]['fraction']:.0%} of that run's unshaped DDP accuracy. The shared medium's model: the "
-             "cell's unshaped step with its link time swapped (n·wire/B + α per message in a row). The per-rank "
-             "model: the table above's, with β and α as fitted on the loopback — one link per worker.\n",
-             "| cell | link | measured | shared medium, model | per-rank links, model |", "|---|---|---:|---:|---:|"]
-    for p in shaped_points(shaped, targets[i]["fraction"]):
-        f, row = fits[p["rate"]], by_cell.get(p["cell"])
-        link = Link(p["rate_name"], 8 * f["medium_bytes_per_s"], f["alpha_s"], "fitted on the shaped loopback")
-        per_rank = time_to(row, i, measured_n, n, link) if row and row["to_target"][i] else None
-        lines.append(f"| {p['cell']} | {p['rate_name']} | {_fmt(p['measured_s'])} | {_fmt(p['medium_model_s'])} | "
-                     f"{_fmt(per_rank) if row else 'not in this frontier'} |")
+    m = shaped[0]["meta"]["machine"]
+    lines = ["\n### Measured on a shaped network, beside the model\n",
+             f"`python -m distid.experiments.communication.shaped` on one machine ({m['cpu']}, {m['cores']} cores): "
+             "its ranks in private network namespaces, the links shaped by tc's tbf — either every rank on one "
+             "loopback (a shared medium: every rank's bytes through one queue, a rank's share of the rate 1/N) or a "
+             "namespace per rank behind its own shaped link (what this page's model assumes); one seed; training "
+             f"seconds to {targets[i]['fraction']:.0%} of that run's unshaped DDP accuracy. Its model: the cell's "
+             "unshaped step with the link time swapped for the shaped network's, α and a rank's rate fitted on it. "
+             "This page's: the table above's, on a link per worker of the network's fitted rate and α.\n",
+             "| cell | network | link | measured | its model | this page's model |", "|---|---|---|---:|---:|---:|"]
+    for one in shaped:
+        meta, fits = one["meta"], {f["rate"]: f for f in one["fits"]}
+        net = meta.get("topology", "shared")
+        for p in shaped_points(one, targets[i]["fraction"]):
+            f, row = fits[p["rate"]], by_cell.get(p["cell"])
+            rate = f["medium_bytes_per_s"] if net == "shared" else f["rank_bytes_per_s"]
+            link = Link(p["rate_name"], 8 * rate, f["alpha_s"], "fitted on the shaped network")
+            page = time_to(row, i, measured_n, meta["world_size"], link) if row and row["to_target"][i] else None
+            lines.append(f"| {p['cell']} | {NETWORKS[net]}, N={meta['world_size']} | {p['rate_name']} | "
+                         f"{_fmt(p['measured_s'])} | {_fmt(p['model_s'])} | "
+                         f"{_fmt(page) if row else 'not in this frontier'} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[int], path: Path,
-         families: tuple, shaped: dict | None = None) -> bool:
+         families: tuple, shaped: list[dict] | None = None) -> bool:
     """links.png: model time to 90 % of DDP's accuracy against link bandwidth, one panel per worker
     count, one line per cell (colour: family); False without matplotlib."""
     plt = pyplot()
@@ -194,12 +204,13 @@ def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[i
                     label=r["family"] if r is next(q for q in ok if q["family"] == r["family"]) else None)
             ax.annotate(r["cell"], (xs[0], ys[0]), textcoords="offset points", xytext=(-4, 0), ha="right",
                         va="center", fontsize=7, color=colors(f % 10))
-        if shaped and shaped["meta"]["world_size"] == n:
-            for j, p in enumerate(q for q in shaped_points(shaped, targets[i]["fraction"]) if q["measured_s"]):
+        for one in (x for x in shaped or [] if x["meta"]["world_size"] == n):
+            net = one["meta"].get("topology", "shared")
+            for j, p in enumerate(q for q in shaped_points(one, targets[i]["fraction"]) if q["measured_s"]):
                 fam = next((r["family"] for r in ok if r["cell"] == p["cell"]), None)
                 f = families.index(fam) if fam in families else 0
-                ax.plot([p["rate"]], [p["measured_s"]], "*", ms=12, color=colors(f % 10), mec="black", mew=0.8,
-                        label="measured, one machine's shaped loopback (shared medium)" if j == 0 else None)
+                ax.plot([p["rate"]], [p["measured_s"]], "*" if net == "shared" else "P", ms=12, color=colors(f % 10),
+                        mec="black", mew=0.8, label=f"measured on a shaped network: {NETWORKS[net]}" if j == 0 else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(xs, [k.name.replace(" ", "\n", 1) for k in LINKS], fontsize=8)

@@ -1,15 +1,19 @@
-"""A slow network on one machine: a private network namespace whose loopback is shaped by `tc`.
+"""A slow network on one machine: private network namespaces whose links are shaped by `tc`.
 
-    argv = enter(["python", "-m", "...", ...])   # the command, run inside a namespace of its own
-    lo = Loopback(); lo.up()                      # inside it: its loopback starts down
-    lo.shape(100e6)                               # token bucket (tbf) at 100 Mbit/s; lo.shape(None): as fast as it goes
-    lo.tx_bytes()                                 # bytes the namespace's loopback has sent
+    argv = enter(["python", "-m", "...", ...])    # the command, run inside a namespace of its own
+    with SharedLoopback(4) as net:                 # inside it: the ranks' network (or Nodes(4))
+        net.shape(100e6)                           # tc's token bucket (tbf) at 100 Mbit/s; None: unshaped
+        for argv, env in net.commands(["-m", "distid.train", ...]): ...   # torchrun(s) to start
+        net.tx_bytes()                             # bytes its interfaces have sent
 
 `enter` prefixes `unshare -n` (root) or `unshare -rn` (anyone, where the kernel lets an ordinary
 user make user namespaces). The namespace has no name and holds nothing but the processes started
-in it: when the last of them exits, it goes, its loopback and qdisc with it, whatever ended them.
-Nothing on the host's own interfaces is touched. Every rank's traffic crosses the one shaped
-loopback: a shared medium (experiments/communication/links.py, `shared_medium_s`).
+in it: when the last of them exits, it goes, with every interface and qdisc in it, whatever ended
+them. Nothing on the host's own interfaces is touched: the classes here refuse to run outside it.
+
+Two networks: `SharedLoopback` — every rank on the namespace's loopback, one queue for all their
+bytes (a shared medium, like a hub); `Nodes` — a namespace per rank, each behind its own veth pair
+to a bridge (one link per worker, like a switch), both ends shaped.
 
 tc's `tbf` limits the rate; added latency needs `netem` (`tc qdisc … netem delay`), a module some
 kernels lack: `has_netem()` says, and without it latency stays in the model.
@@ -21,9 +25,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
-
-import psutil
 
 from distid.config import ConfigError
 
@@ -120,51 +124,191 @@ def inside() -> bool:
     return os.environ.get(INSIDE) == "1"
 
 
-def _tc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(["tc", *args], capture_output=True, text=True)
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, capture_output=True, text=True)
     if check and out.returncode:
-        raise RuntimeError(f"tc {' '.join(args)}: {out.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(argv)}: {out.stderr.strip()}")
     return out
 
 
-class Loopback:
-    """The loopback of the namespace this process is in (only ever one made by `enter`)."""
+def tx_bytes(dev: str, pid: int | str = "self") -> int:
+    """Bytes `dev` has sent, in the network namespace of process `pid` (/proc/PID/net/dev is that
+    process's namespace's; /sys/class/net is the namespace's that mounted it: the host's)."""
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, _, fields = line.partition(":")
+        if name.strip() == dev:
+            return int(fields.split()[8])
+    raise RuntimeError(f"no interface {dev} in the network namespace of process {pid}")
 
-    dev = "lo"
 
-    def up(self) -> None:
-        if not inside():
-            raise RuntimeError("Loopback shapes only a namespace made by netns.enter; refusing to touch this one")
-        subprocess.run(["ip", "link", "set", self.dev, "up"], check=True, capture_output=True)
+class Device:
+    """One interface's root qdisc, in this namespace or, through nsenter, in process `pid`'s."""
+
+    def __init__(self, dev: str, pid: int | None = None):
+        self.dev, self.pid = dev, pid
+
+    def cmd(self, *argv: str) -> list[str]:
+        return [*(["nsenter", "-t", str(self.pid), "-n", "--"] if self.pid else []), *argv]
+
+    def tc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run(self.cmd("tc", *args), check)
 
     def clear(self) -> None:
-        """No qdisc of ours: the loopback as fast as the machine moves bytes."""
-        _tc("qdisc", "del", "dev", self.dev, "root", check=False)
+        """No qdisc of ours: the interface as fast as the machine moves bytes."""
+        self.tc("qdisc", "del", "dev", self.dev, "root", check=False)
 
     def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
         """tbf at bits_per_s (burst ≥ 256 KiB and 4 ms of the rate; queue ≤ 50 ms), behind netem's delay
-        when delay_s > 0 (needs netem); None: cleared."""
+        when delay_s > 0 (needs netem); None and no delay: cleared."""
         self.clear()
         if delay_s > 0:
-            _tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us")
+            self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us")
         if bits_per_s is None:
             return
         burst = max(256 * 1024, int(bits_per_s / 8 * 4e-3))
         where = ["parent", "1:"] if delay_s > 0 else ["root"]
-        _tc("qdisc", "add", "dev", self.dev, *where, "handle", "2:", "tbf", "rate", f"{bits_per_s:.0f}bit",
-            "burst", str(burst), "latency", "50ms")
+        self.tc("qdisc", "add", "dev", self.dev, *where, "handle", "2:", "tbf", "rate", f"{bits_per_s:.0f}bit",
+                "burst", str(burst), "latency", "50ms")
 
     def has_netem(self) -> bool:
-        """Whether this kernel offers netem (tried on this loopback, then removed)."""
+        """Whether this kernel offers netem (tried on this interface, then removed)."""
         self.clear()
-        ok = _tc("qdisc", "add", "dev", self.dev, "root", "netem", "delay", "1ms", check=False).returncode == 0
+        ok = self.tc("qdisc", "add", "dev", self.dev, "root", "netem", "delay", "1ms", check=False).returncode == 0
         self.clear()
         return ok
 
     def qdisc(self) -> str:
-        return _tc("qdisc", "show", "dev", self.dev).stdout.strip()
+        return self.tc("qdisc", "show", "dev", self.dev).stdout.strip()
 
     def tx_bytes(self) -> int:
-        """Bytes sent on this namespace's loopback (/proc/net/dev is the reading process's namespace's;
-        /sys/class/net is the namespace's that mounted it, the host's)."""
-        return psutil.net_io_counters(pernic=True)[self.dev].bytes_sent
+        return tx_bytes(self.dev, self.pid or "self")
+
+
+def _refuse_outside() -> None:
+    if not inside():
+        raise RuntimeError("distid shapes only a namespace made by netns.enter; refusing to touch this one")
+
+
+class Loopback(Device):
+    """The loopback of the namespace this process is in (only ever one made by `enter`)."""
+
+    def __init__(self):
+        super().__init__("lo")
+
+    def up(self) -> None:
+        _refuse_outside()
+        _run(["ip", "link", "set", "lo", "up"])
+
+
+def torchrun(argv: list[str], nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+
+
+class SharedLoopback:
+    """Every rank on this namespace's loopback: one queue for all their bytes (a shared medium, a hub)."""
+
+    topology = "shared"
+    words = "a shared medium — one loopback shaped by tc's tbf, every rank's bytes through one queue"
+
+    def __init__(self, n: int):
+        self.n, self.lo = n, Loopback()
+
+    def __enter__(self):
+        self.lo.up()
+        return self
+
+    def __exit__(self, *exc):
+        self.lo.clear()
+
+    def has_netem(self) -> bool:
+        return self.lo.has_netem()
+
+    def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
+        self.lo.shape(bits_per_s, delay_s)
+
+    def commands(self, module_argv: list[str]) -> list[tuple[list[str], dict]]:
+        """(argv, environment additions) of the processes that run module_argv on n ranks."""
+        return [(torchrun(module_argv, self.n), {})]
+
+    def tx_bytes(self) -> int:
+        return self.lo.tx_bytes()
+
+
+class Nodes:
+    """n nodes of one rank each: a namespace per node (a child `unshare -n sleep`), each behind its own
+    veth pair to a bridge in this namespace — one link per worker, as through a switch. Each node's
+    uplink and downlink are shaped at the rate. The nodes' namespaces go with their sleeping
+    processes (`__exit__`, or this process's end); the bridge with this namespace."""
+
+    topology = "per-node"
+    words = "one link per worker — a namespace per rank, each behind its own veth shaped by tc's tbf (both ways), joined by a bridge"
+    BRIDGE, SUBNET, PORT = "distid-br", "10.77.0", 29400
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def node(self, i: int) -> str:
+        return f"distid-n{i}"
+
+    def addr(self, i: int) -> str:
+        return f"{self.SUBNET}.{i + 1}"
+
+    def __enter__(self):
+        _refuse_outside()
+        _run(["ip", "link", "set", "lo", "up"])
+        own = os.readlink("/proc/self/ns/net")
+        try:
+            for i in range(self.n):
+                proc = subprocess.Popen(["unshare", "-n", "--", "sleep", "infinity"], start_new_session=True)
+                self.procs.append(proc)
+                deadline = time.monotonic() + 10
+                while os.readlink(f"/proc/{proc.pid}/ns/net") == own:  # until unshare has made it
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("unshare -n could not make a node's namespace")
+                    time.sleep(0.01)
+            _run(["ip", "link", "add", self.BRIDGE, "type", "bridge"])
+            _run(["ip", "link", "set", self.BRIDGE, "up"])
+            for i, proc in enumerate(self.procs):
+                hub = f"distid-h{i}"
+                _run(["ip", "link", "add", hub, "type", "veth", "peer", "name", self.node(i), "netns", str(proc.pid)])
+                _run(["ip", "link", "set", hub, "master", self.BRIDGE, "up"])
+                dev = Device(self.node(i), proc.pid)
+                _run(dev.cmd("ip", "addr", "add", f"{self.addr(i)}/24", "dev", self.node(i)))
+                _run(dev.cmd("ip", "link", "set", self.node(i), "up"))
+                _run(dev.cmd("ip", "link", "set", "lo", "up"))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        _run(["ip", "link", "del", self.BRIDGE], check=False)
+
+    def devices(self) -> list[Device]:
+        """Each node's uplink (its veth end, in its namespace) and downlink (the bridge's end, here)."""
+        return [d for i, p in enumerate(self.procs) for d in (Device(self.node(i), p.pid), Device(f"distid-h{i}"))]
+
+    def has_netem(self) -> bool:
+        return self.devices()[0].has_netem()
+
+    def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
+        for i, dev in enumerate(self.devices()):
+            dev.shape(bits_per_s, delay_s if i % 2 == 0 else 0.0)  # a packet's delay once, on its sender's uplink
+
+    def commands(self, module_argv: list[str]) -> list[tuple[list[str], dict]]:
+        """One torchrun per node, in its namespace, rank i on node i; gloo on the node's veth."""
+        return [(Device(self.node(i), p.pid).cmd(*torchrun(module_argv, 1)[:3], f"--nnodes={self.n}",
+                                                 "--nproc_per_node=1", f"--node_rank={i}",
+                                                 f"--master_addr={self.addr(0)}", f"--master_port={self.PORT}",
+                                                 *module_argv),
+                 {"GLOO_SOCKET_IFNAME": self.node(i)}) for i, p in enumerate(self.procs)]
+
+    def tx_bytes(self) -> int:
+        """Bytes every node sent on its uplink."""
+        return sum(tx_bytes(self.node(i), p.pid) for i, p in enumerate(self.procs))
+
+
+TOPOLOGIES = {"shared": SharedLoopback, "per-node": Nodes}

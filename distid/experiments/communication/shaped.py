@@ -2,27 +2,32 @@
 
     python -m distid.experiments.communication.shaped --config configs/mnist_frontier.toml \\
         [--rates 1gbit,100mbit] [--cells "DDP,DDP + PowerSGD r=2,DiLoCo H=32,subspace d=4000,LoRA r=8"] \\
-        [--nproc 4] [--delay 20ms] [--out DIR] [--set KEY=VALUE ...]
+        [--nproc 4] [--topology shared|per-node] [--delay 20ms] [--out DIR] [--set KEY=VALUE ...]
 
 Linux, iproute2, and root or an ordinary user allowed user namespaces (netns.py says what to set).
-The command starts itself again inside a private network namespace, whose loopback only its own
-runs use; there, for each rate and for the loopback unshaped (always, first), it shapes the
-loopback with tc's token bucket (tbf) and fits α and β from the bench's all-reduce timings
-(link_fit.py); then it trains each cell (the frontier's cells, by name) under torchrun at every
-rate in turn, so that each rate's unshaped baseline is measured beside it (N ranks on a few cores
-compete for the CPU, and that share of a step is not the link's). When it ends — done, failed or
-interrupted (Ctrl-C) — its runs are stopped and the namespace goes with them.
+The command starts itself again inside a private network namespace that only its own runs use;
+there, for the network unshaped (always, first) and for each rate, it shapes the network with tc's
+token bucket (tbf) and fits α and β from the bench's all-reduce timings (link_fit.py); then it
+trains each cell (the frontier's cells, by name) at every rate in turn, so that each rate's
+unshaped baseline is measured beside it (N ranks on a few cores compete for the CPU, and that
+share of a step is not the link's). When it ends — done, failed or interrupted (Ctrl-C) — its runs
+are stopped and the namespaces go with them.
+
+Two topologies (netns.py). `shared` (the default): every rank on the namespace's one loopback,
+under one torchrun — a shared medium, every rank's bytes through one queue (a hub): a ring
+all-reduce of S bytes on 4 ranks puts 6·S through it. `per-node`: a namespace per rank, each
+behind its own veth pair shaped both ways, joined by a bridge (a switch), one torchrun per node
+(`--nnodes`) — one link per worker, what the frontier's link model assumes.
 
 Per cell and rate it reports the median step time (the mean where the strategy synchronises
 between steps, so that those count), the training seconds to 90 % and 95 % of DDP's accuracy (the
 unshaped DDP run's final test accuracy; the config's evaluation schedule; evaluations excluded),
-the wire bytes per step (the ledger's), the bytes the loopback carried per rank per step (the
+the wire bytes per step (the ledger's), the bytes the interfaces carried per rank per step (the
 whole run: set-up, evaluations and rendezvous included), and what the model predicts.
 
-The topology is a shared medium: one loopback, every rank's bytes through one queue (a hub, not a
-switch). The model (links.shared_medium_s): the cell's step as measured unshaped, its link time
-swapped for the shaped link's, n·wire/B + α per message in a row, with B and α fitted on that link
-— never on the training runs. A ring all-reduce of S bytes on 4 ranks puts 6·S through the queue.
+The model (links.link_s): the cell's step as measured unshaped, its link time swapped for the
+shaped link's, wire/b + α per message in a row, with a rank's rate b and α fitted on that link —
+never on the training runs (on the shared medium b is the medium's rate ÷ N).
 Where the kernel has netem, --delay adds one-way latency to every packet; where it does not, the
 output says so and the delay enters the model only. Writes shaped.json, shaped.md and shaped.png
 to --out, and each run's own output to <cell>/<rate>/.
@@ -35,8 +40,10 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from distid import runtime
@@ -61,6 +68,9 @@ def add_args(p) -> None:
     p.add_argument("--nproc", type=int, default=4, help="ranks, all on this machine (default 4)")
     p.add_argument("--delay", default="0ms", help="one-way latency per packet through netem (where the kernel has "
                    "it; elsewhere in the model only), e.g. 20ms")
+    p.add_argument("--topology", choices=tuple(netns.TOPOLOGIES), default="shared",
+                   help="shared: every rank on one shaped loopback (one queue for all, a hub; default); per-node: "
+                        "a namespace per rank behind its own shaped veth, joined by a bridge (one link per worker)")
     p.add_argument("--targets", type=lambda t: [float(v) for v in t.split(",") if v.strip()], default=[0.90, 0.95],
                    help="fractions of DDP's accuracy (default 0.90,0.95)")
     p.add_argument("--fit-sizes", default=",".join(map(str, link_fit.SIZES)),
@@ -130,71 +140,80 @@ def run_in_namespace(argv: list[str]) -> int:
         return 130
 
 
-def torchrun(nproc: int, module_argv: list[str], log: Path) -> None:
-    """torchrun --standalone of module_argv on nproc ranks, its output in log; stopped with its ranks
-    if this process is interrupted; RuntimeError naming the log when it fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_argv]
+def launch(net, module_argv: list[str], log: Path) -> None:
+    """module_argv on the network's ranks (one torchrun, or one per node), their output in log (and
+    log.<i> for node i > 0); stopped with their ranks if one fails or this process is interrupted;
+    RuntimeError naming the log when one fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-        try:
-            code = proc.wait()
-        finally:
-            stop(proc, group=True)
-    if code:
+    procs, codes = [], [1]
+    try:
+        for i, (argv, env) in enumerate(net.commands(module_argv)):
+            out = open(log if i == 0 else log.with_name(f"{log.name}.{i}"), "w")
+            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                                               **env}))
+            out.close()
+        while (codes := [p.poll() for p in procs]) and None in codes and not any(codes):
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            stop(p, group=True)
+    if any(codes):
         tail = log.read_text().strip().splitlines()[-1:] or [""]
-        raise RuntimeError(f"torchrun … {' '.join(module_argv[:2])} exited with {code} ({tail[0]}); its output: {log}")
+        raise RuntimeError(f"{' '.join(module_argv[:2])} exited with {next(c for c in codes if c)} ({tail[0]}); "
+                           f"its output: {log}")
 
 
 # ---- the measurements ------------------------------------------------------------------------
 
-def fit_link(args, rate, out: Path) -> dict:
-    """link_fit on this (shaped) loopback: α, the medium's rate, the rows."""
+def fit_link(args, net, rate, out: Path) -> dict:
+    """link_fit on the network as shaped now: α, the per-rank rate, the rows."""
     path = out / "fit" / f"{slug(rate)}.json"
-    torchrun(args.nproc, ["-m", "distid.experiments.communication.link_fit", "--out", str(path),
-                          "--sizes", args.fit_sizes], path.with_suffix(".log"))
+    launch(net, ["-m", "distid.experiments.communication.link_fit", "--out", str(path.resolve()),
+                 "--sizes", args.fit_sizes], path.with_suffix(".log"))
     return dict(json.loads(path.read_text()), rate=rate, rate_name=netns.rate_name(rate))
 
 
-def train_cell(args, cell: frontier.Cell, rate, out: Path, lo: netns.Loopback) -> dict:
-    """One training run of `cell` under torchrun on the loopback as shaped now; its summary and the
-    bytes the loopback carried."""
+def train_cell(args, cell: frontier.Cell, rate, out: Path, net) -> dict:
+    """One training run of `cell` on the network as shaped now; its summary and the bytes its
+    interfaces carried."""
     where = out / cell.slug / slug(rate)
     sets = [x for o in [*args.overrides, *cell.overrides] for x in ("--set", o)]
-    before = lo.tx_bytes()
-    torchrun(args.nproc, ["-m", "distid.train", *(["--config", args.config] if args.config else []), *sets,
-                          "--out", str(where)], where / "torchrun.log")
-    sent = lo.tx_bytes() - before
+    before = net.tx_bytes()
+    launch(net, ["-m", "distid.train", *(["--config", args.config] if args.config else []), *sets,
+                 "--out", str(where)], where / "torchrun.log")
+    sent = net.tx_bytes() - before
     return dict(summary=Summary.load(where / "summary.json"), interface_bytes=sent)
 
 
 def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Path) -> dict:
-    """Inside the namespace: the fits, then every cell at every rate; {"fits", "runs", "netem", "delay"}."""
-    lo = netns.Loopback()
-    lo.up()
-    netem = lo.has_netem()
-    applied = delay if netem else 0.0
-    if delay and not netem:
-        print(f"netem: this kernel has none, so no latency is added; the {1e3 * delay:g} ms enter the model only",
-              flush=True)
+    """Inside the namespace: the fits, then every cell at every rate; {"fits", "runs", "netem", "delay", "applied"}."""
     fits, runs = {}, {c.name: {} for c in cells}
-    try:
+    with netns.TOPOLOGIES[args.topology](args.nproc) as net:
+        netem = net.has_netem()
+        applied = delay if netem else 0.0
+        if delay and not netem:
+            print(f"netem: this kernel has none, so no latency is added; the {1e3 * delay:g} ms enter the model only",
+                  flush=True)
         for rate in rates:
-            lo.shape(rate, applied)
-            fits[rate] = f = fit_link(args, rate, out)
-            print(f"link {netns.rate_name(rate):>10}: fitted {_rate(f['medium_bytes_per_s'])} through the "
-                  f"shared loopback, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
+            net.shape(rate, applied)
+            fits[rate] = f = fit_link(args, net, rate, out)
+            print(f"link {netns.rate_name(rate):>10}: fitted {_rate(link_rate(f, args.topology))} a "
+                  f"{'link' if args.topology == 'per-node' else 'medium'}, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
         for cell in cells:
             for rate in rates:
-                lo.shape(rate, applied)
-                runs[cell.name][rate] = r = train_cell(args, cell, rate, out, lo)
+                net.shape(rate, applied)
+                runs[cell.name][rate] = r = train_cell(args, cell, rate, out, net)
                 s = r["summary"]
                 print(f"{cell.name:<22} {netns.rate_name(rate):>10}: step {1e3 * (s.step_time_s or math.nan):8,.1f} ms, "
                       f"test acc {s.test_accuracy:.4f}, {s.wall_time_s:6.1f} s in all", flush=True)
-    finally:
-        lo.clear()
     return dict(fits=fits, runs=runs, netem=netem, delay=delay, applied=applied)
+
+
+def link_rate(fit: dict, topology: str) -> float:
+    """The fitted rate of what the topology calls its link (bytes/s): the shared medium's (N × a rank's
+    share of it) or each node's own."""
+    return fit["medium_bytes_per_s"] if topology == "shared" else fit["rank_bytes_per_s"]
 
 
 # ---- the model and the table -----------------------------------------------------------------
@@ -204,12 +223,12 @@ def _hit(curve: list, target: float):
     return next((e for e in curve if e[2] >= target), None)
 
 
-def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int | None = None) -> float:
+def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int | None = None) -> float | None:
     """Model seconds of the unshaped run `base` (a frontier.seed_record plus its curve and step time) on
     the link of `fit`: per step (step None) or to the end of `step`; the unshaped link's time (fit0)
     swapped for that link's, and `delay` one-way per message in a row where netem did not add it."""
     def link(f, wire, calls):
-        return links.shared_medium_s(wire, calls, n, f["medium_bytes_per_s"], f["alpha_s"]) \
+        return links.link_s(wire, calls, n, f["rank_bytes_per_s"], f["alpha_s"]) \
             + (links.latency_hops(calls, n) * delay if f is fit else 0.0)
     if step is None:
         wire, calls, own = base["wire_bytes_per_step"], base["comm_calls_per_step"], base["step_time_s"]
@@ -217,19 +236,40 @@ def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int |
         wire = frontier.cumulative_bytes(base, step) - base["wire_setup_bytes"]
         calls = {op: c * step for op, c in base["comm_calls_per_step"].items()}
         own = next(e[1] for e in base["eval_curve"] if e[0] == step)
+    if own is None:  # too few steps to time one
+        return None
     return own + link(fit, wire, calls) - link(fit0, wire, calls)
 
 
-def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: list[float], n: int) -> dict:
-    """The table's rows from measure()'s runs: measured beside the model, per cell and rate."""
+def curve(base: dict, fits: dict, n: int, topology: str, delay: float, step: int) -> list[tuple[float, float]]:
+    """[(tc rate, model seconds to the end of `step`)] over rates around the shaped ones: a rank's rate
+    the tc rate (÷ N on the shared medium), α the median of the shaped links' fits."""
+    shaped = [r for r in fits if r is not None]
+    alpha = statistics.median(fits[r]["alpha_s"] for r in shaped)
+    lo, hi = math.log10(min(shaped) / 3), math.log10(max(shaped) * 3)
+    out = []
+    for k in range(25):
+        rate = 10 ** (lo + (hi - lo) * k / 24)
+        fit = dict(rank_bytes_per_s=rate / 8 / (n if topology == "shared" else 1), alpha_s=alpha)
+        out.append((rate, predict(base, fit, fits[None], n, delay, step)))
+    return out
+
+
+def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: list[float], n: int,
+            topology: str) -> dict:
+    """The table's rows from measure()'s runs: measured beside the model, per cell and rate; the
+    model's curve of each cell's time to the first target against the tc rate."""
     fits, runs = measured["fits"], measured["runs"]
     model_delay = measured["delay"] - measured["applied"]
     reference = runs["DDP"][None]["summary"].test_accuracy
     targets = [dict(fraction=f, accuracy=f * reference) for f in fractions]
-    rows = []
+    rows, curves = [], {}
     for cell in cells:
         s0 = runs[cell.name][None]["summary"]
         base = dict(frontier.seed_record(s0, s0.config["train"]["seed"]), step_time_s=s0.step_time_s)
+        first = _hit(s0.eval_curve, targets[0]["accuracy"])
+        if first and len(rates) > 1:
+            curves[cell.name] = curve(base, fits, n, topology, model_delay, first[0])
         for rate in rates:
             s, fit = runs[cell.name][rate]["summary"], fits[rate]
             lag = model_delay if rate is not None else 0.0
@@ -243,18 +283,21 @@ def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: 
                              wire_bytes_per_step=s.wire_per_step, test_accuracy=s.test_accuracy, steps=s.steps,
                              interface_bytes_per_step=runs[cell.name][rate]["interface_bytes"] / n / s.steps,
                              to_target=reach))
-    return dict(reference_accuracy=reference, targets=targets, rows=rows,
+    return dict(reference_accuracy=reference, targets=targets, rows=rows, curves=curves,
                 fits=[fits[r] for r in rates])
 
 
 def _rate(bytes_per_s: float) -> str:
     bits = 8 * bytes_per_s
+    if bits >= 1e12:  # the fit found no bandwidth term: latency and CPU decide every size timed
+        return "no bandwidth term"
     return f"{bits / 1e9:,.2f} Gb/s" if bits >= 1e9 else f"{bits / 1e6:,.1f} Mb/s"
 
 
-def _s(t: float | None) -> str:
+def _s(t: float | None, none: str = "—") -> str:
+    """Seconds in words; `none` where there is no figure (a step too few to time; a target not reached)."""
     if t is None or math.isnan(t):
-        return "not reached"
+        return none
     return f"{1e3 * t:,.1f} ms" if t < 1 else f"{t:,.1f} s"
 
 
@@ -264,54 +307,61 @@ def to_markdown(res: dict, meta: dict) -> str:
     lat = ("netem added " + f"{1e3 * meta['delay']:g} ms one way") if meta["applied"] else \
         ("No netem in this kernel: no latency added" + (f"; the {1e3 * meta['delay']:g} ms one way are in the model only"
                                                          if meta["delay"] else ""))
-    lines = [f"# Time to accuracy on a shaped loopback — {meta['model']} on {meta['dataset']}, "
+    lines = [f"# Time to accuracy on a shaped network — {meta['model']} on {meta['dataset']}, "
              f"{meta['world_size']} ranks (gloo)\n",
-             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Topology: a shared medium — one loopback "
-             "shaped by tc's tbf, every rank's bytes through one queue. One seed; the config's evaluation schedule; "
+             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Topology: {meta['topology_words']}. "
+             "One seed; the config's evaluation schedule; "
              f"targets {' and '.join(fr)} of unshaped DDP's test accuracy {res['reference_accuracy']:.4f}; "
              f"times are training seconds (evaluations excluded). {lat}.\n",
-             f"## The link, fitted from the bench's all-reduce on {meta['world_size']} ranks\n",
-             "| link | medium's rate, fitted | α, fitted | largest error of the fit |", "|---|---:|---:|---:|"]
+             f"**The link**, fitted from the bench's all-reduce on {meta['world_size']} ranks:\n",
+             f"| link | {'the medium' if meta['topology'] == 'shared' else 'each link'}'s rate, fitted | α, fitted | "
+             "largest error of the fit |", "|---|---:|---:|---:|"]
     for f in res["fits"]:
-        lines.append(f"| {f['rate_name']} | {_rate(f['medium_bytes_per_s'])} | "
+        lines.append(f"| {f['rate_name']} | {_rate(link_rate(f, meta['topology']))} | "
                      f"{1e6 * f['alpha_s']:,.0f} µs | {f['max_rel_error']:.0%} |")
-    lines += ["", "## Each cell on each link: measured, and the model's prediction\n",
-              "Model: the cell's unshaped step, its link time n·wire/B + α per message in a row swapped for the "
-              "shaped link's (B, α fitted above). Interface: bytes the loopback carried per rank per step over the "
-              "whole run (set-up, evaluations, rendezvous).\n",
+    lines += ["", "**Each cell on each link**, measured, and the model's prediction. "
+              "Model: the cell's unshaped step, its link time swapped for the shaped link's: wire/b + α per message in "
+              "a row, b a rank's rate (" + ("the medium's ÷ N" if meta["topology"] == "shared" else "its link's")
+              + ") and α as fitted above. Interface: bytes the ranks' interfaces carried per rank per step "
+              "over the whole run (set-up, evaluations, rendezvous).\n",
               "| cell | link | step, measured | step, model | " + " | ".join(f"to {f}, measured | model" for f in fr)
               + " | wire B/step | interface B/step |",
               "|---|---|---:|---:|" + "---:|---:|" * len(fr) + "---:|---:|"]
     for r in res["rows"]:
-        reach = " | ".join(f"{_s(t['seconds'])} | {_s(t['model_s'])}" for t in r["to_target"])
+        reach = " | ".join(f"{_s(t['seconds'], 'not reached')} | {_s(t['model_s'], 'not reached')}"
+                           for t in r["to_target"])
         lines.append(f"| {r['cell']} | {r['rate_name']} | {_s(r['step_time_s'])} | {_s(r['model_step_s'])} | {reach} | "
                      f"{r['wire_bytes_per_step']:,.0f} | {r['interface_bytes_per_step']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict, path: Path) -> bool:
-    """shaped.png: time to the first target against the link's fitted rate, per cell: measured points,
-    the model's curve over them; False without matplotlib."""
+def plot(res: dict, topology: str, path: Path) -> bool:
+    """shaped.png: training seconds to the first target against the tc rate, per cell: the measured
+    points, the model's curve through the rates, the unshaped run at the right; False without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
-    fits = {f["rate"]: f for f in res["fits"]}
-    i = 0
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    shaped = sorted({r["rate"] for r in res["rows"] if r["rate"] is not None})
+    if not shaped:
+        return False
+    right = max(shaped) * 10  # where the unshaped runs stand
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
     colors = plt.get_cmap("tab10")
     for k, cell in enumerate(dict.fromkeys(r["cell"] for r in res["rows"])):
-        pts = [r for r in res["rows"] if r["cell"] == cell and r["to_target"][i]["seconds"] is not None]
-        xs = [8e-6 * fits[r["rate"]]["medium_bytes_per_s"] for r in pts]
-        ax.plot(xs, [r["to_target"][i]["seconds"] for r in pts], "o", color=colors(k % 10), label=f"{cell}, measured")
-        ax.plot(xs, [r["to_target"][i]["model_s"] for r in pts], "--", color=colors(k % 10), lw=1,
-                label=f"{cell}, model")
+        pts = [r for r in res["rows"] if r["cell"] == cell and r["to_target"][0]["seconds"] is not None]
+        ax.plot([r["rate"] or right for r in pts], [r["to_target"][0]["seconds"] for r in pts], "o",
+                color=colors(k % 10), label=cell)
+        if cell in res["curves"]:
+            xs, ys = zip(*res["curves"][cell])
+            ax.plot(xs, ys, "-", color=colors(k % 10), lw=1, alpha=0.7)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("link: the shared loopback's rate, fitted (Mb/s, log; the right-most point: unshaped)")
-    ax.set_ylabel(f"training seconds to {res['targets'][i]['fraction']:.0%} of DDP's accuracy (log)")
+    ax.set_xticks([*shaped, right], [*(netns.rate_name(r).replace(" ", "\n") for r in shaped), "unshaped"])
+    ax.set_xlabel("the link's rate (tc), log")
+    ax.set_ylabel(f"training seconds to {res['targets'][0]['fraction']:.0%} of DDP's accuracy (log)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Time to accuracy on a shaped loopback (shared medium): measured points, the model's lines")
+    ax.legend(fontsize=8, title="points: measured; lines: the model", title_fontsize=8)
+    ax.set_title(f"Time to accuracy on a shaped network ({links.NETWORKS[topology]})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -340,15 +390,15 @@ def body(args, cfg, argv: list[str]) -> int:
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    res = results(measured, cells, rates, args.targets, args.nproc)
+    res = results(measured, cells, rates, args.targets, args.nproc, args.topology)
     meta = dict(model=cfg.model.name, dataset=cfg.data.dataset, world_size=args.nproc, machine=runtime.machine(),
-                topology="shared medium: one loopback shaped by tc tbf, every rank's bytes through one queue",
+                topology=args.topology, topology_words=netns.TOPOLOGIES[args.topology].words,
                 netem=measured["netem"], delay=delay, applied=measured["applied"], config=args.config,
                 overrides=args.overrides)
     (out / "shaped.json").write_text(json.dumps(dict(meta=meta, **res), indent=2))
     md = to_markdown(res, meta)
     (out / "shaped.md").write_text(md)
-    drew = plot(res, out / "shaped.png")
+    drew = plot(res, args.topology, out / "shaped.png")
     print("\n" + md + f"\nwrote {out}/shaped.json, shaped.md" + (", shaped.png" if drew else " (no matplotlib: no chart)"))
     return 0
 
