@@ -49,7 +49,7 @@ TINY = {
                                     "--redraw-local", "250:7:7",  # every family, one cell each
                                     "--shaped", str(Path(REPO) / "tests" / "shaped_tiny.json")],  # a tiny shaped run's
     # output (the shaped command's TINY arguments, 2 ranks): the measured points beside the link model
-    "distid.experiments.communication.shaped": ["--nproc", "2", "--rates", "100mbit", "--fit-sizes", "16384",
+    "distid.experiments.communication.shaped": ["--nproc", "2", "--rates", "100mbit", "--fit-sizes", "16384,65536",
                                                 "--set", "train.steps=14", "--set", "train.eval_every=7"],
     "distid.experiments.bench.gpt2": ["--d", "100", "--steps", "1", "--warmup", "1", "--batch", "1", "--context", "64"],
 }

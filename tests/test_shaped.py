@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError
-from distid.experiments.communication import links, netns, shaped
+from distid.experiments.communication import frontier, links, netns, shaped
 from procs import REPO, finish, run, start, user_env
 
 NAMESPACE_GATE = "needs a private network namespace"
@@ -37,8 +38,21 @@ needs_namespace = pytest.mark.skipif(namespace_refused() is not None, reason=nam
 
 
 def inside(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Python `code` run in a namespace made by netns.enter, this repository importable."""
-    return run(netns.enter([sys.executable, "-c", code]), timeout, user_env(**{netns.INSIDE: "1", "PYTHONPATH": REPO}))
+    """Python `code` run in namespaces made by netns.enter, as run_entered starts it; this repository importable."""
+    here = os.readlink("/proc/self/ns/net")
+    return run(netns.enter([sys.executable, "-c", code]), timeout, user_env(**{netns.INSIDE: here, "PYTHONPATH": REPO}))
+
+
+def marked(mark: str) -> list[str]:
+    """Processes whose environment holds `mark` (every process a run starts inherits it)."""
+    found = []
+    for environ in __import__("glob").glob("/proc/[0-9]*/environ"):
+        try:
+            if mark.encode() in open(environ, "rb").read():
+                found.append(open(environ.replace("environ", "cmdline"), "rb").read().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return found
 
 
 def host_state() -> dict:
@@ -91,12 +105,28 @@ def test_a_missing_tool_names_its_package(monkeypatch):
         netns.check_namespace()
 
 
-def test_the_loopback_here_is_never_shaped():
-    env = {k: v for k, v in os.environ.items() if k != netns.INSIDE}
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(os, "environ", env)
-        with pytest.raises(RuntimeError, match="refusing to touch this one"):
-            netns.Loopback().up()
+def test_nothing_is_shaped_outside_a_namespace_it_made(monkeypatch):
+    monkeypatch.delenv(netns.INSIDE, raising=False)
+    with pytest.raises(RuntimeError, match="refusing to run ip link set lo up here"):
+        netns.Loopback().up()
+    monkeypatch.setenv(netns.INSIDE, os.readlink("/proc/self/ns/net"))  # inherited, but still the same namespace
+    with pytest.raises(RuntimeError, match="refusing to run tc qdisc del dev lo root here"):
+        netns.Loopback().clear()
+    with pytest.raises(RuntimeError, match="refusing"):
+        netns.Nodes(2).__enter__()
+
+
+def test_fit_sizes_targets_and_ranks_are_refused_before_any_work(tmp_path):
+    for bad in ("16384", "16384,16384", "16384,1001", "a,b"):
+        with pytest.raises(ConfigError, match="two or more distinct sizes"):
+            shaped.fit_sizes(bad)
+    assert shaped.fit_sizes("65536,16384") == [16384, 65536]
+    for extra, said in ((["--targets", "0.9,1.5"], "each in (0, 1]"), (["--nproc", "1"], "use 2 or more"),
+                        (["--fit-sizes", "4096"], "two or more distinct sizes"), (["--rates", "fast"], "tc's units")):
+        got = run([sys.executable, "-m", "distid.experiments.communication.shaped", "--config",
+                   "configs/mnist_frontier.toml", "--out", str(tmp_path), *extra], 60)
+        assert got.returncode == 2 and said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was made
 
 
 def test_a_shared_medium_gives_each_rank_a_share_of_its_rate():
@@ -120,6 +150,28 @@ def test_a_namespace_is_shaped_and_goes_with_its_process():
 
 
 @needs_namespace
+def test_nodes_each_get_a_shaped_link_to_a_bridge_and_go_with_it():
+    code = """
+import os, subprocess
+from distid.experiments.communication import netns
+with netns.Nodes(2) as net:
+    net.shape(1e8)
+    print(sorted({d.qdisc().split()[1] for d in net.devices()}), len(net.devices()))
+    print(subprocess.run(net.devices()[0].cmd("ip", "-o", "-4", "addr", "show", "distid-n0"), capture_output=True,
+                         text=True).stdout.split()[3])
+    pids = [p.pid for p in net.procs]
+print(any(os.path.exists(f"/proc/{p}") for p in pids))
+print(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("distid-"))
+"""
+    got = inside(code)
+    assert got.returncode == 0, got.stderr
+    qdiscs, bound, alive, links_left = got.stdout.strip().splitlines()
+    assert qdiscs == "['tbf'] 4"  # each node's uplink and the bridge's port to it
+    assert bound == "10.77.0.1/24"  # node 0's address, in its own namespace
+    assert alive == "False" and links_left == "0"  # the nodes' namespaces, veths and bridge are gone
+
+
+@needs_namespace
 def test_netem_adds_its_delay_where_the_kernel_has_it():
     got = inside("from distid.experiments.communication import netns\n"
                  "lo = netns.Loopback(); lo.up(); print(lo.has_netem())")
@@ -138,7 +190,7 @@ def test_netem_adds_its_delay_where_the_kernel_has_it():
 
 def shaped_cmd(out, *extra) -> list[str]:
     return [sys.executable, "-m", "distid.experiments.communication.shaped", "--config", "configs/mnist_frontier.toml",
-            "--set", f"data.root={DATA_ROOT}", "--nproc", "2", "--cells", "DDP", "--fit-sizes", "16384,262144",
+            "--set", f"data.root={DATA_ROOT}", "--nproc", "2", "--cells", "DDP", "--fit-sizes", "16384,65536",
             "--out", str(out), *extra]
 
 
@@ -167,17 +219,53 @@ def test_a_shaped_step_is_no_faster_than_its_bytes_allow(tmp_path, topology, que
 @pytest.mark.parametrize("topology", ["shared", "per-node"])
 def test_ctrl_c_leaves_no_process_namespace_interface_or_qdisc(tmp_path, topology):
     before = host_state()
-    proc = start(shaped_cmd(tmp_path, "--rates", "10mbit", "--topology", topology, "--fit-sizes", "16384",
-                            "--set", "train.steps=400"))
-    slow = tmp_path / "DDP" / "10Mbs" / "torchrun.log"
+    mark = f"distid-test-{tmp_path.name}"
+    proc = start(shaped_cmd(tmp_path, "--rates", "10mbit", "--topology", topology, "--set", "train.steps=400"),
+                 user_env(DISTID_TEST_MARK=mark))
+    slow = tmp_path / "fit" / "10Mbs.log"
     deadline = time.monotonic() + 180
-    while not (slow.exists() and "every" in slow.read_text()) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # until the run on the shaped link is training
+    while not slow.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the ranks are timing all-reduces on the shaped link
+    time.sleep(2)
     assert proc.poll() is None, proc.communicate()
+    running = marked(mark)
+    assert any("torch.distributed.run" in c for c in running), running  # what must be gone after
     os.kill(proc.pid, signal.SIGINT)  # the driver only: the rest must follow
     got = finish(proc, 90)
     assert got.returncode == 130, got.stderr[-3000:]
     time.sleep(1)
-    left = subprocess.run(["pgrep", "-af", f"{tmp_path}|sleep infinity"], capture_output=True, text=True).stdout.strip()
-    assert left == "", f"processes left behind:\n{left}"
+    assert marked(mark) == [], "processes left behind"  # distid, torchrun, the nodes' sleeps: each held a namespace
     assert host_state() == before  # no named namespace, no interface (veth, bridge), the loopback's qdisc as it was
+
+
+def test_the_model_swaps_the_unshaped_link_time_for_the_shaped_one():
+    base = dict(wire_bytes_per_step=1e6, comm_calls_per_step={"all_reduce": 1.0}, step_time_s=0.01, sync_period=1,
+                eval_curve=[[10, 0.1, 0.5]], wire_setup_bytes=0.0, comm_steps_warmup=0, wire_warmup_bytes=0.0)
+    fast, slow = dict(rank_bytes_per_s=1e9, alpha_s=0.0), dict(rank_bytes_per_s=1e7, alpha_s=1e-3)
+    # per step: (0.01 − 1e6/1e9) + 1e6/1e7 + 2·3·1e-3; to step 10: (0.1 − 1e7/1e9) + 1e7/1e7 + 10·6·1e-3
+    assert shaped.predict(base, slow, fast, 4, 0.0) == pytest.approx(0.009 + 0.1 + 0.006)
+    assert shaped.predict(base, slow, fast, 4, 0.0, step=10) == pytest.approx(0.09 + 1.0 + 0.06)
+    assert shaped.predict(base, slow, fast, 4, 0.002) == pytest.approx(0.115 + 6 * 0.002)  # a delay netem did not add
+    crawl = dict(rank_bytes_per_s=1e6, alpha_s=0.0)  # an "unshaped" fit slower than the step: no negative compute
+    assert shaped.predict(base, slow, crawl, 4, 0.0) == pytest.approx(0.1 + 0.006)
+    assert shaped.predict(dict(base, step_time_s=None), slow, fast, 4, 0.0) is None
+
+
+def test_the_frontier_shows_a_shaped_run_beside_its_own_model():
+    tiny = json.loads((Path(REPO) / "tests" / "shaped_tiny.json").read_text())
+    row = dict(cell="DDP", family="DDP", to_target=[None, dict(step=7, wire_bytes=7 * 1.2e6)], calls_per_step={"all_reduce": 1},
+               seeds=[dict(wire_setup_bytes=0.0)], compute_step_s=0.001)
+    targets = [dict(fraction=0.95, accuracy=0.9), dict(fraction=0.90, accuracy=0.85)]
+    md = links.measured_markdown([row], targets, 4, [tiny, dict(tiny, meta=dict(tiny["meta"], topology="per-node"))])
+    lines = [x for x in md.splitlines() if x.startswith("| DDP |")]
+    assert [x.split(" | ")[1] for x in lines] == ["one loopback (shared), N=2", "a link per rank, N=2"]
+    assert all("not in this frontier" not in x and "not reached" not in x.split(" | ")[-1] for x in lines)
+    assert "| DiLoCo H=32 |" in md and "not in this frontier" in md  # a cell the frontier did not train
+
+
+def test_the_frontier_refuses_a_shaped_file_it_cannot_read_before_it_trains(tmp_path):
+    (tmp_path / "other.json").write_text('{"cells": []}')
+    with pytest.raises(ConfigError, match=r"other.json: cannot read it \(no meta, fits, rows, targets: not a shaped"):
+        frontier.load_shaped(f"{tmp_path / 'other.json'}")
+    with pytest.raises(ConfigError, match="missing.json: cannot read it"):
+        frontier.load_shaped(f"{REPO}/tests/shaped_tiny.json, {tmp_path / 'missing.json'}")

@@ -18,7 +18,8 @@ message). Its state per rank is what the run holds to train, measured (parameter
 optimizer, buffers, the strategy's own tensors). Bytes to a target accuracy (a fraction of full
 DDP's): set-up + warm-up (PowerSGD's plain steps) + steps × bytes/step (with synchronisations
 between steps: those the ledger had booked by then), at the first evaluation (train.eval_every;
-with local steps the first synchronisation at or after it) whose seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/communication/links.py).
+with local steps the first synchronisation at or after it) whose seed-mean accuracy reaches it. Time to a target on named links is a model (experiments/communication/links.py);
+--shaped puts the times measured on shaped networks (experiments/communication/shaped.py) beside it.
 Writes frontier.json, frontier.md, frontier.png and links.png to --out; a cell already in --out with the same
 config, world size and code (its summary.json) is reused, so an interrupted run resumes.
 """
@@ -327,10 +328,14 @@ def load_shaped(paths: str) -> list[dict]:
     out = []
     for path in (p.strip() for p in paths.split(",") if p.strip()):
         try:
-            out.append(json.loads(Path(path).read_text()))
+            one = json.loads(Path(path).read_text())
+            missing = [k for k in ("meta", "fits", "rows", "targets") if k not in one]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}: not a shaped.json")
         except (OSError, ValueError) as e:
             raise ConfigError(f"--shaped {path}: cannot read it ({e}); write it with python -m "
                               "distid.experiments.communication.shaped --out DIR (DIR/shaped.json)") from None
+        out.append(one)
     return out
 
 

@@ -143,10 +143,10 @@ def to_markdown(rows: list[dict], targets: list[dict], measured_n: int, workers:
 
 
 def shaped_points(shaped: dict, fraction: float) -> list[dict]:
-    """The shaped loopback's rows (shaped.py's shaped.json) at a rate, with their measured and
-    modelled seconds to the target nearest `fraction`."""
+    """A shaped run's rows (shaped.py's shaped.json) at a rate, with their measured and modelled
+    seconds to the target nearest `fraction`."""
     i = _target(shaped["targets"], fraction)
-    return [dict(r, measured_s=r["to_target"][i]["seconds"], medium_model_s=r["to_target"][i]["model_s"])
+    return [dict(r, measured_s=r["to_target"][i]["seconds"], model_s=r["to_target"][i]["model_s"])
             for r in shaped["rows"] if r["rate"] is not None]
 
 
@@ -160,9 +160,10 @@ def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, sh
     network's fitted rate and α, at the shaped run's world size."""
     i = _target(targets)
     by_cell = {r["cell"]: r for r in rows if "refused" not in r}
-    m = shaped[0]["meta"]["machine"]
+    machines = "; ".join(dict.fromkeys(f"{x['meta']['machine']['cpu']}, {x['meta']['machine']['cores']} cores"
+                                       for x in shaped))
     lines = ["\n### Measured on a shaped network, beside the model\n",
-             f"`python -m distid.experiments.communication.shaped` on one machine ({m['cpu']}, {m['cores']} cores): "
+             f"`python -m distid.experiments.communication.shaped` on one machine ({machines}): "
              "its ranks in private network namespaces, the links shaped by tc's tbf — either every rank on one "
              "loopback (a shared medium: every rank's bytes through one queue, a rank's share of the rate 1/N) or a "
              "namespace per rank behind its own shaped link (what this page's model assumes); one seed; training "

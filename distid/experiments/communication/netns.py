@@ -7,9 +7,13 @@
         net.tx_bytes()                             # bytes its interfaces have sent
 
 `enter` prefixes `unshare -n` (root) or `unshare -rn` (anyone, where the kernel lets an ordinary
-user make user namespaces). The namespace has no name and holds nothing but the processes started
-in it: when the last of them exits, it goes, with every interface and qdisc in it, whatever ended
-them. Nothing on the host's own interfaces is touched: the classes here refuse to run outside it.
+user make user namespaces), with a PID namespace of its own (`--pid --fork --mount-proc
+--kill-child`): the command is its PID 1, and when it exits — done, failed, interrupted or killed —
+the kernel kills every process started in it, and the network namespaces, which have no name and
+hold only those processes, go with them, every interface and qdisc in them. `run_entered` starts
+`unshare` so that it is killed when its caller dies (PR_SET_PDEATHSIG), and `--kill-child` passes
+that on. Nothing on the host's own interfaces is touched: every `ip` and `tc` here refuses to run
+unless this process's network namespace differs from the one `run_entered` was called in.
 
 Two networks: `SharedLoopback` — every rank on the namespace's loopback, one queue for all their
 bytes (a shared medium, like a hub); `Nodes` — a namespace per rank, each behind its own veth pair
@@ -22,8 +26,10 @@ kernels lack: `has_netem()` says, and without it latency stays in the model.
 from __future__ import annotations
 
 import os
+import ctypes
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,13 +39,15 @@ from distid.config import ConfigError
 
 UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
          "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}  # tc's units: bits, or bytes ("bps") per second
-TOOLS = {"unshare": "util-linux", "ip": "iproute2", "tc": "iproute2"}
+TOOLS = {"unshare": "util-linux", "nsenter": "util-linux", "ip": "iproute2", "tc": "iproute2"}
+ALIASES = {"kb/s": "kbit", "mb/s": "mbit", "gb/s": "gbit"}  # as this module prints rates
 USERNS_SETTINGS = (  # (sysctl, the value that forbids an ordinary user's namespaces, what to set)
     ("kernel.unprivileged_userns_clone", lambda v: v == "0", "1"),  # Debian's and Ubuntu's kernels
     ("kernel.apparmor_restrict_unprivileged_userns", lambda v: v == "1", "0"),  # Ubuntu 23.10 on
     ("user.max_user_namespaces", lambda v: v == "0", "a number above 0"),
 )
-INSIDE = "DISTID_NETNS"  # set in the environment of what runs inside a namespace made here
+INSIDE = "DISTID_NETNS"  # the caller's network namespace, in the environment of what `run_entered` starts
+STOP_S = 20  # seconds processes may take to stop after SIGTERM before they are killed
 
 
 def parse_rate(text: str) -> float | None:
@@ -47,11 +55,12 @@ def parse_rate(text: str) -> float | None:
     t = text.strip().lower()
     if t in ("none", "unshaped"):
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", t)
-    if not m or m.group(2) not in UNITS or float(m.group(1)) <= 0:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z/]+)", t)
+    unit = m and ALIASES.get(m.group(2), m.group(2))
+    if not m or unit not in UNITS or float(m.group(1)) <= 0:
         raise ConfigError(f"rate {text!r}: write a number and one of tc's units ({', '.join(UNITS)}), "
-                          "for example 100mbit or 1gbit, or 'none' for an unshaped loopback")
-    return float(m.group(1)) * UNITS[m.group(2)]
+                          "for example 100mbit or 1gbit (bps: bytes per second), or 'none' for an unshaped network")
+    return float(m.group(1)) * UNITS[unit]
 
 
 def parse_delay(text: str) -> float:
@@ -99,10 +108,15 @@ def _blocking_settings() -> list[str]:
     return found
 
 
+def enter(argv: list[str]) -> list[str]:
+    """The command line that runs argv as PID 1 of new, private network and PID namespaces."""
+    return [*unshare_argv(), "--pid", "--fork", "--mount-proc", "--kill-child", "--", *argv]
+
+
 def check_namespace() -> None:
-    """ConfigError in one line, saying what to do, unless a namespace with its loopback up can be made here."""
+    """ConfigError in one line, saying what to do, unless namespaces as `enter` makes them can be made here."""
     check_tools()
-    probe = subprocess.run([*unshare_argv(), "--", "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    probe = subprocess.run(enter(["ip", "link", "set", "lo", "up"]), capture_output=True, text=True)
     if probe.returncode == 0:
         return
     why = (probe.stderr.strip().splitlines() or ["failed"])[-1]
@@ -114,20 +128,86 @@ def check_namespace() -> None:
                       "user.max_user_namespaces above 0"))
 
 
-def enter(argv: list[str]) -> list[str]:
-    """The command line that runs argv in a new, private network namespace."""
-    return [*unshare_argv(), "--", *argv]
+def _netns(pid: int | str = "self") -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
 
 
 def inside() -> bool:
-    """True in a process started by `enter` (its environment says so; set by the caller)."""
-    return os.environ.get(INSIDE) == "1"
+    """True in a process that `run_entered` started (or its children), in a network namespace other
+    than the one it was started from."""
+    return bool(os.environ.get(INSIDE)) and os.environ[INSIDE] != _netns()
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def run_entered(argv: list[str]) -> int:
+    """argv under `enter`, killed if this process dies; its exit code. The first SIGINT or SIGTERM
+    here is passed on to it, which then has STOP_S and a few seconds more to end before it is
+    killed (and everything in its namespaces with it); 130 then."""
+    stop_on_signals()
+    proc = subprocess.Popen(enter(argv), env={**os.environ, INSIDE: _netns()}, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # unshare ignores it; the command, in its process group, does not
+            proc.wait(STOP_S + 10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        stop_all([proc])
+        return 130
+
+
+def stop_on_signals() -> None:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so the clean-up runs whole."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """argv in a session of its own (so that it stops with every process it starts), output to log."""
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **env})
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group, STOP_S for all of them together, then SIGKILL to every group
+    (a torchrun that has exited may have left ranks behind)."""
+    def each(sig):
+        for p in procs:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+    each(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            pass
+    each(signal.SIGKILL)
+    for p in procs:
+        p.wait()
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """An `ip`, `tc` or `nsenter` command, only ever inside a namespace `run_entered` made."""
+    if not inside():
+        raise RuntimeError("distid changes interfaces only inside namespaces it made (netns.run_entered); "
+                           f"refusing to run {' '.join(argv)} here")
     out = subprocess.run(argv, capture_output=True, text=True)
     if check and out.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: {out.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(argv)}: {' '.join(out.stderr.split())}")
     return out
 
 
@@ -158,17 +238,20 @@ class Device:
         self.tc("qdisc", "del", "dev", self.dev, "root", check=False)
 
     def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
-        """tbf at bits_per_s (burst ≥ 256 KiB and 4 ms of the rate; queue ≤ 50 ms), behind netem's delay
-        when delay_s > 0 (needs netem); None and no delay: cleared."""
+        """tbf at bits_per_s, behind netem's delay when delay_s > 0 (needs netem); None and no delay:
+        cleared. The bucket holds two 64 KiB segments (a loopback's largest with its header must fit in
+        it, or tbf never sends it; more at rates above 1 Gbit/s: 1 ms of the rate), so that a link idle a
+        moment passes little at memory speed; the queue holds 0.25 s of the rate (at least 1 MiB), so
+        that TCP is slowed, not dropped."""
         self.clear()
         if delay_s > 0:
             self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us")
         if bits_per_s is None:
             return
-        burst = max(256 * 1024, int(bits_per_s / 8 * 4e-3))
+        burst, limit = max(2 * 65536, int(bits_per_s / 8 * 1e-3)), max(2**20, int(bits_per_s / 8 * 0.25))
         where = ["parent", "1:"] if delay_s > 0 else ["root"]
         self.tc("qdisc", "add", "dev", self.dev, *where, "handle", "2:", "tbf", "rate", f"{bits_per_s:.0f}bit",
-                "burst", str(burst), "latency", "50ms")
+                "burst", str(burst), "limit", str(limit))
 
     def has_netem(self) -> bool:
         """Whether this kernel offers netem (tried on this interface, then removed)."""
@@ -184,11 +267,6 @@ class Device:
         return tx_bytes(self.dev, self.pid or "self")
 
 
-def _refuse_outside() -> None:
-    if not inside():
-        raise RuntimeError("distid shapes only a namespace made by netns.enter; refusing to touch this one")
-
-
 class Loopback(Device):
     """The loopback of the namespace this process is in (only ever one made by `enter`)."""
 
@@ -196,7 +274,6 @@ class Loopback(Device):
         super().__init__("lo")
 
     def up(self) -> None:
-        _refuse_outside()
         _run(["ip", "link", "set", "lo", "up"])
 
 
@@ -238,7 +315,8 @@ class Nodes:
     """n nodes of one rank each: a namespace per node (a child `unshare -n sleep`), each behind its own
     veth pair to a bridge in this namespace — one link per worker, as through a switch. Each node's
     uplink and downlink are shaped at the rate. The nodes' namespaces go with their sleeping
-    processes (`__exit__`, or this process's end); the bridge with this namespace."""
+    processes (`__exit__`, or the kernel when this PID namespace's first process ends); the bridge
+    with this namespace. At most 253 nodes (one /24)."""
 
     topology = "per-node"
     words = "one link per worker — a namespace per rank, each behind its own veth shaped by tc's tbf (both ways), joined by a bridge"
@@ -254,18 +332,11 @@ class Nodes:
         return f"{self.SUBNET}.{i + 1}"
 
     def __enter__(self):
-        _refuse_outside()
         _run(["ip", "link", "set", "lo", "up"])
-        own = os.readlink("/proc/self/ns/net")
         try:
             for i in range(self.n):
-                proc = subprocess.Popen(["unshare", "-n", "--", "sleep", "infinity"], start_new_session=True)
-                self.procs.append(proc)
-                deadline = time.monotonic() + 10
-                while os.readlink(f"/proc/{proc.pid}/ns/net") == own:  # until unshare has made it
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("unshare -n could not make a node's namespace")
-                    time.sleep(0.01)
+                self.procs.append(subprocess.Popen(["unshare", "-n", "--", "sleep", "infinity"]))
+                self._wait_for_namespace(self.procs[-1])
             _run(["ip", "link", "add", self.BRIDGE, "type", "bridge"])
             _run(["ip", "link", "set", self.BRIDGE, "up"])
             for i, proc in enumerate(self.procs):
@@ -281,11 +352,28 @@ class Nodes:
             raise
         return self
 
+    @staticmethod
+    def _wait_for_namespace(proc: subprocess.Popen, timeout: float = 10) -> None:
+        """Until `unshare -n` has given proc a network namespace of its own."""
+        own, deadline = _netns(), time.monotonic() + timeout
+        while True:
+            try:
+                if _netns(proc.pid) != own:
+                    return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("unshare -n could not make a node's network namespace")
+            time.sleep(0.01)
+
     def __exit__(self, *exc):
+        if self.procs:  # a veth pair goes with either end; a namespace's own end only when the kernel gets to it
+            for i in range(len(self.procs)):
+                _run(["ip", "link", "del", f"distid-h{i}"], check=False)
+            _run(["ip", "link", "del", self.BRIDGE], check=False)
         for proc in self.procs:
             proc.kill()
             proc.wait()
-        _run(["ip", "link", "del", self.BRIDGE], check=False)
 
     def devices(self) -> list[Device]:
         """Each node's uplink (its veth end, in its namespace) and downlink (the bridge's end, here)."""

@@ -39,9 +39,7 @@ import argparse
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,13 +47,12 @@ from pathlib import Path
 from distid import runtime
 from distid.config import ConfigError, timestamped_dir
 from distid.experiments.communication import frontier, link_fit, links, netns
-from distid.experiments.plotting import pyplot
+from distid.experiments.communication.shaped_report import link_rate, plot, rate_words, to_markdown
 from distid.observe.summary import Summary
 from distid.run import cli
 
 MODULE = "distid.experiments.communication.shaped"
 CELLS = ("DDP", "DDP + PowerSGD r=2", "DiLoCo H=32", "subspace d=4000", "LoRA r=8")
-STOP_S = 20  # seconds a run may take to stop after SIGTERM before it is killed
 
 
 def add_args(p) -> None:
@@ -93,6 +90,18 @@ def choose_cells(text: str) -> list[frontier.Cell]:
     return [known[c] for c in dict.fromkeys(["DDP", *names])]
 
 
+def fit_sizes(text: str) -> list[int]:
+    """--fit-sizes as bytes; ConfigError unless two or more distinct sizes, each a positive multiple of 4."""
+    try:
+        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or any(v < 4 or v % 4 for v in sizes):
+        raise ConfigError(f"--fit-sizes {text!r}: two or more distinct sizes in bytes, each a multiple of 4 (float32), "
+                          "for example 16384,131072,1048576,4194304: α and β are two unknowns")
+    return sizes
+
+
 def plan_rates(text: str) -> list[float | None]:
     """None (unshaped) first, then each rate once, in the order given."""
     return list(dict.fromkeys([None, *(netns.parse_rate(r) for r in text.split(",") if r.strip())]))
@@ -102,75 +111,35 @@ def slug(rate: float | None) -> str:
     return netns.rate_name(rate).replace(" ", "").replace("/", "")
 
 
-# ---- processes: the namespace, torchrun, and stopping them ------------------------------------
-
-def _stop_on_signals() -> None:
-    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so the clean-up runs whole."""
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def stop(proc: subprocess.Popen, group: bool) -> None:
-    """Stop proc (and its process group, when it leads one): SIGTERM, then SIGKILL after STOP_S."""
-    if proc.poll() is not None:
-        return
-    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
-    try:
-        send(signal.SIGTERM)
-        proc.wait(STOP_S)
-    except subprocess.TimeoutExpired:
-        send(signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-def run_in_namespace(argv: list[str]) -> int:
-    """This command again, inside a new network namespace; its exit code (130 when interrupted)."""
-    _stop_on_signals()
-    proc = subprocess.Popen(netns.enter([sys.executable, "-m", MODULE, *argv]), env={**os.environ, netns.INSIDE: "1"})
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        stop(proc, group=False)
-        return 130
-
+# ---- the measurements ------------------------------------------------------------------------
 
 def launch(net, module_argv: list[str], log: Path) -> None:
-    """module_argv on the network's ranks (one torchrun, or one per node), their output in log (and
-    log.<i> for node i > 0); stopped with their ranks if one fails or this process is interrupted;
-    RuntimeError naming the log when one fails."""
+    """module_argv on the network's ranks (one torchrun, or one per node), each one's output in log
+    (node i > 0: log.<i>); all stopped when one fails or this process is interrupted; RuntimeError
+    naming the log of the one that failed."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    procs, codes = [], [1]
+    logs = [log if i == 0 else log.with_name(f"{log.name}.{i}") for i in range(len(net.commands(module_argv)))]
+    procs = []
     try:
-        for i, (argv, env) in enumerate(net.commands(module_argv)):
-            out = open(log if i == 0 else log.with_name(f"{log.name}.{i}"), "w")
-            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                                               **env}))
-            out.close()
-        while (codes := [p.poll() for p in procs]) and None in codes and not any(codes):
+        for (argv, env), path in zip(net.commands(module_argv), logs):
+            procs.append(netns.start(argv, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **env}, path))
+        while None in (codes := [p.poll() for p in procs]) and not any(codes):
             time.sleep(0.1)
     finally:
-        for p in procs:
-            stop(p, group=True)
-    if any(codes):
-        tail = log.read_text().strip().splitlines()[-1:] or [""]
-        raise RuntimeError(f"{' '.join(module_argv[:2])} exited with {next(c for c in codes if c)} ({tail[0]}); "
-                           f"its output: {log}")
+        netns.stop_all(procs)
+    failed = next((i for i, c in enumerate(codes) if c), None)
+    if failed is not None:
+        said = logs[failed].read_text().strip().splitlines() or [""]
+        said = next((x for x in said if x.startswith("error:")), said[-1])  # distid's own line, if any
+        raise RuntimeError(f"{' '.join(module_argv[:2])} exited with {codes[failed]} ({said.strip()}); "
+                           f"its output: {logs[failed]}")
 
-
-# ---- the measurements ------------------------------------------------------------------------
 
 def fit_link(args, net, rate, out: Path) -> dict:
     """link_fit on the network as shaped now: α, the per-rank rate, the rows."""
     path = out / "fit" / f"{slug(rate)}.json"
     launch(net, ["-m", "distid.experiments.communication.link_fit", "--out", str(path.resolve()),
-                 "--sizes", args.fit_sizes], path.with_suffix(".log"))
+                 "--sizes", ",".join(map(str, fit_sizes(args.fit_sizes)))], path.with_suffix(".log"))
     return dict(json.loads(path.read_text()), rate=rate, rate_name=netns.rate_name(rate))
 
 
@@ -196,13 +165,13 @@ def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Pa
             print(f"netem: this kernel has none, so no latency is added; the {1e3 * delay:g} ms enter the model only",
                   flush=True)
         for rate in rates:
-            net.shape(rate, applied)
+            net.shape(rate, applied if rate else 0.0)  # the unshaped baseline: no rate limit, no delay
             fits[rate] = f = fit_link(args, net, rate, out)
-            print(f"link {netns.rate_name(rate):>10}: fitted {_rate(link_rate(f, args.topology))} a "
+            print(f"link {netns.rate_name(rate):>10}: fitted {rate_words(link_rate(f, args.topology))} a "
                   f"{'link' if args.topology == 'per-node' else 'medium'}, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
         for cell in cells:
-            for rate in rates:
-                net.shape(rate, applied)
+            for rate in rates:  # the cell's unshaped run, then its shaped ones: the baseline beside them
+                net.shape(rate, applied if rate else 0.0)
                 runs[cell.name][rate] = r = train_cell(args, cell, rate, out, net)
                 s = r["summary"]
                 print(f"{cell.name:<22} {netns.rate_name(rate):>10}: step {1e3 * (s.step_time_s or math.nan):8,.1f} ms, "
@@ -210,13 +179,7 @@ def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Pa
     return dict(fits=fits, runs=runs, netem=netem, delay=delay, applied=applied)
 
 
-def link_rate(fit: dict, topology: str) -> float:
-    """The fitted rate of what the topology calls its link (bytes/s): the shared medium's (N × a rank's
-    share of it) or each node's own."""
-    return fit["medium_bytes_per_s"] if topology == "shared" else fit["rank_bytes_per_s"]
-
-
-# ---- the model and the table -----------------------------------------------------------------
+# ---- the model -------------------------------------------------------------------------------
 
 def _hit(curve: list, target: float):
     """The first evaluation (steps done, training seconds, accuracy) at or above target, or None."""
@@ -238,19 +201,21 @@ def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int |
         own = next(e[1] for e in base["eval_curve"] if e[0] == step)
     if own is None:  # too few steps to time one
         return None
-    return own + link(fit, wire, calls) - link(fit0, wire, calls)
+    return max(own - link(fit0, wire, calls), 0.0) + link(fit, wire, calls)  # the rest of a step is no link's
 
 
 def curve(base: dict, fits: dict, n: int, topology: str, delay: float, step: int) -> list[tuple[float, float]]:
     """[(tc rate, model seconds to the end of `step`)] over rates around the shaped ones: a rank's rate
-    the tc rate (÷ N on the shared medium), α the median of the shaped links' fits."""
+    the tc rate (÷ N on the shared medium) times the median of fitted ÷ tc rate, α the median of the
+    shaped links' fits."""
     shaped = [r for r in fits if r is not None]
     alpha = statistics.median(fits[r]["alpha_s"] for r in shaped)
+    kept = statistics.median(8 * link_rate(fits[r], topology) / r for r in shaped)  # fitted ÷ tc's rate
     lo, hi = math.log10(min(shaped) / 3), math.log10(max(shaped) * 3)
     out = []
     for k in range(25):
         rate = 10 ** (lo + (hi - lo) * k / 24)
-        fit = dict(rank_bytes_per_s=rate / 8 / (n if topology == "shared" else 1), alpha_s=alpha)
+        fit = dict(rank_bytes_per_s=kept * rate / 8 / (n if topology == "shared" else 1), alpha_s=alpha)
         out.append((rate, predict(base, fit, fits[None], n, delay, step)))
     return out
 
@@ -287,101 +252,23 @@ def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: 
                 fits=[fits[r] for r in rates])
 
 
-def _rate(bytes_per_s: float) -> str:
-    bits = 8 * bytes_per_s
-    if bits >= 1e12:  # the fit found no bandwidth term: latency and CPU decide every size timed
-        return "no bandwidth term"
-    return f"{bits / 1e9:,.2f} Gb/s" if bits >= 1e9 else f"{bits / 1e6:,.1f} Mb/s"
-
-
-def _s(t: float | None, none: str = "—") -> str:
-    """Seconds in words; `none` where there is no figure (a step too few to time; a target not reached)."""
-    if t is None or math.isnan(t):
-        return none
-    return f"{1e3 * t:,.1f} ms" if t < 1 else f"{t:,.1f} s"
-
-
-def to_markdown(res: dict, meta: dict) -> str:
-    m = meta["machine"]
-    fr = [f"{t['fraction']:.0%}" for t in res["targets"]]
-    lat = ("netem added " + f"{1e3 * meta['delay']:g} ms one way") if meta["applied"] else \
-        ("No netem in this kernel: no latency added" + (f"; the {1e3 * meta['delay']:g} ms one way are in the model only"
-                                                         if meta["delay"] else ""))
-    lines = [f"# Time to accuracy on a shaped network — {meta['model']} on {meta['dataset']}, "
-             f"{meta['world_size']} ranks (gloo)\n",
-             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Topology: {meta['topology_words']}. "
-             "One seed; the config's evaluation schedule; "
-             f"targets {' and '.join(fr)} of unshaped DDP's test accuracy {res['reference_accuracy']:.4f}; "
-             f"times are training seconds (evaluations excluded). {lat}.\n",
-             f"**The link**, fitted from the bench's all-reduce on {meta['world_size']} ranks:\n",
-             f"| link | {'the medium' if meta['topology'] == 'shared' else 'each link'}'s rate, fitted | α, fitted | "
-             "largest error of the fit |", "|---|---:|---:|---:|"]
-    for f in res["fits"]:
-        lines.append(f"| {f['rate_name']} | {_rate(link_rate(f, meta['topology']))} | "
-                     f"{1e6 * f['alpha_s']:,.0f} µs | {f['max_rel_error']:.0%} |")
-    lines += ["", "**Each cell on each link**, measured, and the model's prediction. "
-              "Model: the cell's unshaped step, its link time swapped for the shaped link's: wire/b + α per message in "
-              "a row, b a rank's rate (" + ("the medium's ÷ N" if meta["topology"] == "shared" else "its link's")
-              + ") and α as fitted above. Interface: bytes the ranks' interfaces carried per rank per step "
-              "over the whole run (set-up, evaluations, rendezvous).\n",
-              "| cell | link | step, measured | step, model | " + " | ".join(f"to {f}, measured | model" for f in fr)
-              + " | wire B/step | interface B/step |",
-              "|---|---|---:|---:|" + "---:|---:|" * len(fr) + "---:|---:|"]
-    for r in res["rows"]:
-        reach = " | ".join(f"{_s(t['seconds'], 'not reached')} | {_s(t['model_s'], 'not reached')}"
-                           for t in r["to_target"])
-        lines.append(f"| {r['cell']} | {r['rate_name']} | {_s(r['step_time_s'])} | {_s(r['model_step_s'])} | {reach} | "
-                     f"{r['wire_bytes_per_step']:,.0f} | {r['interface_bytes_per_step']:,.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(res: dict, topology: str, path: Path) -> bool:
-    """shaped.png: training seconds to the first target against the tc rate, per cell: the measured
-    points, the model's curve through the rates, the unshaped run at the right; False without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return False
-    shaped = sorted({r["rate"] for r in res["rows"] if r["rate"] is not None})
-    if not shaped:
-        return False
-    right = max(shaped) * 10  # where the unshaped runs stand
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    colors = plt.get_cmap("tab10")
-    for k, cell in enumerate(dict.fromkeys(r["cell"] for r in res["rows"])):
-        pts = [r for r in res["rows"] if r["cell"] == cell and r["to_target"][0]["seconds"] is not None]
-        ax.plot([r["rate"] or right for r in pts], [r["to_target"][0]["seconds"] for r in pts], "o",
-                color=colors(k % 10), label=cell)
-        if cell in res["curves"]:
-            xs, ys = zip(*res["curves"][cell])
-            ax.plot(xs, ys, "-", color=colors(k % 10), lw=1, alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks([*shaped, right], [*(netns.rate_name(r).replace(" ", "\n") for r in shaped), "unshaped"])
-    ax.set_xlabel("the link's rate (tc), log")
-    ax.set_ylabel(f"training seconds to {res['targets'][0]['fraction']:.0%} of DDP's accuracy (log)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, title="points: measured; lines: the model", title_fontsize=8)
-    ax.set_title(f"Time to accuracy on a shaped network ({links.NETWORKS[topology]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 # ---- the command -----------------------------------------------------------------------------
 
 def body(args, cfg, argv: list[str]) -> int:
     rates, cells = plan_rates(args.rates), choose_cells(args.cells)
     delay = netns.parse_delay(args.delay)
-    if args.nproc < 2:
-        raise ConfigError("--nproc: one rank sends nothing; use 2 or more")
+    fit_sizes(args.fit_sizes)
+    if not 2 <= args.nproc <= 253:
+        raise ConfigError(f"--nproc {args.nproc}: use 2 or more (one rank sends nothing) and at most 253 (one /24)")
+    if not all(0 < t <= 1 for t in args.targets):
+        raise ConfigError(f"--targets {args.targets}: fractions of DDP's accuracy, each in (0, 1]")
     if cfg.train.eval_every < 1:
         raise ConfigError("time to accuracy needs accuracy curves: set train.eval_every >= 1")
     out = Path(args.out or timestamped_dir("shaped"))
     if not netns.inside():
         netns.check_namespace()
-        return run_in_namespace([*argv, "--out", str(out)])
-    _stop_on_signals()
+        return netns.run_entered([sys.executable, "-m", MODULE, *argv, "--out", str(out)])
+    netns.stop_on_signals()
     try:
         measured = measure(args, cells, rates, delay, out)
     except KeyboardInterrupt:
