@@ -107,7 +107,7 @@ def test_a_missing_tool_names_its_package(monkeypatch):
 
 def test_nothing_is_shaped_outside_a_namespace_it_made(monkeypatch):
     monkeypatch.delenv(netns.INSIDE, raising=False)
-    with pytest.raises(RuntimeError, match="refusing to run ip link set lo up here"):
+    with pytest.raises(RuntimeError, match="refusing to run ip link set lo mtu 1500 up here"):
         netns.Loopback().up()
     monkeypatch.setenv(netns.INSIDE, os.readlink("/proc/self/ns/net"))  # inherited, but still the same namespace
     with pytest.raises(RuntimeError, match="refusing to run tc qdisc del dev lo root here"):

@@ -48,6 +48,7 @@ USERNS_SETTINGS = (  # (sysctl, the value that forbids an ordinary user's namesp
 )
 INSIDE = "DISTID_NETNS"  # the caller's network namespace, in the environment of what `run_entered` starts
 STOP_S = 20  # seconds processes may take to stop after SIGTERM before they are killed
+MTU = 1500  # every interface here, the loopback too: Ethernet's frames, not the loopback's 64 KiB
 
 
 def parse_rate(text: str) -> float | None:
@@ -239,16 +240,16 @@ class Device:
 
     def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
         """tbf at bits_per_s, behind netem's delay when delay_s > 0 (needs netem); None and no delay:
-        cleared. The bucket holds two 64 KiB segments (a loopback's largest with its header must fit in
-        it, or tbf never sends it; more at rates above 1 Gbit/s: 1 ms of the rate), so that a link idle a
-        moment passes little at memory speed; the queue holds 0.25 s of the rate (at least 1 MiB), so
-        that TCP is slowed, not dropped."""
+        cleared. Like a NIC, the link passes no burst: the bucket holds two Ethernet frames (MTU, as
+        every interface here, 1,500 B), or 0.1 ms of the rate above 240 Mbit/s, so that a link idle a
+        moment still sends a message at its rate; the queue holds 0.25 s of the rate (at least 1 MiB),
+        so that TCP is slowed, not dropped."""
         self.clear()
         if delay_s > 0:
             self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us")
         if bits_per_s is None:
             return
-        burst, limit = max(2 * 65536, int(bits_per_s / 8 * 1e-3)), max(2**20, int(bits_per_s / 8 * 0.25))
+        burst, limit = max(2 * (MTU + 50), int(bits_per_s / 8 * 1e-4)), max(2**20, int(bits_per_s / 8 * 0.25))
         where = ["parent", "1:"] if delay_s > 0 else ["root"]
         self.tc("qdisc", "add", "dev", self.dev, *where, "handle", "2:", "tbf", "rate", f"{bits_per_s:.0f}bit",
                 "burst", str(burst), "limit", str(limit))
@@ -274,7 +275,7 @@ class Loopback(Device):
         super().__init__("lo")
 
     def up(self) -> None:
-        _run(["ip", "link", "set", "lo", "up"])
+        _run(["ip", "link", "set", "lo", "mtu", str(MTU), "up"])
 
 
 def torchrun(argv: list[str], nproc: int) -> list[str]:
