@@ -388,12 +388,16 @@ class Nodes:
             dev.shape(bits_per_s, delay_s if i % 2 == 0 else 0.0)  # a packet's delay once, on its sender's uplink
 
     def commands(self, module_argv: list[str]) -> list[tuple[list[str], dict]]:
-        """One torchrun per node, in its namespace, rank i on node i; gloo on the node's veth."""
+        """One torchrun per node, in its namespace, rank i on node i; gloo on the node's veth; each
+        rank with this machine's cores ÷ n intra-op threads, as n ranks of one torchrun take them
+        (runtime.share_cores: a torchrun of one rank would take them all, n times over)."""
+        threads = max(1, len(os.sched_getaffinity(0)) // self.n)
         return [(Device(self.node(i), p.pid).cmd(*torchrun(module_argv, 1)[:3], f"--nnodes={self.n}",
                                                  "--nproc_per_node=1", f"--node_rank={i}",
                                                  f"--master_addr={self.addr(0)}", f"--master_port={self.PORT}",
                                                  *module_argv),
-                 {"GLOO_SOCKET_IFNAME": self.node(i)}) for i, p in enumerate(self.procs)]
+                 {"GLOO_SOCKET_IFNAME": self.node(i), "OMP_NUM_THREADS": str(threads), "DISTID_THREADS": ""})
+                for i, p in enumerate(self.procs)]
 
     def tx_bytes(self) -> int:
         """Bytes every node sent on its uplink."""
