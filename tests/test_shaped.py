@@ -17,7 +17,7 @@ import pytest
 
 from datasets_for_tests import DATA_ROOT, have_mnist
 from distid.config import ConfigError
-from distid.experiments.communication import frontier, links, netns, shaped
+from distid.experiments.communication import frontier, link_fit, links, netns, shaped
 from procs import REPO, finish, run, start, user_env
 
 NAMESPACE_GATE = "needs a private network namespace"
@@ -269,3 +269,13 @@ def test_the_frontier_refuses_a_shaped_file_it_cannot_read_before_it_trains(tmp_
         frontier.load_shaped(f"{tmp_path / 'other.json'}")
     with pytest.raises(ConfigError, match="missing.json: cannot read it"):
         frontier.load_shaped(f"{REPO}/tests/shaped_tiny.json, {tmp_path / 'missing.json'}")
+
+
+def test_one_alpha_for_every_link_and_a_rate_for_each():
+    n, alpha, rates = 4, 3e-4, (2e9, 1.25e7)  # a rank's bytes per second on each link
+    fits = [dict(world_size=n, rows=[dict(bytes=s, backend_ms=1e3 * (2 * (n - 1) * alpha + 1.5 * s / b))
+                                     for s in (16384, 131072, 1048576)]) for b in rates]
+    got = link_fit.joint(fits)
+    assert [f["alpha_s"] for f in got] == pytest.approx([alpha, alpha])
+    assert [f["rank_bytes_per_s"] for f in got] == pytest.approx(list(rates))
+    assert got[1]["medium_bytes_per_s"] == pytest.approx(n * rates[1]) and got[1]["max_rel_error"] < 1e-9

@@ -10,6 +10,7 @@ over back-to-back calls; median over rounds) and fits, by least squares on relat
 On a shared medium — every rank's bytes through one queue, as a shaped loopback — the N ranks
 together push N · 2(N−1)/N · S = 2(N−1)·S bytes through it, so the medium's rate is
 B = N / β_rank bytes per second. Writes the rows and both readings of the fit to --out (rank 0).
+`joint` fits one α for several links of one network (tc's tbf adds no latency) and a rate for each.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch.distributed as dist
 
 from distid import runtime
@@ -46,6 +48,29 @@ def measure(sizes=SIZES, rounds: int = ROUNDS) -> dict:
     return dict(world_size=n, rows=rows, alpha_s=fit["alpha_us"] / 1e6,
                 rank_bytes_per_s=1 / fit["beta_s_per_byte"], medium_bytes_per_s=n / fit["beta_s_per_byte"],
                 max_rel_error=fit["max_rel_error"])
+
+
+def joint(fits: list[dict]) -> list[dict]:
+    """One α for every link of a network and a rate for each: tbf adds no latency, so what a message
+    waits for is the hosts' own, the same at every rate. t = 2(N−1)·α + 2(N−1)/N·S·β_link, least
+    squares on the times over every link's rows, so that the large messages decide the rates (on a
+    few shared cores a small all-reduce's time is mostly the scheduler's); α ≥ 0, else fitted again
+    without it. The fits again, their α, rates and largest relative errors replaced by the joint fit's."""
+    n = fits[0]["world_size"]
+    rows = [(k, r["bytes"], r["backend_ms"] / 1e3) for k, f in enumerate(fits) for r in f["rows"]]
+    a, t = np.zeros((len(rows), 1 + len(fits))), np.array([t for _, _, t in rows])
+    for i, (k, size, _) in enumerate(rows):
+        a[i, 0], a[i, 1 + k] = 2 * (n - 1), 2 * (n - 1) / n * size
+    sol = np.linalg.lstsq(a, t, rcond=None)[0]
+    if sol[0] < 0:
+        sol = np.concatenate([[0.0], np.linalg.lstsq(a[:, 1:], t, rcond=None)[0]])
+    alpha, betas = float(sol[0]), [max(float(b), 1e-15) for b in sol[1:]]
+    out = []
+    for k, f in enumerate(fits):
+        pred = [(2 * (n - 1) * alpha + 2 * (n - 1) / n * size * betas[k], t) for j, size, t in rows if j == k]
+        out.append(dict(f, alpha_s=alpha, rank_bytes_per_s=1 / betas[k], medium_bytes_per_s=n / betas[k],
+                        max_rel_error=max(abs(p - t) / t for p, t in pred)))
+    return out
 
 
 def main(argv=None) -> int:

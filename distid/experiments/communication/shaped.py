@@ -26,8 +26,9 @@ the wire bytes per step (the ledger's), the bytes the interfaces carried per ran
 whole run: set-up, evaluations and rendezvous included), and what the model predicts.
 
 The model (links.link_s): the cell's step as measured unshaped, its link time swapped for the
-shaped link's, wire/b + α per message in a row, with a rank's rate b and α fitted on that link —
-never on the training runs (on the shared medium b is the medium's rate ÷ N).
+shaped link's, wire/b + α per message in a row, with a rank's rate b fitted on that link and one α
+for all of them (tbf adds no latency) — never fitted on the training runs (on the shared medium b
+is the medium's rate ÷ N).
 Where the kernel has netem, --delay adds one-way latency to every packet; where it does not, the
 output says so and the delay enters the model only. Writes shaped.json, shaped.md and shaped.png
 to --out, and each run's own output to <cell>/<rate>/.
@@ -166,7 +167,9 @@ def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Pa
                   flush=True)
         for rate in rates:
             net.shape(rate, applied if rate else 0.0)  # the unshaped baseline: no rate limit, no delay
-            fits[rate] = f = fit_link(args, net, rate, out)
+            fits[rate] = fit_link(args, net, rate, out)
+        fits = dict(zip(rates, link_fit.joint([fits[r] for r in rates])))  # one α, a rate per link
+        for rate, f in fits.items():
             print(f"link {netns.rate_name(rate):>10}: fitted {rate_words(link_rate(f, args.topology))} a "
                   f"{'link' if args.topology == 'per-node' else 'medium'}, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
         for cell in cells:
@@ -201,6 +204,8 @@ def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int |
         own = next(e[1] for e in base["eval_curve"] if e[0] == step)
     if own is None:  # too few steps to time one
         return None
+    if fit is fit0 and not delay:
+        return own  # the unshaped run itself
     return max(own - link(fit0, wire, calls), 0.0) + link(fit, wire, calls)  # the rest of a step is no link's
 
 

@@ -42,8 +42,8 @@ def to_markdown(res: dict, meta: dict) -> str:
              f"targets {' and '.join(fr)} of unshaped DDP's test accuracy {res['reference_accuracy']:.4f}; "
              f"times are training seconds (evaluations excluded). {lat}.\n",
              f"**The link**, fitted from the bench's all-reduce on {meta['world_size']} ranks:\n",
-             f"| link | {'the medium' if meta['topology'] == 'shared' else 'each link'}'s rate, fitted | α, fitted | "
-             "largest error of the fit |", "|---|---:|---:|---:|"]
+             f"| link | {'the medium' if meta['topology'] == 'shared' else 'each link'}'s rate, fitted | "
+             "α, fitted (one for every link: tbf adds no latency) | largest error of the fit |", "|---|---:|---:|---:|"]
     for f in res["fits"]:
         lines.append(f"| {f['rate_name']} | {rate_words(link_rate(f, meta['topology']))} | "
                      f"{1e6 * f['alpha_s']:,.0f} µs | {f['max_rel_error']:.0%} |")
