@@ -238,17 +238,17 @@ def test_ctrl_c_leaves_no_process_namespace_interface_or_qdisc(tmp_path, topolog
     assert host_state() == before  # no named namespace, no interface (veth, bridge), the loopback's qdisc as it was
 
 
-def test_the_model_swaps_the_unshaped_link_time_for_the_shaped_one():
+def test_a_slower_link_makes_a_collective_take_the_longer_of_its_own_cost_and_the_bytes_time():
     base = dict(wire_bytes_per_step=1e6, comm_calls_per_step={"all_reduce": 1.0}, step_time_s=0.01, sync_period=1,
                 eval_curve=[[10, 0.1, 0.5]], wire_setup_bytes=0.0, comm_steps_warmup=0, wire_warmup_bytes=0.0)
-    fast, slow = dict(rank_bytes_per_s=1e9, alpha_s=0.0), dict(rank_bytes_per_s=1e7, alpha_s=1e-3)
-    # per step: (0.01 − 1e6/1e9) + 1e6/1e7 + 2·3·1e-3; to step 10: (0.1 − 1e7/1e9) + 1e7/1e7 + 10·6·1e-3
-    assert shaped.predict(base, slow, fast, 4, 0.0) == pytest.approx(0.009 + 0.1 + 0.006)
-    assert shaped.predict(base, slow, fast, 4, 0.0, step=10) == pytest.approx(0.09 + 1.0 + 0.06)
-    assert shaped.predict(base, slow, fast, 4, 0.002) == pytest.approx(0.115 + 6 * 0.002)  # a delay netem did not add
-    crawl = dict(rank_bytes_per_s=1e6, alpha_s=0.0)  # an "unshaped" fit slower than the step: no negative compute
-    assert shaped.predict(base, slow, crawl, 4, 0.0) == pytest.approx(0.1 + 0.006)
-    assert shaped.predict(dict(base, step_time_s=None), slow, fast, 4, 0.0) is None
+    unshaped, slow = dict(rank_bytes_per_s=1e9, alpha_s=1e-3), dict(rank_bytes_per_s=1e7)
+    # unshaped a step's all-reduce took t0 = 2·3·1e-3 + 1e6/1e9 = 7 ms; the slow link needs 1e6/1e7 = 100 ms
+    assert shaped.predict(base, slow, unshaped, 4, 0.0) == pytest.approx(0.01 + 0.1 - 0.007)
+    assert shaped.predict(base, slow, unshaped, 4, 0.0, step=10) == pytest.approx(0.1 + 1.0 - 0.07)
+    assert shaped.predict(base, slow, unshaped, 4, 0.002) == pytest.approx(0.103 + 6 * 0.002)  # netem absent
+    assert shaped.predict(base, dict(rank_bytes_per_s=2e8), unshaped, 4, 0.0) == pytest.approx(0.01)  # 5 ms < t0
+    assert shaped.predict(base, unshaped, unshaped, 4, 0.0) == pytest.approx(0.01)  # the unshaped run itself
+    assert shaped.predict(dict(base, step_time_s=None), slow, unshaped, 4, 0.0) is None
 
 
 def test_the_frontier_shows_a_shaped_run_beside_its_own_model():

@@ -25,10 +25,12 @@ unshaped DDP run's final test accuracy; the config's evaluation schedule; evalua
 the wire bytes per step (the ledger's), the bytes the interfaces carried per rank per step (the
 whole run: set-up, evaluations and rendezvous included), and what the model predicts.
 
-The model (links.link_s): the cell's step as measured unshaped, its link time swapped for the
-shaped link's, wire/b + α per message in a row, with a rank's rate b fitted on that link and one α
-for all of them (tbf adds no latency) — never fitted on the training runs (on the shared medium b
-is the medium's rate ÷ N).
+The model (`predict`): the cell's step (or training seconds to a target) as measured unshaped;
+what its collectives took there, α per message in a row + wire/b (links.link_s, fitted on the
+unshaped network), is the hosts' own cost, paid on any link, and a slower link makes them take the
+longer of that and wire/b_link, the time the link needs to carry the bytes. A rank's rate b_link
+is fitted on each shaped link, one α for all of them (tbf adds no latency) — never fitted on the
+training runs (on the shared medium b is the medium's rate ÷ N).
 Where the kernel has netem, --delay adds one-way latency to every packet; where it does not, the
 output says so and the delay enters the model only. Writes shaped.json, shaped.md and shaped.png
 to --out, and each run's own output to <cell>/<rate>/.
@@ -191,11 +193,11 @@ def _hit(curve: list, target: float):
 
 def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int | None = None) -> float | None:
     """Model seconds of the unshaped run `base` (a frontier.seed_record plus its curve and step time) on
-    the link of `fit`: per step (step None) or to the end of `step`; the unshaped link's time (fit0)
-    swapped for that link's, and `delay` one-way per message in a row where netem did not add it."""
-    def link(f, wire, calls):
-        return links.link_s(wire, calls, n, f["rank_bytes_per_s"], f["alpha_s"]) \
-            + (links.latency_hops(calls, n) * delay if f is fit else 0.0)
+    the link of `fit`: per step (step None) or to the end of `step`. What its collectives took
+    unshaped, t0 = α per message in a row + wire/b0 (fit0), is the hosts' own cost — scheduling, copies,
+    latency — paid on any link; a slower link makes them take the longer of that and the time it needs
+    to carry the bytes, wire/b: own + max(0, wire/b − t0); plus `delay` per message in a row where
+    netem did not add it."""
     if step is None:
         wire, calls, own = base["wire_bytes_per_step"], base["comm_calls_per_step"], base["step_time_s"]
     else:
@@ -204,23 +206,20 @@ def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int |
         own = next(e[1] for e in base["eval_curve"] if e[0] == step)
     if own is None:  # too few steps to time one
         return None
-    if fit is fit0 and not delay:
-        return own  # the unshaped run itself
-    return max(own - link(fit0, wire, calls), 0.0) + link(fit, wire, calls)  # the rest of a step is no link's
+    t0 = links.link_s(wire, calls, n, fit0["rank_bytes_per_s"], fit0["alpha_s"])
+    return own + max(0.0, wire / fit["rank_bytes_per_s"] - t0) + links.latency_hops(calls, n) * delay
 
 
 def curve(base: dict, fits: dict, n: int, topology: str, delay: float, step: int) -> list[tuple[float, float]]:
     """[(tc rate, model seconds to the end of `step`)] over rates around the shaped ones: a rank's rate
-    the tc rate (÷ N on the shared medium) times the median of fitted ÷ tc rate, α the median of the
-    shaped links' fits."""
+    the tc rate (÷ N on the shared medium) times the median of fitted ÷ tc rate."""
     shaped = [r for r in fits if r is not None]
-    alpha = statistics.median(fits[r]["alpha_s"] for r in shaped)
     kept = statistics.median(8 * link_rate(fits[r], topology) / r for r in shaped)  # fitted ÷ tc's rate
     lo, hi = math.log10(min(shaped) / 3), math.log10(max(shaped) * 3)
     out = []
     for k in range(25):
         rate = 10 ** (lo + (hi - lo) * k / 24)
-        fit = dict(rank_bytes_per_s=kept * rate / 8 / (n if topology == "shared" else 1), alpha_s=alpha)
+        fit = dict(rank_bytes_per_s=kept * rate / 8 / (n if topology == "shared" else 1))
         out.append((rate, predict(base, fit, fits[None], n, delay, step)))
     return out
 

@@ -48,10 +48,11 @@ def to_markdown(res: dict, meta: dict) -> str:
         lines.append(f"| {f['rate_name']} | {rate_words(link_rate(f, meta['topology']))} | "
                      f"{1e6 * f['alpha_s']:,.0f} µs | {f['max_rel_error']:.0%} |")
     lines += ["", "**Each cell on each link**, measured, and the model's prediction. "
-              "Model: the cell's unshaped step, its link time swapped for the shaped link's: wire/b + α per message in "
-              "a row, b a rank's rate (" + ("the medium's ÷ N" if meta["topology"] == "shared" else "its link's")
-              + ") and α as fitted above. Interface: bytes the ranks' interfaces carried per rank per step "
-              "over the whole run (set-up, evaluations, rendezvous).\n",
+              "Model: the cell's unshaped step (or seconds to the target) + max(0, wire/b − t₀): its collectives "
+              "took t₀ = wire/b₀ + α per message in a row unshaped (the hosts' own cost, paid on any link), and take "
+              "the longer of that and wire/b on the shaped link; b a rank's rate (" + ("the medium's ÷ N" if
+              meta["topology"] == "shared" else "its link's") + "), b₀ and α as fitted above. Interface: bytes the "
+              "ranks' interfaces carried per rank per step over the whole run (set-up, evaluations, rendezvous).\n",
               "| cell | link | step, measured | step, model | " + " | ".join(f"to {f}, measured | model" for f in fr)
               + " | wire B/step | interface B/step |",
               "|---|---|---:|---:|" + "---:|---:|" * len(fr) + "---:|---:|"]
