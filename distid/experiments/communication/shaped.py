@@ -289,8 +289,8 @@ def body(args, cfg, argv: list[str]) -> int:
     (out / "shaped.json").write_text(json.dumps(dict(meta=meta, **res), indent=2))
     md = to_markdown(res, meta)
     (out / "shaped.md").write_text(md)
-    drew = plot(res, args.topology, out / "shaped.png")
-    print("\n" + md + f"\nwrote {out}/shaped.json, shaped.md" + (", shaped.png" if drew else " (no matplotlib: no chart)"))
+    why = plot(res, args.topology, out / "shaped.png")
+    print("\n" + md + f"\nwrote {out}/shaped.json, shaped.md" + (f" ({why}: no chart)" if why else ", shaped.png"))
     return 0
 
 

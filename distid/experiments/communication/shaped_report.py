@@ -64,15 +64,15 @@ def to_markdown(res: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict, topology: str, path: Path) -> bool:
+def plot(res: dict, topology: str, path: Path) -> str | None:
     """shaped.png: training seconds to the first target against the tc rate, per cell: the measured
-    points, the model's curve through the rates, the unshaped run at the right; False without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return False
+    points, the model's curve through the rates, the unshaped run at the right; None, or why not."""
     shaped = sorted({r["rate"] for r in res["rows"] if r["rate"] is not None})
     if not shaped:
-        return False
+        return "no shaped rate to draw"
+    plt = pyplot()
+    if plt is None:
+        return "no matplotlib"
     right = max(shaped) * 10  # where the unshaped runs stand
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     colors = plt.get_cmap("tab10")
@@ -94,4 +94,4 @@ def plot(res: dict, topology: str, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+    return None
