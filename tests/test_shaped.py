@@ -39,7 +39,7 @@ needs_namespace = pytest.mark.skipif(namespace_refused() is not None, reason=nam
 
 def inside(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Python `code` run in namespaces made by netns.enter, as run_entered starts it; this repository importable."""
-    here = os.readlink("/proc/self/ns/net")
+    here = netns._namespaces()
     return run(netns.enter([sys.executable, "-c", code]), timeout, user_env(**{netns.INSIDE: here, "PYTHONPATH": REPO}))
 
 
@@ -109,8 +109,12 @@ def test_nothing_is_shaped_outside_a_namespace_it_made(monkeypatch):
     monkeypatch.delenv(netns.INSIDE, raising=False)
     with pytest.raises(RuntimeError, match="refusing to run ip link set lo mtu 1500 up here"):
         netns.Loopback().up()
-    monkeypatch.setenv(netns.INSIDE, os.readlink("/proc/self/ns/net"))  # inherited, but still the same namespace
+    monkeypatch.setenv(netns.INSIDE, netns._namespaces())  # inherited, but still the same namespaces
     with pytest.raises(RuntimeError, match="refusing to run tc qdisc del dev lo root here"):
+        netns.Loopback().clear()
+    net, pid = netns._namespaces().split()
+    monkeypatch.setenv(netns.INSIDE, f"net:[1] {pid}")  # a stale value: the PID namespace is still this one
+    with pytest.raises(RuntimeError, match="refusing"):
         netns.Loopback().clear()
     with pytest.raises(RuntimeError, match="refusing"):
         netns.Nodes(2).__enter__()
@@ -159,8 +163,8 @@ with netns.Nodes(2) as net:
     print(sorted({d.qdisc().split()[1] for d in net.devices()}), len(net.devices()))
     print(subprocess.run(net.devices()[0].cmd("ip", "-o", "-4", "addr", "show", "distid-n0"), capture_output=True,
                          text=True).stdout.split()[3])
-    pids = [p.pid for p in net.procs]
-print(any(os.path.exists(f"/proc/{p}") for p in pids))
+    held = {os.readlink(f"/proc/{p.pid}/ns/net") for p in net.procs}
+print(any(os.readlink(p) in held for p in __import__("glob").glob("/proc/[0-9]*/ns/net")))
 print(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("distid-"))
 """
     got = inside(code)
@@ -168,7 +172,7 @@ print(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdou
     qdiscs, bound, alive, links_left = got.stdout.strip().splitlines()
     assert qdiscs == "['tbf'] 4"  # each node's uplink and the bridge's port to it
     assert bound == "10.77.0.1/24"  # node 0's address, in its own namespace
-    assert alive == "False" and links_left == "0"  # the nodes' namespaces, veths and bridge are gone
+    assert alive == "False" and links_left == "0"  # no process holds a node's namespace; veths and bridge gone
 
 
 @needs_namespace
@@ -260,7 +264,10 @@ def test_the_frontier_shows_a_shaped_run_beside_its_own_model():
     md = links.measured_markdown([row], targets, 4, [tiny, dict(tiny, meta=dict(tiny["meta"], topology="per-node"))])
     lines = [x for x in md.splitlines() if x.startswith("| DDP |")]
     assert [x.split(" | ")[1] for x in lines] == ["one loopback (shared), N=2", "a link per rank, N=2"]
-    assert all("not in this frontier" not in x and "not reached" not in x.split(" | ")[-1] for x in lines)
+    fit = next(f for f in tiny["fits"] if f["rate"] is not None)  # this page's model on the network's own link:
+    for line, rate in zip(lines, (fit["medium_bytes_per_s"], fit["rank_bytes_per_s"])):  # the medium, or a rank's
+        want = links.time_to(row, 1, 4, 2, links.Link("x", 8 * rate, fit["alpha_s"], ""))
+        assert line.split(" | ")[-1].strip(" |") == links._fmt(want)
     assert "| DiLoCo H=32 |" in md and "not in this frontier" in md  # a cell the frontier did not train
 
 
@@ -280,3 +287,9 @@ def test_one_alpha_for_every_link_and_a_rate_for_each():
     assert [f["alpha_s"] for f in got] == pytest.approx([alpha, alpha])
     assert [f["rank_bytes_per_s"] for f in got] == pytest.approx(list(rates))
     assert got[1]["medium_bytes_per_s"] == pytest.approx(n * rates[1]) and got[1]["max_rel_error"] < 1e-9
+    late = [dict(f, rows=[dict(r, backend_ms=r["backend_ms"] + 1e3 * 6 * 0.02) for r in f["rows"]]) if k else f
+            for k, f in enumerate(fits)]  # netem delayed the second link 20 ms one way: 2(N−1) of them a call
+    assert [f["alpha_s"] for f in link_fit.joint(late, [0.0, 0.02])] == pytest.approx([alpha, alpha])
+    fast = [dict(f, rows=[dict(r, backend_ms=1e3 * (1.5 * r["bytes"] / b - 1e-6)) for r in f["rows"]])
+            for f, b in zip(fits, rates)]  # times below the bandwidth's: α would come out negative
+    assert [f["alpha_s"] for f in link_fit.joint(fast)] == [0.0, 0.0]

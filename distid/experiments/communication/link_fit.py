@@ -50,14 +50,16 @@ def measure(sizes=SIZES, rounds: int = ROUNDS) -> dict:
                 max_rel_error=fit["max_rel_error"])
 
 
-def joint(fits: list[dict]) -> list[dict]:
+def joint(fits: list[dict], delays: list[float] | None = None) -> list[dict]:
     """One α for every link of a network and a rate for each: tbf adds no latency, so what a message
     waits for is the hosts' own, the same at every rate. t = 2(N−1)·α + 2(N−1)/N·S·β_link, least
     squares on the times over every link's rows, so that the large messages decide the rates (on a
     few shared cores a small all-reduce's time is mostly the scheduler's); α ≥ 0, else fitted again
-    without it. The fits again, their α, rates and largest relative errors replaced by the joint fit's."""
-    n = fits[0]["world_size"]
-    rows = [(k, r["bytes"], r["backend_ms"] / 1e3) for k, f in enumerate(fits) for r in f["rows"]]
+    without it. `delays`: each link's one-way delay that netem added (s), 2(N−1) of them taken off its
+    times first. The fits again, their α, rates and largest relative errors replaced by the joint fit's."""
+    n, delays = fits[0]["world_size"], delays or [0.0] * len(fits)
+    rows = [(k, r["bytes"], r["backend_ms"] / 1e3 - 2 * (n - 1) * delays[k]) for k, f in enumerate(fits)
+            for r in f["rows"]]
     a, t = np.zeros((len(rows), 1 + len(fits))), np.array([t for _, _, t in rows])
     for i, (k, size, _) in enumerate(rows):
         a[i, 0], a[i, 1 + k] = 2 * (n - 1), 2 * (n - 1) / n * size

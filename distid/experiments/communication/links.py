@@ -155,9 +155,9 @@ NETWORKS = {"shared": "one loopback (shared)", "per-node": "a link per rank"}
 
 def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, shaped: list[dict]) -> str:
     """The shaped runs' measured times to 90 % of DDP's accuracy (shaped.py's shaped.json, one per
-    network) beside two models: the shaped run's own (its unshaped step, the link time swapped, α and
-    a rank's rate fitted on the shaped network) and this page's per-rank model on a link of the
-    network's fitted rate and α, at the shaped run's world size."""
+    network) beside two models: the shaped run's own (its unshaped time + max(0, wire/b − t₀), b and
+    α fitted on the shaped network) and this page's per-rank model on a link of the network's fitted
+    rate and α, at the shaped run's world size."""
     i = _target(targets)
     by_cell = {r["cell"]: r for r in rows if "refused" not in r}
     machines = "; ".join(dict.fromkeys(f"{x['meta']['machine']['cpu']}, {x['meta']['machine']['cores']} cores"
@@ -168,8 +168,9 @@ def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, sh
              "loopback (a shared medium: every rank's bytes through one queue, a rank's share of the rate 1/N) or a "
              "namespace per rank behind its own shaped link (what this page's model assumes); one seed; training "
              f"seconds to {targets[i]['fraction']:.0%} of that run's unshaped DDP accuracy. Its model: the cell's "
-             "unshaped step with the link time swapped for the shaped network's, α and a rank's rate fitted on it. "
-             "This page's: the table above's, on a link per worker of the network's fitted rate and α.\n",
+             "unshaped time + max(0, wire/b − t₀), t₀ what its collectives took unshaped, b a rank's rate and α "
+             "fitted on the shaped network. This page's: the table above's, on a link per worker of the network's "
+             "fitted rate and α.\n",
              "| cell | network | link | measured | its model | this page's model |", "|---|---|---|---:|---:|---:|"]
     for one in shaped:
         meta, fits = one["meta"], {f["rate"]: f for f in one["fits"]}

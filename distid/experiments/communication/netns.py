@@ -13,7 +13,7 @@ the kernel kills every process started in it, and the network namespaces, which 
 hold only those processes, go with them, every interface and qdisc in them. `run_entered` starts
 `unshare` so that it is killed when its caller dies (PR_SET_PDEATHSIG), and `--kill-child` passes
 that on. Nothing on the host's own interfaces is touched: every `ip` and `tc` here refuses to run
-unless this process's network namespace differs from the one `run_entered` was called in.
+unless this process's network and PID namespaces both differ from those `run_entered` was called in.
 
 Two networks: `SharedLoopback` — every rank on the namespace's loopback, one queue for all their
 bytes (a shared medium, like a hub); `Nodes` — a namespace per rank, each behind its own veth pair
@@ -46,7 +46,7 @@ USERNS_SETTINGS = (  # (sysctl, the value that forbids an ordinary user's namesp
     ("kernel.apparmor_restrict_unprivileged_userns", lambda v: v == "1", "0"),  # Ubuntu 23.10 on
     ("user.max_user_namespaces", lambda v: v == "0", "a number above 0"),
 )
-INSIDE = "DISTID_NETNS"  # the caller's network namespace, in the environment of what `run_entered` starts
+INSIDE = "DISTID_NETNS"  # the caller's network and PID namespaces, in the environment of what `run_entered` starts
 STOP_S = 20  # seconds processes may take to stop after SIGTERM before they are killed
 MTU = 1500  # every interface here, the loopback too: Ethernet's frames, not the loopback's 64 KiB
 
@@ -133,15 +133,26 @@ def _netns(pid: int | str = "self") -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
 
 
+def _namespaces() -> str:
+    """This process's network and PID namespaces, as /proc names them."""
+    return f"{_netns()} {os.readlink('/proc/self/ns/pid')}"
+
+
 def inside() -> bool:
-    """True in a process that `run_entered` started (or its children), in a network namespace other
-    than the one it was started from."""
-    return bool(os.environ.get(INSIDE)) and os.environ[INSIDE] != _netns()
+    """True in a process that `run_entered` started (or its children): in network and PID namespaces
+    other than both of those it was started from."""
+    made_from = os.environ.get(INSIDE, "").split()
+    return len(made_from) == 2 and not set(made_from) & set(_namespaces().split())
 
 
-def _die_with_parent() -> None:
-    """In a child before exec: SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+def _die_with(parent: int):
+    """In a child before exec: SIGKILL when `parent` dies (Linux's PR_SET_PDEATHSIG), at once if it
+    already has."""
+    def arm() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
 
 
 def run_entered(argv: list[str]) -> int:
@@ -149,8 +160,8 @@ def run_entered(argv: list[str]) -> int:
     here is passed on to it, which then has STOP_S and a few seconds more to end before it is
     killed (and everything in its namespaces with it); 130 then."""
     stop_on_signals()
-    proc = subprocess.Popen(enter(argv), env={**os.environ, INSIDE: _netns()}, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(enter(argv), env={**os.environ, INSIDE: _namespaces()}, start_new_session=True,
+                            preexec_fn=_die_with(os.getpid()))
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -241,12 +252,14 @@ class Device:
     def shape(self, bits_per_s: float | None, delay_s: float = 0.0) -> None:
         """tbf at bits_per_s, behind netem's delay when delay_s > 0 (needs netem); None and no delay:
         cleared. Like a NIC, the link passes no burst: the bucket holds two Ethernet frames (MTU, as
-        every interface here, 1,500 B), or 0.1 ms of the rate above 240 Mbit/s, so that a link idle a
-        moment still sends a message at its rate; the queue holds 0.25 s of the rate (at least 1 MiB),
-        so that TCP is slowed, not dropped."""
+        every interface here, 1,500 B), or 0.1 ms of the rate when that is more (from 248 Mbit/s;
+        12.5 kB at 1 Gbit/s), so that a link idle a moment still sends a message at its rate; the
+        queue holds 0.25 s of the rate (at least 1 MiB), so that TCP is slowed, not dropped. TCP
+        hands the loopback 64 KiB segments (GSO); tbf cuts them into frames."""
         self.clear()
         if delay_s > 0:
-            self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us")
+            self.tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "netem", "delay", f"{delay_s * 1e6:.0f}us",
+                    "limit", "100000")  # packets in flight: netem's default of 1,000 drops at 1 Gbit/s and 20 ms
         if bits_per_s is None:
             return
         burst, limit = max(2 * (MTU + 50), int(bits_per_s / 8 * 1e-4)), max(2**20, int(bits_per_s / 8 * 0.25))
@@ -278,6 +291,12 @@ class Loopback(Device):
         _run(["ip", "link", "set", "lo", "mtu", str(MTU), "up"])
 
 
+def rank_threads(n: int) -> dict:
+    """The environment that gives each of n ranks on this machine its cores ÷ n intra-op threads, on
+    either network (as runtime.share_cores does for the ranks of one torchrun)."""
+    return {"OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // n)), "DISTID_THREADS": ""}
+
+
 def torchrun(argv: list[str], nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
 
@@ -306,7 +325,7 @@ class SharedLoopback:
 
     def commands(self, module_argv: list[str]) -> list[tuple[list[str], dict]]:
         """(argv, environment additions) of the processes that run module_argv on n ranks."""
-        return [(torchrun(module_argv, self.n), {})]
+        return [(torchrun(module_argv, self.n), rank_threads(self.n))]
 
     def tx_bytes(self) -> int:
         return self.lo.tx_bytes()
@@ -391,12 +410,11 @@ class Nodes:
         """One torchrun per node, in its namespace, rank i on node i; gloo on the node's veth; each
         rank with this machine's cores ÷ n intra-op threads, as n ranks of one torchrun take them
         (runtime.share_cores: a torchrun of one rank would take them all, n times over)."""
-        threads = max(1, len(os.sched_getaffinity(0)) // self.n)
         return [(Device(self.node(i), p.pid).cmd(*torchrun(module_argv, 1)[:3], f"--nnodes={self.n}",
                                                  "--nproc_per_node=1", f"--node_rank={i}",
                                                  f"--master_addr={self.addr(0)}", f"--master_port={self.PORT}",
                                                  *module_argv),
-                 {"GLOO_SOCKET_IFNAME": self.node(i), "OMP_NUM_THREADS": str(threads), "DISTID_THREADS": ""})
+                 {"GLOO_SOCKET_IFNAME": self.node(i), **rank_threads(self.n)})
                 for i, p in enumerate(self.procs)]
 
     def tx_bytes(self) -> int:

@@ -26,13 +26,13 @@ the wire bytes per step (the ledger's), the bytes the interfaces carried per ran
 whole run: set-up, evaluations and rendezvous included), and what the model predicts.
 
 The model (`predict`): the cell's step (or training seconds to a target) as measured unshaped;
-what its collectives took there, α per message in a row + wire/b (links.link_s, fitted on the
-unshaped network), is the hosts' own cost, paid on any link, and a slower link makes them take the
-longer of that and wire/b_link, the time the link needs to carry the bytes. A rank's rate b_link
-is fitted on each shaped link, one α for all of them (tbf adds no latency) — never fitted on the
-training runs (on the shared medium b is the medium's rate ÷ N).
-Where the kernel has netem, --delay adds one-way latency to every packet; where it does not, the
-output says so and the delay enters the model only. Writes shaped.json, shaped.md and shaped.png
+what its collectives took there, t₀ = α per message in a row + wire/b₀ (links.link_s), is the
+hosts' own cost, paid on any link, and a slower link makes them take the longer of that and
+wire/b, the time the link needs to carry the bytes. The rates b (a rank's; on the shared medium
+the medium's ÷ N) and one α for every link (tbf adds no latency) are fitted together on the
+all-reduce timings of all the links (link_fit.joint) — never on the training runs.
+Where the kernel has netem, --delay adds one-way latency to every packet of a shaped link; where it
+does not, the output says so; the model adds it either way. Writes shaped.json, shaped.md and shaped.png
 to --out, and each run's own output to <cell>/<rate>/.
 """
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -125,7 +124,7 @@ def launch(net, module_argv: list[str], log: Path) -> None:
     procs = []
     try:
         for (argv, env), path in zip(net.commands(module_argv), logs):
-            procs.append(netns.start(argv, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **env}, path))
+            procs.append(netns.start(argv, env, path))
         while None in (codes := [p.poll() for p in procs]) and not any(codes):
             time.sleep(0.1)
     finally:
@@ -170,7 +169,7 @@ def measure(args, cells: list[frontier.Cell], rates: list, delay: float, out: Pa
         for rate in rates:
             net.shape(rate, applied if rate else 0.0)  # the unshaped baseline: no rate limit, no delay
             fits[rate] = fit_link(args, net, rate, out)
-        fits = dict(zip(rates, link_fit.joint([fits[r] for r in rates])))  # one α, a rate per link
+        fits = dict(zip(rates, link_fit.joint([fits[r] for r in rates], [applied if r else 0.0 for r in rates])))
         for rate, f in fits.items():
             print(f"link {netns.rate_name(rate):>10}: fitted {rate_words(link_rate(f, args.topology))} a "
                   f"{'link' if args.topology == 'per-node' else 'medium'}, α {1e6 * f['alpha_s']:,.0f} µs", flush=True)
@@ -196,8 +195,8 @@ def predict(base: dict, fit: dict, fit0: dict, n: int, delay: float, step: int |
     the link of `fit`: per step (step None) or to the end of `step`. What its collectives took
     unshaped, t0 = α per message in a row + wire/b0 (fit0), is the hosts' own cost — scheduling, copies,
     latency — paid on any link; a slower link makes them take the longer of that and the time it needs
-    to carry the bytes, wire/b: own + max(0, wire/b − t0); plus `delay` per message in a row where
-    netem did not add it."""
+    to carry the bytes, wire/b: own + max(0, wire/b − t0); plus the link's one-way `delay` per message
+    in a row (netem's, or assumed where the kernel has none: the unshaped run had none either way)."""
     if step is None:
         wire, calls, own = base["wire_bytes_per_step"], base["comm_calls_per_step"], base["step_time_s"]
     else:
@@ -229,7 +228,7 @@ def results(measured: dict, cells: list[frontier.Cell], rates: list, fractions: 
     """The table's rows from measure()'s runs: measured beside the model, per cell and rate; the
     model's curve of each cell's time to the first target against the tc rate."""
     fits, runs = measured["fits"], measured["runs"]
-    model_delay = measured["delay"] - measured["applied"]
+    model_delay = measured["delay"]  # a shaped link's latency, netem's or assumed: the unshaped run had none
     reference = runs["DDP"][None]["summary"].test_accuracy
     targets = [dict(fraction=f, accuracy=f * reference) for f in fractions]
     rows, curves = [], {}
