@@ -120,10 +120,11 @@ def launch(net, module_argv: list[str], log: Path) -> None:
     (node i > 0: log.<i>); all stopped when one fails or this process is interrupted; RuntimeError
     naming the log of the one that failed."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    logs = [log if i == 0 else log.with_name(f"{log.name}.{i}") for i in range(len(net.commands(module_argv)))]
+    commands = net.commands(module_argv)
+    logs = [log if i == 0 else log.with_name(f"{log.name}.{i}") for i in range(len(commands))]
     procs = []
     try:
-        for (argv, env), path in zip(net.commands(module_argv), logs):
+        for (argv, env), path in zip(commands, logs):
             procs.append(netns.start(argv, env, path))
         while None in (codes := [p.poll() for p in procs]) and not any(codes):
             time.sleep(0.1)
