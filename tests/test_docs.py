@@ -11,6 +11,7 @@ the grid, the same kinds of line), and every machine-independent figure the page
 trainable counts, bytes per step, MFLOP, the ledger's rows) must be among what it prints now.
 """
 
+import json
 import re
 import shlex
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from datasets_for_tests import DATA_ROOT, have_dataset, have_mnist
-from distid.experiments import docs
+from distid.experiments import doc_sources, docs
 from distid.config import load_config
 from distid.models import build_model
 from procs import REPO, run, user_env
@@ -30,6 +31,7 @@ from test_shaped import namespace_refused
 DOCS = Path(REPO) / "docs"
 LESSONS = sorted(DOCS.glob("lesson[0-9]*_*.md"))
 GUIDES = [DOCS / "choose_your_budget.md"]  # pages beside the lessons whose commands and outputs are checked too
+SOLUTIONS = sorted(DOCS.glob("solutions/lesson*.md"))  # the exercises' solutions, checked like the lessons
 TINY = {
     "distid.primitives": ["--sizes", "12,1200", "--reps", "1"],
     "distid.parallel": ["--steps", "5", "--data-root", DATA_ROOT],
@@ -111,7 +113,19 @@ def argv(command: str, out: Path) -> list[str]:
     return head + words[1:] + TINY[module] + SMALLER.get(config, []) + extra
 
 
-CASES = [(page, i, cmd, block) for page in LESSONS + GUIDES for i, (cmd, block) in enumerate(cases(page))]
+def all_cases() -> list[tuple[Path, int, str, docs.Block | None]]:
+    """Every page's cases; a shown command (not a block) that an earlier page already runs is run once."""
+    found, seen = [], set()
+    for page in LESSONS + GUIDES + SOLUTIONS:
+        for i, (cmd, block) in enumerate(cases(page)):
+            if block is None and plain(cmd) in seen:
+                continue
+            seen.add(plain(cmd))
+            found.append((page, i, cmd, block))
+    return found
+
+
+CASES = all_cases()
 
 
 def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
@@ -124,7 +138,7 @@ def test_every_lesson_page_has_a_command_its_output_and_an_exercise():
 
 
 def test_every_block_was_regenerated_and_names_its_machine():
-    for page in LESSONS + GUIDES:
+    for page in LESSONS + GUIDES + SOLUTIONS:
         lines = page.read_text().splitlines()
         for b in docs.blocks(page):
             head = lines[b.line + 1]
@@ -216,7 +230,7 @@ def tiny_runs(request, tmp_path_factory):
               if getattr(item, "originalname", "") == "test_docs_command_runs_at_a_tiny_size"}
     pool, runs = ThreadPoolExecutor(PARALLEL), {}
     for page, i, command, _ in CASES:
-        name = f"{page.name}:{i}"
+        name = f"{page.relative_to(DOCS)}:{i}"
         if name in wanted:
             tmp = tmp_path_factory.mktemp("tiny")
             cmd = prepared(command, tmp)
@@ -226,9 +240,9 @@ def tiny_runs(request, tmp_path_factory):
 
 
 @pytest.mark.skipif(not have_mnist(), reason="MNIST not fetched (python -m distid.data fetch mnist)")
-@pytest.mark.parametrize("page,i,command,block", CASES, ids=[f"{p.name}:{i}" for p, i, _, _ in CASES])
+@pytest.mark.parametrize("page,i,command,block", CASES, ids=[f"{p.relative_to(DOCS)}:{i}" for p, i, _, _ in CASES])
 def test_docs_command_runs_at_a_tiny_size(page, i, command, block, tiny_runs):
-    job = tiny_runs[f"{page.name}:{i}"]
+    job = tiny_runs[f"{page.relative_to(DOCS)}:{i}"]
     if isinstance(job, str):
         pytest.skip(job)
     future, tmp = job
@@ -309,3 +323,89 @@ def test_select_stops_at_to_and_markdown_at_its_first_blank_line():
     assert docs.select(text, {"from": "| cell", "to": "wrote"}) == ["| cell | x |", "|---|---|", "| one | 1 |"]
     with pytest.raises(ValueError, match="no line holds"):
         docs.select(text, {"from": "nothing"})
+
+
+SOURCES = DOCS / "sources"
+PROSE = [*sorted(DOCS.rglob("*.md")), Path(REPO) / "README.md"]  # every page whose prose may quote a figure
+
+
+def test_every_prose_figure_agrees_with_its_source():
+    sources = doc_sources.load(SOURCES)
+    problems = [p for page in PROSE for p in doc_sources.problems(page, sources)]
+    assert not problems, ("prose figures differ from docs/sources (`python -m distid.experiments.docs figures` "
+                          "renders them):\n" + "\n".join(problems))
+
+
+def test_a_planted_change_to_a_figure_or_to_its_source_fails(tmp_path):
+    sources = doc_sources.load(SOURCES)
+    quoted = [(page, m) for page in PROSE for m in doc_sources.FIGURE.finditer(page.read_text())
+              if re.fullmatch(r"[\w.]+", m["expr"]) and re.search(r"\d", m["shown"])]  # one number, read from one path
+    assert quoted, "no page quotes a figure from docs/sources"
+    page, m = quoted[0]
+    planted = tmp_path / page.name
+    planted.write_text(page.read_text().replace(m[0], m[0].replace(f"-->{m['shown']}<", f"-->{m['shown']}1<"), 1))
+    assert doc_sources.problems(planted, sources), "a changed prose figure went unnoticed"
+    name = sorted(doc_sources.names(m[0]))[0]
+    changed = json.loads(json.dumps(sources))
+    changed[name] = bump(changed[name])
+    assert doc_sources.problems(page, changed), f"a changed value in docs/sources/{name}.json went unnoticed"
+
+
+def bump(source: dict):
+    """The source with every number in it changed (doubled, or 1 where it is 0): a figure read from one
+    path of it changes."""
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return x
+        return x * 2 if x else 1
+    return walk(source)
+
+
+def test_figures_evaluate_only_arithmetic_on_the_sources():
+    src = {"run": {"seconds": 12.0, "files": {"s": {"acc": 0.97, "cells": [{"cell": "DDP", "ms": 4.0}]}}}}
+    assert doc_sources.text_of("run.files.s.acc", ".1%", src) == "97.0%"
+    assert doc_sources.text_of('run.files.s.cells["DDP"].ms / run.seconds * 3', ".2f", src) == "1.00"
+    assert doc_sources.text_of("round(run.seconds / 60)", None, src) == "0"
+    for bad in ("__import__('os')", "run.files.s.__class__", "run.nothing", "other.seconds", "run.files.s"):
+        with pytest.raises((LookupError, ValueError)):
+            doc_sources.text_of(bad, None, src)
+    text, problems = doc_sources.render("a <!--fig run.seconds | .0f-->99<!--/fig--> s", src)
+    assert text == "a <!--fig run.seconds | .0f-->12<!--/fig--> s" and problems == []
+
+
+def test_every_block_keeps_its_run_as_a_source_and_every_source_has_a_block():
+    sources, named = doc_sources.load(SOURCES), set()
+    for page in LESSONS + GUIDES + SOLUTIONS:
+        for b in docs.blocks(page):
+            name = docs.source_name(b)
+            if b.options.get("gpu"):
+                continue
+            named.add(name)
+            assert name in sources, f"{page.name}:{b.line + 1}: no docs/sources/{name}.json (regenerate the block)"
+            facts, src = docs.caption_run(b), sources[name]
+            assert src["command"] == b.command, f"docs/sources/{name}.json holds another command than {page.name}:{b.line + 1}"
+            assert (src["seconds"], src["date"]) == (facts["seconds"], facts["date"]) and \
+                src["machine"]["cpu"] == facts["cpu"], f"{page.name}:{b.line + 2}: the caption is not its source's run"
+    assert not set(sources) - named, f"sources no block writes: {sorted(set(sources) - named)}"
+
+
+def test_one_machine_made_every_block_of_this_edition():
+    machines = {(s["machine"]["cpu"], s["machine"]["cores"], s["machine"]["torch"]) for s in doc_sources.load(SOURCES).values()}
+    assert len(machines) == 1, f"the pages' CPU blocks come from {len(machines)} machines: {sorted(machines)}"
+
+
+def test_a_block_is_found_again_after_the_page_changed_above_it(tmp_path):
+    page = tmp_path / "lesson9_x.md"
+    page.write_text("intro\n<!-- regenerate: python -m distid.train --out runs/a -->\nold\n<!-- /regenerate -->\n")
+    (block,) = docs.blocks(page)
+    page.write_text("new intro\nwith two lines\n" + page.read_text())  # edited while the block ran
+    docs.rewrite_block(block, ["new"])
+    assert page.read_text().endswith("with two lines\nintro\n<!-- regenerate: python -m distid.train --out runs/a -->\n"
+                                      "new\n<!-- /regenerate -->\n")
+    page.write_text("intro\n")
+    with pytest.raises(RuntimeError, match="gone from the page"):
+        docs.rewrite_block(block, ["new"])

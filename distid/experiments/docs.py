@@ -2,6 +2,8 @@
 
     python -m distid.experiments.docs regenerate [--page lesson4 ...] [--match TEXT]   # rerun and rewrite (repo root)
     python -m distid.experiments.docs list                                # the blocks and their commands
+    python -m distid.experiments.docs figures                             # the prose figures, from docs/sources
+    python -m distid.experiments.docs sources [--page …] [--match TEXT]   # sources from existing runs, no rerun
 
 A page marks each block it shows with the command that printed it:
 
@@ -17,6 +19,17 @@ Options follow the command after ` ;; `: `from=TEXT` (start at the first line ho
 a fenced block), `exit=N` (the exit code the page expects, default 0), `copy=SRC:DEST[,SRC:DEST…]` (files the
 run wrote that the page shows, e.g. a chart), `keep` (every line, none elided), `gpu` (needs a CUDA GPU: kept as it is elsewhere). Everything between the two markers is rewritten; runs of five or more
 lines of one kind (progress lines, a sweep's points) keep their first and last two around `...`.
+
+Each block's run is kept beside the pages as docs/sources/NAME.json (NAME: its --out folder's name, `-` as `_`;
+a second block on the same folder adds `_2`): the command, the machine, its seconds and date, and the top-level
+JSON files the run wrote (without their `config`, and without lists of more than LONG numbers or lists). A figure
+quoted in prose is a reference into them, which the generator renders and the docs test checks:
+
+    test accuracy <!--fig doc_full.summary.test_accuracy | .4f-->0.9759<!--/fig-->
+
+The expression is arithmetic on SOURCE.file.key paths (`[k]` for a list index, or a string naming the item
+whose cell/name is k), with min, max, abs, round and sum; after ` | ` a format spec. `figures` rewrites every
+page's figures from the sources; `sources` writes a source from a block's existing --out without running it.
 
 tests/test_docs.py runs every marked command at a tiny size and checks that what the page shows
 still has the shape, and the figures that do not depend on the machine (FIGURES), of what the
@@ -37,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distid import runtime
+from distid.experiments import doc_sources
 
 DOCS = Path("docs")
 START = re.compile(r"^<!-- regenerate: (.*) -->$")
@@ -68,11 +82,24 @@ class Block:
     line: int
     command: str
     options: dict = field(default_factory=dict)
+    raw: str = ""  # the marker's text: command and options
+    nth: int = 0  # how many identical markers come before it on the page
 
     @property
     def out_dir(self) -> str | None:
         words = shlex.split(self.command)
         return words[words.index("--out") + 1] if "--out" in words else None
+
+
+def source_name(block: Block) -> str | None:
+    """The name of the block's source (docs/sources/NAME.json): its --out folder's name, `-` as `_`, and
+    `_2`, `_3`… for a later block of the same page on the same folder (None without --out)."""
+    if not block.out_dir:
+        return None
+    base = Path(block.out_dir).name.replace("-", "_")
+    before = [b for b in blocks(block.page) if b.line < block.line and b.out_dir and
+              Path(b.out_dir).name.replace("-", "_") == base]
+    return base + (f"_{len(before) + 1}" if before else "")
 
 
 def blocks(page: Path) -> list[Block]:
@@ -83,7 +110,8 @@ def blocks(page: Path) -> list[Block]:
         if m:
             command, *opts = [part.strip() for part in m.group(1).split(" ;; ")]
             options = dict(o.split("=", 1) if "=" in o else (o, True) for o in opts)
-            found.append(Block(page, i, command, options))
+            nth = sum(b.raw == m.group(1) for b in found)
+            found.append(Block(page, i, command, options, m.group(1), nth))
     return found
 
 
@@ -212,6 +240,29 @@ def shown(block: Block) -> list[str]:
     return [line for line in body if line.strip() and line != "..." and not line.startswith("```")]
 
 
+CAPTION_RUN = re.compile(r"\((?P<cpu>.+?), (?P<cores>\d+) cores.*?; (?P<seconds>[\d.]+) s, (?P<date>\d{4}-\d\d-\d\d)\):$")
+
+
+def caption_run(block: Block) -> dict:
+    """What a CPU block's caption says of its run: cpu, cores, torch, seconds, date ({} if it says none)."""
+    lines = block.page.read_text().splitlines()
+    m = CAPTION_RUN.search(lines[block.line + 1]) if block.line + 1 < len(lines) else None
+    if not m:
+        return {}
+    return {"cpu": m["cpu"], "cores": int(m["cores"]), "torch": caption_machine(block).get("torch", ""),
+            "seconds": float(m["seconds"]), "date": m["date"]}
+
+
+def write_source(block: Block, seconds: float, date: str, machine: dict) -> Path | None:
+    """The block's run, kept as docs/sources/NAME.json (doc_sources.source_of)."""
+    name = source_name(block)
+    if name is None:
+        return None
+    out = Path(block.out_dir)
+    source = doc_sources.source_of(block.command, str(block.page), machine, seconds, date, out)
+    return doc_sources.write(name, source, DOCS / "sources")
+
+
 def caption(block: Block, seconds: float) -> str:
     import torch
 
@@ -244,11 +295,23 @@ def regenerate(block: Block) -> list[str] | None:
         raise RuntimeError(f"{block.page}:{block.line + 1}: `{block.command}` exited {res.returncode} "
                            f"(the page expects {block.options.get('exit', 0)}):\n{said}")
     lines = select(res.stdout, block.options)
+    m = runtime.machine()
+    write_source(block, seconds, time.strftime("%Y-%m-%d"), {"cpu": m["cpu"], "cores": m["cores"], "torch": m["torch"]})
     if "copy" in block.options:  # files the run wrote, shown on the page: SRC:DEST[,SRC:DEST…]
         for pair in block.options["copy"].split(","):
             src, dest = pair.split(":")
             shutil.copyfile(src, dest)
     return render(block, lines, seconds)
+
+
+def rewrite_block(block: Block, text: list[str]) -> None:
+    """Replace the text between the block's markers, found again by its marker line: the page may have
+    been edited above it while the block ran."""
+    marker = block.page.read_text().splitlines()
+    at = [i for i, line in enumerate(marker) if START.match(line) and line == f"<!-- regenerate: {block.raw} -->"]
+    if not at:
+        raise RuntimeError(f"{block.page}: the block `{block.command}` is gone from the page; its output is not written")
+    rewrite(block.page, {at[block.nth]: text} if block.nth < len(at) else {at[-1]: text})
 
 
 def rewrite(page: Path, new: dict[int, list[str]]) -> None:
@@ -266,8 +329,9 @@ def rewrite(page: Path, new: dict[int, list[str]]) -> None:
 
 
 def pages(names: list[str]) -> list[Path]:
-    found = sorted(DOCS.glob("*.md"))
-    chosen = [p for p in found if not names or any(p.name.startswith(n) for n in names)]
+    found = sorted(DOCS.glob("*.md")) + sorted(DOCS.glob("solutions/*.md"))
+    chosen = [p for p in found if not names or any(p.name.startswith(n) or str(p.relative_to(DOCS)).startswith(n)
+                                                   for n in names)]
     if names and not chosen:
         raise SystemExit(f"error: no page in {DOCS}/ starts with {', '.join(names)}")
     return [p for p in chosen if blocks(p)]
@@ -276,13 +340,15 @@ def pages(names: list[str]) -> list[Path]:
 def main(argv_: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distid.experiments.docs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("regenerate", "list"))
+    p.add_argument("what", choices=("regenerate", "list", "figures", "sources"))
     p.add_argument("--page", action="append", default=[], help="a page name or its prefix (lesson4); repeatable")
     p.add_argument("--match", default="", help="only the blocks whose command holds this text (e.g. mnist_compare)")
     args = p.parse_args(argv_)
     if not DOCS.is_dir():
         print("error: run from the repository root (no docs/ here)", file=sys.stderr)
         return 2
+    if args.what == "figures":
+        return render_figures()
     for page in pages(args.page):
         for k in range(len(blocks(page))):
             block = blocks(page)[k]  # read again: the blocks above may have changed length
@@ -290,15 +356,41 @@ def main(argv_: list[str] | None = None) -> int:
                 continue
             if args.what == "list":
                 print(f"{page}:{block.line + 1}: {block.command}")
-                continue
-            print(f"{page}:{block.line + 1}: running `{block.command}`", flush=True)
-            text = regenerate(block)
-            if text is None:
-                print("  kept as it is: needs a CUDA GPU", flush=True)
-                continue
-            rewrite(page, {block.line: text})  # each block as it finishes: an interrupted run keeps its work
-            print(f"  wrote {page}", flush=True)
-    return 0
+            elif args.what == "sources":
+                print(f"{page}:{block.line + 1}: {kept_source(block)}", flush=True)
+            else:
+                print(f"{page}:{block.line + 1}: running `{block.command}`", flush=True)
+                text = regenerate(block)
+                if text is None:
+                    print("  kept as it is: needs a CUDA GPU", flush=True)
+                    continue
+                rewrite_block(block, text)  # each block as it finishes: an interrupted run keeps its work
+                print(f"  wrote {page}", flush=True)
+    return render_figures() if args.what in ("regenerate", "sources") else 0
+
+
+def kept_source(block: Block) -> str:
+    """Write the block's source from its existing --out and what its caption says, without running it."""
+    facts = caption_run(block)
+    if not facts or not block.out_dir or not Path(block.out_dir).is_dir():
+        return f"no source written: {'no --out folder ' + str(block.out_dir) if facts else 'its caption names no run'}"
+    machine = {k: facts[k] for k in ("cpu", "cores", "torch")}
+    return f"wrote {write_source(block, facts['seconds'], facts['date'], machine)}"
+
+
+def render_figures() -> int:
+    """Render every page's prose figures from docs/sources; 1 (and why) where one cannot be."""
+    sources, bad = doc_sources.load(DOCS / "sources"), []
+    for page in [*sorted(DOCS.rglob("*.md")), Path("README.md")]:
+        text = page.read_text()
+        new, problems = doc_sources.render(text, sources)
+        bad += [f"{page}:{p.removeprefix('line ')}" for p in problems]
+        if new != text:
+            page.write_text(new)
+            print(f"figures: rewrote {page}", flush=True)
+    for line in bad:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
