@@ -10,7 +10,7 @@ if [ $# -lt 2 ]; then
 fi
 nproc=$1 module=$2
 shift 2
-# torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch#135712)
+# torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch/pytorch#135712)
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 # --local-addr: with that store per attempt the workers meet at the agent's address, by default the
 # host's name, which need not resolve; one node meets on the loopback

@@ -21,7 +21,7 @@ module=$1
 shift
 gpus=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 [ "$gpus" -gt 0 ] 2>/dev/null || gpus=1
-# torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch#135712)
+# torchrun --max-restarts: a fresh rendezvous store per attempt (pytorch/pytorch#135712)
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 cmd=(torchrun
   --nnodes="${NNODES:-2}"

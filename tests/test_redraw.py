@@ -1,4 +1,4 @@
-"""Re-drawn subspaces (subspace.redraw_every = K; subspace/redraw.py): a re-draw folds P·d into θ₀
+"""Re-drawn subspaces (subspace.redraw_every = K; run/redraw.py): a re-draw folds P·d into θ₀
 without changing the function, starts a new d at zero in a new basis drawn from the seed, sends
 nothing (the bytes per step are the fixed subspace's: 4·d handed in), and a checkpoint replays θ₀
 from the d of every fold (k + resume == 2k across a re-draw, bitwise); what cannot run is refused

@@ -1,9 +1,8 @@
-"""One meaning per byte figure (issue 17): compare's headline ratio is of wire bytes, checked
+"""One meaning per byte figure: compare's headline ratio is of wire bytes, checked
 against an independent computation from the MLP's parameter shapes; the loopback interface's
 counters agree with the wire figure where gloo runs the ring algorithms, and with gloo's own
 algorithm where it does not; reports never mix figures of different meanings."""
 
-import json
 import math
 
 import pytest
@@ -36,8 +35,10 @@ def expected_ratios(n):
     return {"full · fsdp": full_fsdp / ddp, "lora · fsdp": lora_fsdp / ddp, "subspace/fastfood · fsdp": sub_fsdp / ddp}
 
 
-def test_expected_ratios_are_the_issue_s_figures():
-    """The independent computation gives the figures measured when the issue was filed (4 ranks)."""
+def test_expected_ratios_are_the_measured_figures():
+    """The independent computation gives the wire bytes per step compare measured on 4 ranks: 1,195,260
+    for full DDP, 1,244,004 for LoRA under FSDP, 607,236 for the subspace under FSDP (1.503× for full
+    training under FSDP)."""
     r = expected_ratios(4)
     assert r["full · fsdp"] == pytest.approx(1.503, abs=5e-4)
     assert r["lora · fsdp"] == pytest.approx(1_244_004 / 1_195_260, rel=1e-6)

@@ -29,7 +29,7 @@ class PeerFailure(RuntimeError):
 
 def restart_hazard() -> str | None:
     """A warning when torchrun may restart workers over a rendezvous store shared across attempts:
-    a restarted rank can then read the dead group's addresses and fail to connect (pytorch#135712;
+    a restarted rank can then read the dead group's addresses and fail to connect (pytorch/pytorch#135712;
     measured here: 2 restarts in 4 failed so)."""
     if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 \
             and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":

@@ -8,9 +8,10 @@ every column of P has unit norm: G_j = s_j·q_j, s_j = (D·Σ q_j²)^-½.
 
 Π_j = Π∘σ_j: one shared random permutation Π ([L]) composed with a cheap per-block scramble of the
 index, σ_j(i) = (a_j·(i ⊕ x_j) + c_j) mod L, a_j odd; a_j, x_j, c_j are hashed from (the projection's
-key, j) whenever needed, never stored. Each Π_j is then uniformly random, and the blocks' differ. They must: with one permutation for every
-block, P = [H G_1; …; H G_nb]·(Π H B) keeps every subspace inside one fixed L-dimensional space of
-block-periodic Walsh patterns, and the MNIST MLP's d_int90 fell from 513 to 430 (measured).
+key, j) whenever needed, never stored. Each Π_j is then uniformly random, and the blocks' differ.
+They must: with one permutation for every block, P = [H G_1; …; H G_nb]·(Π H B) keeps every
+subspace inside one fixed L-dimensional space of block-periodic Walsh patterns, and the MNIST MLP's
+d_int90 reads 430 (measured), against 513 with a B_j and Π_j stored per block and 525 with the scramble.
 
 v = Π H B d̃ ([L]) is computed once; block j is s_j·H(q_j ⊙ v[σ_j]) — one transform per block, which
 the C kernel (kernel.c) runs in cache. Pᵀ·g = B H Πᵀ Σ_j σ_jᵀ(s_j q_j ⊙ H g_j) (a scatter per block).

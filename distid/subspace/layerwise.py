@@ -15,7 +15,7 @@ see θ₀ — the saved-tensor hook refuses that when it sees θ₀ saved; disti
 
 glibc serves blocks up to 32 MiB from its heap once such a block has been freed (a dynamic mmap
 threshold), and the heap keeps what it frees: slices and gradients of different sizes then pile up
-(measured at D = 10⁸: 1.52× θ₀ at peak against 1.38× with the fix). Layerwise mode therefore fixes
+(measured at D = 10⁸: 1.52× θ₀ at peak against 1.38× with the threshold fixed). Layerwise mode therefore fixes
 the threshold at 1 MiB for the whole process (mallopt; it stays set), so every large block goes back
 to the system when freed — at the price of fresh page faults for each one.
 """

@@ -11,7 +11,7 @@ LoRA step time as a ratio to full), collectives (hand ring against the backend's
 fit), interface (all-reduce, all-gather, reduce-scatter and broadcast of 16 MiB: the wire figure
 against the loopback interface's byte counters, at 2 and 4 ranks; --quick: at 2), scaling (the α–β MODEL projected
 to 8…4,096 GPUs). Writes bench.json and bench.md to --out.
-Time it on a quiet machine (here: under `flock /work/cpu.lock`); the load average is recorded.
+Time it on a quiet machine (no other timed job beside it); the load average at start and end is recorded.
 """
 
 from __future__ import annotations
