@@ -9,22 +9,26 @@ top-level JSON files its run wrote (`files`: {file stem: its content, pruned}). 
 EXPR is arithmetic (+ − × ÷, **, min, max, abs, round, sum, len) on paths NAME.key.key… into the sources:
 `doc_full.seconds`, `doc_full.files.summary.test_accuracy`, `[0]` for a list's item or `["DDP"]` for the item
 of a list of records whose cell or name is "DDP". FORMAT is a Python format spec (`.4f`, `,.0f`, `.1%`).
-TEXT is what the page shows: `render` rewrites it, `problems` says where it differs.
+TEXT is what the page shows: `render` rewrites it, `problems` says where it differs. One written in a
+code span (a backtick before it) is an example, not a figure.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import operator
 import re
 from pathlib import Path
 
 SOURCES = Path("docs") / "sources"
-FIGURE = re.compile(r"<!--fig (?P<expr>.+?)(?: \| (?P<fmt>[^|>]*?))?-->(?P<shown>.*?)<!--/fig-->")
+FIGURE = re.compile(r"(?<!`)<!--fig (?P<expr>.+?)(?: \| (?P<fmt>[^|>]*?))?-->(?P<shown>.*?)<!--/fig-->")
 LONG = 16  # a list of more numbers or lists than this (a curve, per-step times) is left out of a source
 DROPPED = ("config", "seeds")  # the config is in configs/ and the command; a cell's seeds are summarised beside
 # them (mean, min, max): either would double a source's size
 FUNCTIONS = {"min": min, "max": max, "abs": abs, "round": round, "sum": sum, "len": len}
+BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+          ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.Mod: operator.mod}
 NAMED_BY = ("cell", "name", "label", "method", "strategy")  # keys that name a record in a list
 ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Attribute, ast.Subscript,
            ast.Call, ast.Load, ast.Tuple, ast.List, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv,
@@ -115,11 +119,9 @@ def evaluate(expr: str, sources: dict[str, dict]):
         if isinstance(node, (ast.Tuple, ast.List)):
             return [ev(e) for e in node.elts]
         if isinstance(node, ast.UnaryOp):
-            return {ast.USub: lambda x: -x, ast.UAdd: lambda x: x}[type(node.op)](ev(node.operand))
+            return {ast.USub: operator.neg, ast.UAdd: operator.pos}[type(node.op)](ev(node.operand))
         if isinstance(node, ast.BinOp):
-            a, b = ev(node.left), ev(node.right)
-            return {ast.Add: a.__add__, ast.Sub: a.__sub__, ast.Mult: a.__mul__, ast.Div: a.__truediv__,
-                    ast.FloorDiv: a.__floordiv__, ast.Pow: a.__pow__, ast.Mod: a.__mod__}[type(node.op)](b)
+            return BINARY[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.Call):
             return FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
         raise ValueError(f"{expr!r}: cannot evaluate {type(node).__name__}")
