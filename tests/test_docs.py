@@ -377,6 +377,9 @@ def test_figures_evaluate_only_arithmetic_on_the_sources():
     assert doc_sources.text_of('run.files.s.cells["DDP"].ms / run.seconds * 3', ".2f", src) == "1.00"
     assert doc_sources.text_of("round(run.seconds / 60)", None, src) == "0"
     assert doc_sources.text_of("45 + run.seconds / 60", ".1f", src) == "45.2"  # an int, then a float
+    assert doc_sources.text_of("len(run.files.s.cells) + max([run.seconds, 3])", None, src) == "13.0"
+    row = "| DDP | <!--fig run.files.s.acc \\| .2f-->0.5<!--/fig--> |"  # a table's row escapes its bar
+    assert doc_sources.render(row, src) == (row.replace("0.5", "0.97"), [])
     for bad in ("__import__('os')", "run.files.s.__class__", "run.nothing", "other.seconds", "run.files.s"):
         with pytest.raises((LookupError, ValueError)):
             doc_sources.text_of(bad, None, src)

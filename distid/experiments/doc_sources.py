@@ -8,7 +8,8 @@ top-level JSON files its run wrote (`files`: {file stem: its content, pruned}). 
 
 EXPR is arithmetic (+ − × ÷, **, min, max, abs, round, sum, len) on paths NAME.key.key… into the sources:
 `doc_full.seconds`, `doc_full.files.summary.test_accuracy`, `[0]` for a list's item or `["DDP"]` for the item
-of a list of records whose cell or name is "DDP". FORMAT is a Python format spec (`.4f`, `,.0f`, `.1%`).
+of a list of records whose cell or name is "DDP". FORMAT is a Python format spec (`.4f`, `,.0f`, `.1%`); in a
+markdown table's row write ` \| ` before it, or the table would split there.
 TEXT is what the page shows: `render` rewrites it, `problems` says where it differs. One written in a
 code span (a backtick before it) is an example, not a figure.
 """
@@ -22,7 +23,7 @@ import re
 from pathlib import Path
 
 SOURCES = Path("docs") / "sources"
-FIGURE = re.compile(r"(?<!`)<!--fig (?P<expr>.+?)(?: \| (?P<fmt>[^|>]*?))?-->(?P<shown>.*?)<!--/fig-->")
+FIGURE = re.compile(r"(?<!`)<!--fig (?P<expr>.+?)(?: \\?\| (?P<fmt>[^|>\\]*?))?-->(?P<shown>.*?)<!--/fig-->")
 LONG = 16  # a list of more numbers or lists than this (a curve, per-step times) is left out of a source
 DROPPED = ("config", "seeds")  # the config is in configs/ and the command; a cell's seeds are summarised beside
 # them (mean, min, max): either would double a source's size
@@ -94,6 +95,13 @@ def wrap(value, where: str):
     return Path_(value, where) if isinstance(value, (dict, list)) else value
 
 
+def raw(value):
+    """A function's argument: a list or record of the sources as itself (len, sum, max of a list)."""
+    if isinstance(value, list):
+        return [raw(v) for v in value]
+    return value.value if isinstance(value, Path_) else value
+
+
 def evaluate(expr: str, sources: dict[str, dict]):
     """The value of a figure's expression over the sources (LookupError/ValueError say what is missing)."""
     tree = ast.parse(expr, mode="eval")
@@ -123,7 +131,7 @@ def evaluate(expr: str, sources: dict[str, dict]):
         if isinstance(node, ast.BinOp):
             return BINARY[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.Call):
-            return FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
+            return FUNCTIONS[node.func.id](*[raw(ev(a)) for a in node.args])
         raise ValueError(f"{expr!r}: cannot evaluate {type(node).__name__}")
 
     value = ev(tree)
