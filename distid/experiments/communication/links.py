@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distid.experiments.plotting import pyplot
+from distid.experiments.communication.report import COLORS
+from distid.experiments.plotting import label_column, pyplot, save
 from distid.primitives.formulas import wire_factor
 
 
@@ -186,45 +187,89 @@ def measured_markdown(rows: list[dict], targets: list[dict], measured_n: int, sh
     return "\n".join(lines) + "\n"
 
 
+MARKERS = "osD^v<>ph*"  # one per cell within a family
+
+
+def cell_styles(cells: list[str], families: list[str], order: tuple) -> dict[str, tuple]:
+    """{cell: (colour, marker)}: the family's colour (report.COLORS, as in frontier.png), darker for
+    each further cell of it, and a marker of its own within the family; cells [n], families [n]."""
+    from matplotlib.colors import to_rgb
+
+    seen: dict[str, int] = {}
+    out = {}
+    for cell, fam in zip(cells, families):
+        k = seen[fam] = seen.get(fam, -1) + 1
+        base = to_rgb(COLORS[order.index(fam) % len(COLORS)] if fam in order else "grey")
+        shade = 1 - 0.45 * (k % 4) / 3  # 1, 0.85, 0.7, 0.55 of the base
+        out[cell] = (tuple(c * shade for c in base), MARKERS[k % len(MARKERS)])
+    return out
+
+
 def plot(rows: list[dict], targets: list[dict], measured_n: int, workers: list[int], path: Path,
          families: tuple, shaped: list[dict] | None = None) -> bool:
     """links.png: model time to 90 % of DDP's accuracy against link bandwidth, one panel per worker
-    count, one line per cell (colour: family); False without matplotlib."""
+    count, one line per cell (colour: its family's, a shade and marker of its own), each named at its
+    left end; the times measured on shaped networks as large markers in their cell's colour; False
+    without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
     i = _target(targets)
     ok = [r for r in rows if "refused" not in r and r["to_target"][i] is not None]
-    colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(workers), figsize=(7.5 * len(workers), 6.5), sharey=True, squeeze=False)
-    xs = [k.bits_per_s for k in LINKS]
+    styles = cell_styles([r["cell"] for r in ok], [r["family"] for r in ok], families)
+    fig, axes = plt.subplots(1, len(workers), figsize=(8 * len(workers), 9), sharey=True, squeeze=False,
+                             dpi=110)  # labels placed at the dpi saved
     for ax, n in zip(axes[0], workers):
-        for r in ok:
-            f = families.index(r["family"]) if r["family"] in families else 0
-            ys = [time_to(r, i, measured_n, n, k) for k in LINKS]
-            ax.plot(xs, ys, marker="osD^v<>ph"[f % 9], color=colors(f % 10), lw=1, ms=5,
-                    label=r["family"] if r is next(q for q in ok if q["family"] == r["family"]) else None)
-            ax.annotate(r["cell"], (xs[0], ys[0]), textcoords="offset points", xytext=(-4, 0), ha="right",
-                        va="center", fontsize=7, color=colors(f % 10))
-        for one in (x for x in shaped or [] if x["meta"]["world_size"] == n):
-            net = one["meta"].get("topology", "shared")
-            for j, p in enumerate(q for q in shaped_points(one, targets[i]["fraction"]) if q["measured_s"]):
-                fam = next((r["family"] for r in ok if r["cell"] == p["cell"]), None)
-                f = families.index(fam) if fam in families else 0
-                ax.plot([p["rate"]], [p["measured_s"]], "*" if net == "shared" else "P", ms=12, color=colors(f % 10),
-                        mec="black", mew=0.8, label=f"measured on a shaped network: {NETWORKS[net]}" if j == 0 else None)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(xs, [k.name.replace(" ", "\n", 1) for k in LINKS], fontsize=8)
-        ax.set_xlim(xs[0] / 12, xs[-1] * 2)
-        ax.set_title(f"{n} workers")
-        ax.set_xlabel("link (bandwidth, log)")
-        ax.grid(alpha=0.3, which="both")
+        _panel(ax, ok, i, measured_n, n, styles)
+        _measured(ax, shaped, n, targets[i]["fraction"], styles)
     axes[0][0].set_ylabel(f"time to {targets[i]['fraction']:.0%} of DDP's accuracy, s (model; log)")
-    axes[0][0].legend(loc="lower left", fontsize=8)
+    handles = _measured_keys(shaped, workers)
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
     fig.suptitle("Time to accuracy on named links — the α–β model applied to the frontier's measured steps, "
                  "step times and bytes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.04 if handles else 0, 1, 1))
+    for ax, n in zip(axes[0], workers):
+        points = [(LINKS[0].bits_per_s, time_to(r, i, measured_n, n, LINKS[0])) for r in ok]
+        label_column(ax, points, [r["cell"] for r in ok], [styles[r["cell"]][0] for r in ok],
+                     LINKS[0].bits_per_s / 1.8)
+    save(fig, path)
     return True
+
+
+def _panel(ax, ok: list[dict], i: int, measured_n: int, n: int, styles: dict) -> None:
+    """One worker count: a line per cell through the links, log–log, room at the left for the names."""
+    xs = [k.bits_per_s for k in LINKS]
+    for r in ok:
+        color, marker = styles[r["cell"]]
+        ax.plot(xs, [time_to(r, i, measured_n, n, k) for k in LINKS], marker=marker, color=color, lw=1, ms=5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [k.name.replace(" ", "\n", 1) for k in LINKS], fontsize=8)
+    ax.set_xlim(xs[0] / 40, xs[-1] * 2)
+    ax.set_title(f"{n} workers")
+    ax.set_xlabel("link (bandwidth, log)")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _measured(ax, shaped: list[dict] | None, n: int, fraction: float, styles: dict) -> None:
+    """The shaped runs at n workers: a star (one shared loopback) or a plus (a link per rank) per
+    cell and rate, in the cell's colour."""
+    for one in (x for x in shaped or [] if x["meta"]["world_size"] == n):
+        net = one["meta"].get("topology", "shared")
+        for p in (q for q in shaped_points(one, fraction) if q["measured_s"]):
+            color = styles.get(p["cell"], ("grey",))[0]
+            ax.plot([p["rate"]], [p["measured_s"]], SHAPED_MARKERS[net], ms=12, color=color, mec="black", mew=0.8)
+
+
+SHAPED_MARKERS = {"shared": "*", "per-node": "P"}
+
+
+def _measured_keys(shaped: list[dict] | None, workers: list[int]) -> list:
+    """Legend entries (uncoloured) for the shaped networks drawn: one per network."""
+    from matplotlib.lines import Line2D
+
+    drawn = (x for x in shaped or [] if x["meta"]["world_size"] in workers)
+    nets = dict.fromkeys(x["meta"].get("topology", "shared") for x in drawn)
+    return [Line2D([], [], ls="", marker=SHAPED_MARKERS[net], ms=12, color="white", mec="black", mew=0.8,
+                   label=f"measured on a shaped network, {NETWORKS[net]} (in its cell's colour)") for net in nets]

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distid.experiments.plotting import pyplot
+from distid.experiments.plotting import label_points, marker_boxes, pyplot, save
 
 MARKERS = "osD^vPXp*<>hd"
 COLORS = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
           "tab:olive", "tab:cyan", "navy", "darkgoldenrod", "crimson")
-# label offset per family (points): dx, dy, alignment, extra dy for every other point of the family
-LABELS = ((6, 6, "left", 0), (6, 6, "left", -18), (0, 10, "center", 12), (6, -4, "left", 0), (0, -16, "center", -12),
-          (-6, 6, "right", 0), (6, -10, "left", 0), (-6, -10, "right", -12), (6, 10, "left", 0),
-          (6, -10, "left", 12), (-6, 6, "right", -12), (6, 6, "left", 12), (-6, -10, "right", 12))
 
 
 def pareto(rows: list[dict], key: str) -> list[dict]:
@@ -136,41 +132,59 @@ def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
         + redrawn_table(rows)
 
 
+TARGET_STYLES = (":", "-.", (0, (1, 3)), (0, (5, 3)))
+
+
 def plot(rows: list[dict], path: Path, families: tuple, targets: list[dict] = ()) -> bool:
-    """frontier.png; False without matplotlib."""
+    """frontier.png: accuracy against bytes per step (log) and against training wall-clock, one
+    marker per family, each point labelled with its cell, the Pareto front and the targets in the
+    legend; False without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
     ok = [r for r in rows if "refused" not in r]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(18, 9.5), sharey=True, dpi=110)  # placed at the dpi saved
     panels = (("wire_bytes_per_step", "bytes sent per step per rank (ring algorithms; log)", True),
               ("train_time_s", "training wall-clock, s (median step × steps)", False))
     for ax, (key, label, log) in zip(axes, panels):
-        for fam, marker, color in zip(families, MARKERS, COLORS):
-            pts = [r for r in ok if r["family"] == fam]
-            if not pts:
-                continue
-            ys = [r["test_accuracy"] for r in pts]
-            err = [[y - r["test_accuracy_min"] for y, r in zip(ys, pts)],
-                   [r["test_accuracy_max"] - y for y, r in zip(ys, pts)]]
-            ax.errorbar([r[key] for r in pts], ys, yerr=err, fmt=marker, color=color, label=fam, ms=8, capsize=3)
-            dx, dy, ha, alt = LABELS[families.index(fam)]
-            for i, (r, y) in enumerate(zip(pts, ys)):
-                ax.annotate(r["cell"].replace("DDP + ", ""), (r[key], y), textcoords="offset points",
-                            xytext=(dx, dy + alt * (i % 2)), ha=ha, fontsize=8)
-        front = pareto(ok, key)
-        ax.step([r[key] for r in front], [r["test_accuracy"] for r in front], where="post", color="grey",
-                ls="--", lw=1, zorder=0, label="Pareto front")
-        for t in targets:
-            ax.axhline(t["accuracy"], color="grey", ls=":", lw=0.8)
+        _panel(ax, ok, key, families, targets)
         ax.set_xscale("log" if log else "linear")
-        ax.margins(x=0.08, y=0.1)  # room for the labels
+        ax.margins(x=0.12, y=0.08)  # room for the labels
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (seed mean, bars: min–max)")
-    axes[0].legend(loc="lower right", fontsize=9)
-    fig.suptitle("distid frontier — accuracy per byte and per second (dotted: target accuracies)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, borderaxespad=0)
+    fig.suptitle("distid frontier — accuracy per byte and per second")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for ax, (key, _, _) in zip(axes, panels):
+        _labels(ax, ok, key)
+    save(fig, path)
     return True
+
+
+def _panel(ax, ok: list[dict], key: str, families: tuple, targets: list[dict]) -> None:
+    """One panel: the families' points with their min–max bars, the Pareto front, the target lines."""
+    for fam, marker, color in zip(families, MARKERS, COLORS):
+        pts = [r for r in ok if r["family"] == fam]
+        if not pts:
+            continue
+        ys = [r["test_accuracy"] for r in pts]
+        err = [[y - r["test_accuracy_min"] for y, r in zip(ys, pts)],
+               [r["test_accuracy_max"] - y for y, r in zip(ys, pts)]]
+        ax.errorbar([r[key] for r in pts], ys, yerr=err, fmt=marker, color=color, label=fam, ms=8, capsize=3)
+    front = pareto(ok, key)
+    ax.step([r[key] for r in front], [r["test_accuracy"] for r in front], where="post", color="grey",
+            ls="--", lw=1, zorder=0, label="Pareto front")
+    for t, ls in zip(targets, TARGET_STYLES):
+        ax.axhline(t["accuracy"], color="grey", ls=ls, lw=0.9,
+                   label=f"target: {t['fraction']:.0%} of DDP's accuracy ({t['accuracy']:.4f})")
+
+
+def _labels(ax, ok: list[dict], key: str) -> None:
+    """Each point's cell name beside it, clear of the other labels and of every marker, top first."""
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    order = sorted(ok, key=lambda r: -r["test_accuracy"])
+    points = [(r[key], r["test_accuracy"]) for r in order]
+    avoid = marker_boxes(ax, [x for x, _ in points], [y for _, y in points], 9)
+    label_points(ax, points, [r["cell"].replace("DDP + ", "") for r in order], fontsize=7.5, avoid=avoid)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from distid.experiments.communication import links, netns
-from distid.experiments.plotting import pyplot
+from distid.experiments.plotting import pyplot, save
 
 
 def link_rate(fit: dict, topology: str) -> float:
@@ -79,10 +79,12 @@ def plot(res: dict, topology: str, path: Path) -> str | None:
     for k, cell in enumerate(dict.fromkeys(r["cell"] for r in res["rows"])):
         pts = [r for r in res["rows"] if r["cell"] == cell and r["to_target"][0]["seconds"] is not None]
         ax.plot([r["rate"] or right for r in pts], [r["to_target"][0]["seconds"] for r in pts], "o",
-                color=colors(k % 10), label=cell)
-        if cell in res["curves"]:
-            xs, ys = zip(*res["curves"][cell])
+                color=colors(k % 10))
+        curve = res["curves"].get(cell)
+        if curve:
+            xs, ys = zip(*curve)
             ax.plot(xs, ys, "-", color=colors(k % 10), lw=1, alpha=0.7)
+        ax.plot([], [], "o-" if curve else "o", color=colors(k % 10), lw=1, label=cell)  # its legend entry
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([*shaped, right], [*(netns.rate_name(r).replace(" ", "\n") for r in shaped), "unshaped"])
@@ -92,6 +94,5 @@ def plot(res: dict, topology: str, path: Path) -> str | None:
     ax.legend(fontsize=8, title="points: measured; lines: the model", title_fontsize=8)
     ax.set_title(f"Time to accuracy on a shaped network ({links.NETWORKS[topology]})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return None

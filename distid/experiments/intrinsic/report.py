@@ -10,7 +10,7 @@ from pathlib import Path
 from distid import runtime
 from distid.config import Config, to_dict
 from distid.experiments.intrinsic import dimension, store
-from distid.experiments.plotting import pyplot
+from distid.experiments.plotting import pyplot, save
 
 BUDGET_RANKS = (1, 2, 4, 8)  # LoRA ranks whose trainable counts are marked on the d axis
 
@@ -136,13 +136,14 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
     a, pts = result["analysis"], result["points"]
     fig, ax = plt.subplots(figsize=(8, 5))
     sub = [p for p in pts if p["kind"] == "subspace"]
+    what = subspace_name(cfg)
     if result.get("search") == "bisect":  # each seed at its own d: no mean curve
         ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=18, color="tab:blue",
-                   label="subspace, one seed (the d values the bisection chose)")
+                   label=f"{what}, one seed (the d values the bisection chose)")
     else:
         ax.scatter([p["x"] for p in sub], [p["test_accuracy"] for p in sub], s=14, color="tab:blue", alpha=0.35,
-                   label="subspace, one seed")
-        ax.plot(a["grid"], a["mean_accuracy"], "o-", color="tab:blue", label="subspace, mean over seeds")
+                   label=f"{what}, one seed")
+        ax.plot(a["grid"], a["mean_accuracy"], "o-", color="tab:blue", label=f"{what}, mean over seeds")
     lora = {}
     for p in pts:
         if p["kind"] == "lora":
@@ -164,22 +165,38 @@ def plot(result: dict, cfg: Config, path: Path) -> bool:
         ax.text(count, 0.98, f" r={r}", transform=ax.get_xaxis_transform(), fontsize=8, color="tab:orange", va="top")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-        lambda v, _: f"{v:,.0f}" if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
-    ax.set_xlabel("trainable parameters (subspace: d)")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_label(ax.xaxis)))
+    ax.set_xlabel(f"trainable parameters ({what}: d)")
     ax.set_ylabel("test accuracy")
     lo = min([p["test_accuracy"] for p in pts] + [a["fixed_1.0"]["target_accuracy"]])
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"Intrinsic dimension: {cfg.model.name} on {cfg.data.dataset}"
-                 f"{' ' + ','.join(map(str, cfg.data.classes)) if cfg.data.classes else ''}"
+    ax.set_title(f"Intrinsic dimension{' with SAID' if cfg.subspace.said else ''}: {cfg.model.name} on "
+                 f"{cfg.data.dataset}{' ' + ','.join(map(str, cfg.data.classes)) if cfg.data.classes else ''}"
                  f"{' (pretrained θ₀)' if cfg.model.init_from else ''} "
-                 f"({next(p for p in pts if p['kind'] == 'full')['epochs']:.1f} epochs per point)")
+                 f"({next(p for p in pts if p['kind'] == 'full')['epochs']:.1f} epochs per point)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
     return True
+
+
+def minor_label(axis):
+    """A log axis's minor tick label: 2 and 5 × 10^k while the axis spans at most 3 decades (more
+    would crowd them), nothing otherwise."""
+
+    def label(v: float, _) -> str:
+        lo, hi = axis.get_view_interval()
+        lead = round(v / 10 ** math.floor(math.log10(v)))
+        return f"{v:,.0f}" if lead in (2, 5) and math.log10(hi / lo) <= 3 else ""
+
+    return label
+
+
+def subspace_name(cfg: Config) -> str:
+    """What the chart calls the subspace points: "subspace", or "SAID subspace" when subspace.said
+    adds its per-tensor scales."""
+    return "SAID subspace" if cfg.subspace.said else "subspace"
 
 
 def write(out: Path, result: dict, cfg: Config) -> str:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.config import METHOD_LR, ConfigError, load_config, timestamped_dir
-from distid.experiments.plotting import pyplot
+from distid.experiments.plotting import pyplot, save
 from distid.run import cli
 from distid.train import train_logged
 
@@ -122,13 +122,24 @@ def plot(cells: list[dict], path: Path) -> bool:
         ax.barh(names, values, color=colors)
         ax.set_title(title)
         if log:
-            ax.set_xscale("log")
+            log_ticks(ax.xaxis, values)
         ax.invert_yaxis() if ax is axes[0] else None
     fig.suptitle(chart_title(cells))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return True
+
+
+def log_ticks(axis, values: list[float]) -> None:
+    """A log axis labelled without crowding: at 1, 2 and 5 × 10^k when `values` span under two
+    decades, at the decades otherwise; no labels on the minor ticks."""
+    import matplotlib.ticker as ticker
+
+    axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    if max(values) / min(values) < 100:
+        axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def compare(args, cfg) -> None:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from distid import runtime
 from distid.config import Config, ConfigError, load_config, timestamped_dir
-from distid.experiments.plotting import pyplot
+from distid.experiments.plotting import pyplot, save
 from distid.run import cli
 from distid.train import train_logged
 
@@ -54,6 +54,8 @@ def markdown(curves: list[dict], cfg: Config, machine: dict) -> str:
 
 
 def plot(curves: list[dict], cfg: Config, path: Path) -> bool:
+    """convergence.png: test accuracy against steps and against training seconds, a line per method;
+    False without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
@@ -71,8 +73,7 @@ def plot(curves: list[dict], cfg: Config, path: Path) -> bool:
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Convergence at a matched budget: {cfg.model.name} on {cfg.data.dataset}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
