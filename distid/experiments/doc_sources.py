@@ -102,6 +102,13 @@ def raw(value):
     return value.value if isinstance(value, Path_) else value
 
 
+def inside(value, expr: str) -> Path_:
+    """A list or record to step into; a number, string or null has no keys."""
+    if not isinstance(value, Path_):
+        raise LookupError(f"{expr!r} steps into {value!r}, which has no keys")
+    return value
+
+
 def evaluate(expr: str, sources: dict[str, dict]):
     """The value of a figure's expression over the sources (LookupError/ValueError say what is missing)."""
     tree = ast.parse(expr, mode="eval")
@@ -121,9 +128,9 @@ def evaluate(expr: str, sources: dict[str, dict]):
                 raise LookupError(f"no source {node.id} (docs/sources/{node.id}.json)")
             return Path_(sources[node.id], node.id)
         if isinstance(node, ast.Attribute):
-            return ev(node.value).step(node.attr)
+            return inside(ev(node.value), expr).step(node.attr)
         if isinstance(node, ast.Subscript):
-            return ev(node.value).step(ev(node.slice))
+            return inside(ev(node.value), expr).step(ev(node.slice))
         if isinstance(node, (ast.Tuple, ast.List)):
             return [ev(e) for e in node.elts]
         if isinstance(node, ast.UnaryOp):

@@ -5,11 +5,12 @@
 Trains the 784-200-200-10 MLP on MNIST three ways from the same initial weights and the same
 global batches — gradients averaged by the hand-written ring all-reduce, by PyTorch's DDP, and
 in one process on the whole global batch (rank 0) — and prints test accuracy, step time and
-gradient bytes per step. Exits 1 if the three differ beyond --atol/--rtol after one step (they
-apply the same averaged gradient, up to float32 rounding), or the ring and DDP differ at the end.
-After many steps the single process may drift from the other two: the same sums in another
-order round differently, and where a ReLU input sits within rounding of zero the runs take
-different sides of the kink — a different trajectory, not a wrong average. The last line says so.
+gradient bytes per step. Exits 1 if the three differ beyond --atol/--rtol after one step: they
+apply the same averaged gradient, up to float32 rounding — what data parallelism promises. After
+many steps any of them may have drifted from the others: the same sums in another order round
+differently, and where a ReLU input sits within rounding of zero the runs take different sides of
+the kink — a different trajectory, not a wrong average. Which runs part, and when, depends on the
+machine's summation order; the last line gives each pair's distance.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
 
 
 def save(rows: dict, args, n: int, ok: bool) -> None:
-    """summary.json: per run test accuracy, loss, step time, bytes, and the distance to single."""
+    """summary.json: per run test accuracy, loss, step time, bytes, and the distance to single; the
+    ring's distance to DDP; `agree`: the one-step check."""
     ref = rows["single"][0].params
     runs = {mode: dict(test_accuracy=acc, train_loss=res.loss, step_time_s=res.step_s,
                        grad_bytes_per_step=None if math.isnan(res.bytes_per_step) else res.bytes_per_step,
@@ -79,14 +81,16 @@ def save(rows: dict, args, n: int, ok: bool) -> None:
             for mode, (res, acc) in rows.items()}
     out = Path(args.out or timestamped_dir("data_parallel"))
     out.mkdir(parents=True, exist_ok=True)
-    summary = dict(world_size=n, total_params=ref.numel(), agree=ok, runs=runs, args=vars(args))
+    ring_ddp = (rows["hand"][0].params - rows["ddp"][0].params).abs().max().item()
+    summary = dict(world_size=n, total_params=ref.numel(), agree=ok, max_abs_diff_ring_ddp=ring_ddp, runs=runs,
+                   args=vars(args))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}/summary.json")
 
 
 def report(rows: dict, first: dict, args, n: int) -> bool:
     """Print the lesson's table on rank 0; True when the three runs agree after one step (`first`:
-    the parameters after it) and the ring and DDP agree at the end."""
+    the parameters after it)."""
     D = rows["hand"][0].params.numel()
     ref = rows["single"][0].params
     print(f"data parallel from first principles — MLP (D = {D:,}), world size {n}, {args.steps} SGD steps,"
@@ -104,14 +108,11 @@ def report(rows: dict, first: dict, args, n: int) -> bool:
     one = all(torch.allclose(first[m], first["single"], **close) for m in ("hand", "ddp"))
     print("after 1 step: " + (f"the three runs agree (max |Δθ| {step1:.1e})" if one else
                                f"MISMATCH beyond rtol={args.rtol}, atol={args.atol} (max |Δθ| {step1:.1e})"))
-    ring_ddp = torch.allclose(rows["hand"][0].params, rows["ddp"][0].params, **close)
-    drift = max((rows[m][0].params - ref).abs().max().item() for m in ("hand", "ddp"))
-    if not ring_ddp:
-        print(f"after {args.steps} steps: ring and DDP MISMATCH beyond rtol={args.rtol}, atol={args.atol}")
-    else:  # one line whatever the drift: rounding at a ReLU kink may move the single process off the path
-        print(f"after {args.steps} steps: ring = DDP; the single process is {drift:.1e} away (a drift beyond "
-              f"rounding is another trajectory, not another average)")
-    return one and ring_ddp
+    hand, ddp = rows["hand"][0].params, rows["ddp"][0].params
+    print(f"after {args.steps} steps: max |Δθ| ring–DDP {(hand - ddp).abs().max().item():.1e}, ring–single "
+          f"{(hand - ref).abs().max().item():.1e}, DDP–single {(ddp - ref).abs().max().item():.1e} (a drift beyond "
+          f"rounding is another trajectory, not another average)")
+    return one
 
 
 if __name__ == "__main__":
