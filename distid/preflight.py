@@ -197,7 +197,7 @@ def rank_main() -> int:
 
 def check_ranks(nproc: int = 4, timeout: float = RANK_TIMEOUT_S) -> tuple[bool, str]:
     """`nproc` gloo ranks start under torchrun and all-reduce; past `timeout` torchrun and its ranks
-    (each in a session of its own) are killed."""
+    (torchrun starts each rank in a session of its own) are killed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "distid.preflight", "--rank-check"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

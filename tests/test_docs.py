@@ -372,16 +372,18 @@ def bump(source: dict):
 
 
 def test_figures_evaluate_only_arithmetic_on_the_sources():
-    src = {"run": {"seconds": 12.0, "files": {"s": {"acc": 0.97, "none": None, "cells": [{"cell": "DDP", "ms": 4.0}]}}}}
+    src = {"run": {"seconds": 12.0, "files": {"s": {"acc": 0.97, "none": None, "cells": [{"cell": "DDP", "ms": 4.0}],
+                                                  "rows": [{"cell": "DDP", "rate": 1}, {"cell": "DDP", "rate": 2}]}}}}
     assert doc_sources.text_of("run.files.s.acc", ".1%", src) == "97.0%"
     assert doc_sources.text_of('run.files.s.cells["DDP"].ms / run.seconds * 3', ".2f", src) == "1.00"
     assert doc_sources.text_of("round(run.seconds / 60)", None, src) == "0"
     assert doc_sources.text_of("45 + run.seconds / 60", ".1f", src) == "45.2"  # an int, then a float
+    assert doc_sources.text_of("run.files.s.rows[1].rate + log(1)", None, src) == "2.0"
     assert doc_sources.text_of("len(run.files.s.cells) + max([run.seconds, 3])", None, src) == "13.0"
     row = "| DDP | <!--fig run.files.s.acc \\| .2f-->0.5<!--/fig--> |"  # a table's row escapes its bar
     assert doc_sources.render(row, src) == (row.replace("0.5", "0.97"), [])
     for bad in ("__import__('os')", "run.files.s.__class__", "run.nothing", "other.seconds", "run.files.s",
-                "run.seconds.x", "run.files.s.none[0]"):
+                "run.seconds.x", "run.files.s.none[0]", 'run.files.s.rows["DDP"]'):  # two rows named DDP
         with pytest.raises((LookupError, ValueError)):
             doc_sources.text_of(bad, None, src)
     text, problems = doc_sources.render("a <!--fig run.seconds | .0f-->99<!--/fig--> s", src)

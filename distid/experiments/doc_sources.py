@@ -6,7 +6,7 @@ top-level JSON files its run wrote (`files`: {file stem: its content, pruned}). 
 
     <!--fig EXPR | FORMAT-->TEXT<!--/fig-->
 
-EXPR is arithmetic (+ − × ÷, **, min, max, abs, round, sum, len) on paths NAME.key.key… into the sources:
+EXPR is arithmetic (+ − × ÷, **, min, max, abs, round, sum, len, log) on paths NAME.key.key… into the sources:
 `doc_full.seconds`, `doc_full.files.summary.test_accuracy`, `[0]` for a list's item or `["DDP"]` for the item
 of a list of records whose cell or name is "DDP". FORMAT is a Python format spec (`.4f`, `,.0f`, `.1%`); in a
 markdown table's row write ` \| ` before it, or the table would split there.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import operator
 import re
 from pathlib import Path
@@ -27,13 +28,13 @@ FIGURE = re.compile(r"(?<!`)<!--fig (?P<expr>.+?)(?: \\?\| (?P<fmt>[^|>\\]*?))?-
 LONG = 16  # a list of more numbers or lists than this (a curve, per-step times) is left out of a source
 DROPPED = ("config", "seeds")  # the config is in configs/ and the command; a cell's seeds are summarised beside
 # them (mean, min, max): either would double a source's size
-FUNCTIONS = {"min": min, "max": max, "abs": abs, "round": round, "sum": sum, "len": len}
+FUNCTIONS = {"min": min, "max": max, "abs": abs, "round": round, "sum": sum, "len": len, "log": math.log}
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
           ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.Mod: operator.mod}
-NAMED_BY = ("cell", "name", "label", "method", "strategy")  # keys that name a record in a list
+NAMED_BY = ("cell", "name", "label", "method", "strategy", "variant", "model")  # keys that name a record in a list
 ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Attribute, ast.Subscript,
            ast.Call, ast.Load, ast.Tuple, ast.List, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv,
-           ast.Pow, ast.Mod, ast.USub, ast.UAdd, ast.Slice)
+           ast.Pow, ast.Mod, ast.USub, ast.UAdd)
 
 
 def prune(value):
@@ -85,9 +86,11 @@ class Path_:
         if isinstance(v, list) and isinstance(key, int) and -len(v) <= key < len(v):
             return wrap(v[key], where)
         if isinstance(v, list) and isinstance(key, str):
-            for item in v:
-                if isinstance(item, dict) and any(item.get(n) == key for n in NAMED_BY):
-                    return wrap(item, where)
+            named = [item for item in v if isinstance(item, dict) and any(item.get(n) == key for n in NAMED_BY)]
+            if len(named) > 1:
+                raise LookupError(f"{where}: {len(named)} records are named {key!r}; take one by its index")
+            if named:
+                return wrap(named[0], where)
         raise LookupError(f"no {where}")
 
 

@@ -25,10 +25,10 @@ a second block on the same folder adds `_2`): the command, the machine, its seco
 JSON files the run wrote (without their `config`, and without lists of more than LONG numbers or lists). A figure
 quoted in prose is a reference into them, which the generator renders and the docs test checks:
 
-    test accuracy <!--fig doc_full.summary.test_accuracy | .4f-->0.9759<!--/fig-->
+    test accuracy <!--fig doc_full.files.summary.test_accuracy | .4f-->0.9759<!--/fig-->
 
 The expression is arithmetic on SOURCE.file.key paths (`[k]` for a list index, or a string naming the item
-whose cell/name is k), with min, max, abs, round and sum; after ` | ` a format spec. `figures` rewrites every
+whose cell/name/variant is k), with min, max, abs, round, sum, len and log; after ` | ` a format spec. `figures` rewrites every
 page's figures from the sources; `sources` writes a source from a block's existing --out without running it.
 
 tests/test_docs.py runs every marked command at a tiny size and checks that what the page shows
@@ -126,8 +126,10 @@ def argv(command: str) -> list[str]:
 
 
 def environment() -> dict:
-    """The environment of a student's shell after `. .venv/bin/activate` (launch/setup.sh)."""
-    return dict(os.environ, OMP_NUM_THREADS="1", DISTID_THREADS="auto", PYTHONUNBUFFERED="1")
+    """The environment of a student's shell after `. .venv/bin/activate` (launch/setup.sh), and
+    charts checked strictly (plotting.save)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", DISTID_THREADS="auto", PYTHONUNBUFFERED="1",
+                DISTID_STRICT_CHARTS="1")  # a chart the pages show has no overlapping text
 
 
 def select(text: str, options: dict) -> list[str]:
@@ -311,7 +313,10 @@ def rewrite_block(block: Block, text: list[str]) -> None:
     at = [i for i, line in enumerate(marker) if START.match(line) and line == f"<!-- regenerate: {block.raw} -->"]
     if not at:
         raise RuntimeError(f"{block.page}: the block `{block.command}` is gone from the page; its output is not written")
-    rewrite(block.page, {at[block.nth]: text} if block.nth < len(at) else {at[-1]: text})
+    if block.nth >= len(at):
+        raise RuntimeError(f"{block.page}: the block `{block.command}` is no longer the same on the page "
+                           f"(an identical block before it is gone); its output is not written")
+    rewrite(block.page, {at[block.nth]: text})
 
 
 def rewrite(page: Path, new: dict[int, list[str]]) -> None:

@@ -5,6 +5,8 @@ direct labels so that they do not."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 SLACK_PX = 1.0  # texts may touch, or share this many pixels, without counting as overlapping
@@ -75,13 +77,23 @@ def check_text(fig) -> None:
                 raise ValueError(f"texts overlap: {t.get_text()!r} and {u.get_text()!r}")
 
 
+STRICT = "DISTID_STRICT_CHARTS"  # set (to 1) by the docs generator and the tests: an overlap fails the run
+
+
 def save(fig, path: Path, dpi: int = 110) -> None:
     """Check `fig` at `dpi` (`check_text`: what is checked is what is written), write it to `path`
-    and close it; raises ValueError, closing the figure and writing nothing, when its texts overlap."""
+    and close it. Texts that overlap: with DISTID_STRICT_CHARTS=1 (the docs generator, the tests) a
+    ValueError, the figure closed and nothing written; otherwise a one-line warning, and the chart is
+    written all the same (a finished run does not fail on its chart's labels)."""
     plt = pyplot()
     try:
         fig.set_dpi(dpi)
-        check_text(fig)
+        try:
+            check_text(fig)
+        except ValueError as e:
+            if os.environ.get(STRICT) == "1":
+                raise
+            print(f"warning: {path}: {e}", file=sys.stderr)
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
