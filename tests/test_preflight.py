@@ -146,3 +146,10 @@ def test_a_kernel_turned_off_names_the_fallback(monkeypatch):
         monkeypatch.undo()
         kernel.library.cache_clear()
     assert not ok and "DISTID_KERNEL=torch" in detail and "distid/subspace/fastfood.py" in detail
+
+
+def test_enough_memory_for_all_but_lesson_6s_tables_is_a_go_that_says_so(monkeypatch):
+    monkeypatch.setattr(preflight, "MEMORY_NEED_GB", 0.0)
+    monkeypatch.setattr(preflight, "WIDE_NEED_GB", 1e9)
+    ok, detail = preflight.check_memory()
+    assert ok and "lesson 6's tables need" in detail

@@ -88,6 +88,7 @@ def plot(res: dict, topology: str, path: Path) -> str | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([*shaped, right], [*(netns.rate_name(r).replace(" ", "\n") for r in shaped), "unshaped"])
+    ax.set_xticks([], minor=True)  # the named rates only: log minor labels would sit on them
     ax.set_xlabel("the link's rate (tc), log")
     ax.set_ylabel(f"training seconds to {res['targets'][0]['fraction']:.0%} of DDP's accuracy (log)")
     ax.grid(alpha=0.3, which="both")
