@@ -43,12 +43,12 @@ TINY = {
     "distid.probe": ["--set", "sweep.seeds=1", "--set", "train.steps=3", "--set", "sweep.lora_max=2"],
     "distid.experiments.methods.convergence": ["--set", "train.steps=4", "--set", "train.eval_every=2"],
     "distid.experiments.communication.frontier": ["--seeds", "0", "--set", "train.steps=14", "--set", "train.eval_every=7",
-                                    "--set", "powersgd.start_iter=3", "--powersgd-ranks", "1", "--lora-ranks", "1",
-                                    "--dims", "1000", "--diloco-h", "7", "--diloco-dims", "250", "--diloco-dims-h", "7",
-                                    "--diloco-lora-ranks", "1", "--diloco-lora-h", "7", "--demo-topk", "4",
-                                    "--sparse-density", "3", "--sparse-h", "7", "--streaming-fragments", "1",
-                                    "--streaming-h", "7", "--redraw-dims", "1000", "--redraw-k", "5,7",
-                                    "--redraw-local", "250:7:7",  # every family, one cell each
+                                    "--powersgd-ranks", "", "--lora-ranks", "", "--dims", "1000", "--peft", "",
+                                    "--diloco-h", "", "--diloco-dims", "", "--diloco-lora-ranks", "", "--demo-topk", "",
+                                    "--sparse-density", "", "--streaming-fragments", "", "--redraw-dims", "1000",
+                                    "--redraw-k", "7", "--redraw-local", "",  # DDP, its hooks, a subspace fixed and
+                                    # re-drawn (FEWER: the page's sections, some of its rows);
+                                    # tests/test_frontier.py trains every family
                                     "--shaped", str(Path(REPO) / "tests" / "shaped_tiny.json")],  # a tiny shaped run's
     # output (the shaped command's TINY arguments, 2 ranks): the measured points beside the link model
     "distid.experiments.communication.shaped": ["--nproc", "2", "--rates", "100mbit", "--fit-sizes", "16384,65536",
@@ -64,7 +64,8 @@ TAKES_CONFIG = {"distid.train", "distid.experiments.methods.compare", "distid.ex
 SMALLER = {"configs/wide_compare.toml": ["--set", "model.name=mlp"]}  # D = 20 M: ten test-set passes take minutes
 
 
-FEWER = {"distid.experiments.communication.shaped", "distid.experiments.intrinsic.sweep"}  # TINY runs fewer of
+FEWER = {"distid.experiments.communication.shaped", "distid.experiments.intrinsic.sweep",
+         "distid.experiments.communication.frontier"}  # TINY runs fewer of
 # the page's cells, seeds or LoRA ranks: its tables have other rows and columns, so table lines (`|…`) are not
 # compared, beyond both sides showing a table or neither; every other line must match
 WHEN = {"subspace.said=true": ["--set", "sweep.d=[80,100]"],  # SAID needs d > 72 (one scale per tensor)
@@ -174,6 +175,10 @@ def test_the_shape_and_figure_checks_fail_on_a_changed_figure():
     diloco_tiny = [sent.format("1,195,260"), synced.format(1, "1,195,260")]  # a tiny run: one, after its last step
     assert agree(diloco_page, diloco_tiny, "OUT", "OUT") == []  # bytes per step follow the run's length there
     assert agree(diloco_page, [diloco_tiny[0], synced.format(1, "597,630")], "OUT", "OUT")  # a synchronisation's do not
+    table, other = ["| DDP | 1 |", "|---|---:|", "## Heading"], ["| LoRA | 2 | 3 |", "|---|---:|---:|", "## Heading"]
+    assert agree(table, other, "OUT", "OUT", kinds_only=True, fewer_rows=True) == []  # other rows and columns
+    assert agree(table, other[2:], "OUT", "OUT", kinds_only=True, fewer_rows=True)  # no table at all
+    assert agree(table, other[:2], "OUT", "OUT", kinds_only=True, fewer_rows=True)  # a heading gone
     made = ["Machine: Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu; warm-up 2 steps"]
     here = ["Machine: arm, 8 cores, torch 2.13.0; warm-up 2 steps"]
     assert agree(made, here, "OUT", "OUT", page_machine={"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.13.0+cpu"},
