@@ -345,7 +345,7 @@ def test_select_stops_at_to_and_markdown_at_its_first_blank_line():
 
 
 SOURCES = DOCS / "sources"
-PROSE = [*sorted(DOCS.rglob("*.md")), Path(REPO) / "README.md"]  # every page whose prose may quote a figure
+PROSE = docs.prose_pages(DOCS)  # every page whose prose may quote a figure
 
 
 def test_every_prose_figure_agrees_with_its_source():
@@ -394,13 +394,14 @@ def test_figures_evaluate_only_arithmetic_on_the_sources():
     assert doc_sources.text_of("run.files.s.rows[1].rate + log(1)", None, src) == "2.0"
     assert doc_sources.text_of("len(run.files.s.cells) + max([run.seconds, 3])", None, src) == "13.0"
     row = "| DDP | <!--fig run.files.s.acc \\| .2f-->0.5<!--/fig--> |"  # a table's row escapes its bar
-    assert doc_sources.render(row, src) == (row.replace("0.5", "0.97"), [])
+    assert doc_sources.render(row, src)[:2] == (row.replace("0.5", "0.97"), [])
     for bad in ("__import__('os')", "run.files.s.__class__", "run.nothing", "other.seconds", "run.files.s",
                 "run.seconds.x", "run.files.s.none[0]", 'run.files.s.rows["DDP"]'):  # two rows named DDP
         with pytest.raises((LookupError, ValueError)):
             doc_sources.text_of(bad, None, src)
-    text, problems = doc_sources.render("a <!--fig run.seconds | .0f-->99<!--/fig--> s", src)
-    assert text == "a <!--fig run.seconds | .0f-->12<!--/fig--> s" and problems == []
+    text, failed, changed = doc_sources.render("a <!--fig run.seconds | .0f-->99<!--/fig--> s", src)
+    assert text == "a <!--fig run.seconds | .0f-->12<!--/fig--> s" and failed == []
+    assert changed == ["line:1: <!--fig run.seconds--> shows '99', its source gives '12'"]
 
 
 def test_every_block_keeps_its_run_as_a_source_and_every_source_has_a_block():

@@ -10,7 +10,7 @@ EXPR is arithmetic (+ − × ÷, **, min, max, abs, round, sum, len, log) on pat
 `doc_full.seconds`, `doc_full.files.summary.test_accuracy`, `[0]` for a list's item or `["DDP"]` for the item
 of a list of records whose cell or name is "DDP". FORMAT is a Python format spec (`.4f`, `,.0f`, `.1%`); in a
 markdown table's row write ` \| ` before it, or the table would split there.
-TEXT is what the page shows: `render` rewrites it, `problems` says where it differs. One written in a
+TEXT is what the page shows: `render` rewrites it and says where it differed. One written in a
 code span (a backtick before it) is an example, not a figure.
 """
 
@@ -153,37 +153,33 @@ def evaluate(expr: str, sources: dict[str, dict]):
 def text_of(expr: str, fmt: str | None, sources: dict[str, dict]) -> str:
     """A figure as the page shows it: its value, formatted."""
     value = evaluate(expr, sources)
-    if value is NotImplemented or value is None:
+    if value is None:
         raise ValueError(f"{expr!r} has no value (null in its source)")
     return format(value, fmt.strip()) if fmt else str(value)
 
 
-def render(text: str, sources: dict[str, dict]) -> tuple[str, list[str]]:
-    """The text with every figure rendered from the sources, and what could not be (line: why)."""
-    problems, out = [], []
+def render(text: str, sources: dict[str, dict], where: str = "line") -> tuple[str, list[str], list[str]]:
+    """The text with every figure rendered from the sources; the figures that could not be rendered,
+    and those it showed otherwise (each `WHERE:line: …`)."""
+    failed, changed, out = [], [], []
     for n, line in enumerate(text.split("\n"), 1):
         def one(m):
             try:
                 shown = text_of(m["expr"], m["fmt"], sources)
             except (LookupError, ValueError, TypeError, ZeroDivisionError, SyntaxError) as e:
-                problems.append(f"line {n}: <!--fig {m['expr']}-->: {e}")
+                failed.append(f"{where}:{n}: <!--fig {m['expr']}-->: {e}")
                 return m[0]
+            if shown != m["shown"]:
+                changed.append(f"{where}:{n}: <!--fig {m['expr']}--> shows {m['shown']!r}, its source gives {shown!r}")
             return m[0][:m.start("shown") - m.start()] + shown + "<!--/fig-->"
         out.append(FIGURE.sub(one, line))
-    return "\n".join(out), problems
+    return "\n".join(out), failed, changed
 
 
 def problems(page: Path, sources: dict[str, dict]) -> list[str]:
     """Where a page's prose figures differ from their sources, or cannot be rendered (`page:line: …`)."""
-    text = page.read_text()
-    new, found = render(text, sources)
-    found = [f"{page}:{p.removeprefix('line ')}" for p in found]
-    for n, (a, b) in enumerate(zip(text.split("\n"), new.split("\n")), 1):
-        for m_old, m_new in zip(FIGURE.finditer(a), FIGURE.finditer(b)):
-            if m_old["shown"] != m_new["shown"]:
-                found.append(f"{page}:{n}: <!--fig {m_old['expr']}--> shows {m_old['shown']!r}, "
-                             f"its source gives {m_new['shown']!r}")
-    return found
+    _, failed, changed = render(page.read_text(), sources, str(page))
+    return failed + changed
 
 
 def names(text: str) -> set[str]:

@@ -309,8 +309,8 @@ def regenerate(block: Block) -> list[str] | None:
 def rewrite_block(block: Block, text: list[str]) -> None:
     """Replace the text between the block's markers, found again by its marker line: the page may have
     been edited above it while the block ran."""
-    marker = block.page.read_text().splitlines()
-    at = [i for i, line in enumerate(marker) if START.match(line) and line == f"<!-- regenerate: {block.raw} -->"]
+    lines = block.page.read_text().splitlines()
+    at = [i for i, line in enumerate(lines) if line == f"<!-- regenerate: {block.raw} -->"]
     if not at:
         raise RuntimeError(f"{block.page}: the block `{block.command}` is gone from the page; its output is not written")
     if block.nth >= len(at):
@@ -383,13 +383,18 @@ def kept_source(block: Block) -> str:
     return f"wrote {write_source(block, facts['seconds'], facts['date'], machine)}"
 
 
+def prose_pages(docs_dir: Path = DOCS) -> list[Path]:
+    """Every page whose prose may quote a figure: the docs, their subfolders, and the README beside them."""
+    return [*sorted(docs_dir.rglob("*.md")), docs_dir.parent / "README.md"]
+
+
 def render_figures() -> int:
     """Render every page's prose figures from docs/sources; 1 (and why) where one cannot be."""
     sources, bad = doc_sources.load(DOCS / "sources"), []
-    for page in [*sorted(DOCS.rglob("*.md")), Path("README.md")]:
+    for page in prose_pages():
         text = page.read_text()
-        new, problems = doc_sources.render(text, sources)
-        bad += [f"{page}:{p.removeprefix('line ')}" for p in problems]
+        new, failed, _ = doc_sources.render(text, sources, str(page))
+        bad += failed
         if new != text:
             page.write_text(new)
             print(f"figures: rewrote {page}", flush=True)
