@@ -1,4 +1,9 @@
-"""Run commands the way a user does, with a hard time limit that also kills their children."""
+"""Run commands the way a user does, with a hard time limit that also kills their children.
+
+`run` runs a `python -m distid…` or `torchrun --standalone --nproc_per_node=N -m distid…` command as
+forks of a process that has imported torch already (tests/forkrun.py: same environment, folder and
+arguments, a fraction of the start-up); `start` and every other command start real processes.
+"""
 
 import os
 import signal
@@ -6,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+
+import forkrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)  # the venv's bin: torchrun, python
@@ -35,7 +42,11 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
 
 
 def run(cmd: list[str], timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-    return finish(start(cmd, env), timeout)
+    try:
+        forked = forkrun.run(cmd, timeout, env or user_env(), REPO)
+    except TimeoutError as e:
+        pytest.fail(str(e))
+    return forked if forked is not None else finish(start(cmd, env), timeout)
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -1,0 +1,239 @@
+"""Run a test's `python -m distid…` and `torchrun --standalone --nproc_per_node=N -m distid…` commands
+as forks of a process that has already imported torch.
+
+Most of a tiny run's time is start-up: each rank imports torch and, at its first optimizer or object
+collective, torch._dynamo (about 2 s of CPU a process, 4 ranks and torchrun's own agent per command).
+A fork server per pytest process imports them once; each command is a launcher forked from it, in a
+session of its own, which forks the ranks. A rank gets the environment torchrun gives its workers
+(`torchrun_env`; tests/test_forkrun.py compares it with torchrun's own), the command's working folder,
+`sys.path` and `sys.argv` as `python -m` sets them, and runs its module as `__main__`. As under
+torchrun, the first rank to fail stops the others (SIGTERM, then SIGKILL after STOP_GRACE_S) and the
+command exits 1.
+
+What a fork does not give: each rank's own hash seed (they share the server's) and its own Python
+start-up. So the tests that are about processes and torchrun itself use real ones: any torchrun
+option beyond --standalone and --nproc_per_node (restarts, nodes, monitor interval), a command that
+is not a distid module, an environment whose PYTHON*/TORCH*/OMP*/MKL* variables differ from the
+server's (read when an interpreter or torch starts), and every command when DISTID_TEST_FORK=0.
+`procs.run` calls `run` here first and starts a real process when it answers None.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+STOP_GRACE_S = 30  # torchrun's: SIGTERM to the other ranks, SIGKILL this long after
+FIXED = ("PYTHON", "TORCH", "OMP_", "MKL_", "KMP_")  # read at start-up: a request that differs runs for real
+MODULES = ("distid.",)  # the modules a fork runs
+
+
+def enabled() -> bool:
+    return os.environ.get("DISTID_TEST_FORK", "1") != "0"
+
+
+def parse(cmd: list[str], modules: tuple[str, ...] = MODULES) -> tuple[int, str, list[str]] | None:
+    """(ranks, module, its arguments) of a command a fork can run: 0 ranks for a plain `python -m`."""
+    if len(cmd) < 3 or cmd[0] != sys.executable or cmd[1] != "-m":
+        return None
+    if cmd[2] != "torch.distributed.run":
+        return (0, cmd[2], cmd[3:]) if cmd[2].startswith(modules) else None
+    words, nproc, standalone = cmd[3:], None, False
+    while words and words[0] != "-m":
+        word = words.pop(0)
+        if word == "--standalone":
+            standalone = True
+        elif word.startswith(("--nproc_per_node=", "--nproc-per-node=")) and word.split("=", 1)[1].isdigit():
+            nproc = int(word.split("=", 1)[1])
+        else:
+            return None  # restarts, nodes, a monitor interval, a script: torchrun itself runs it
+    if not (standalone and nproc and len(words) >= 2 and words[1].startswith(modules)):
+        return None
+    return nproc, words[1], words[2:]
+
+
+def torchrun_env(env: dict, rank: int, nproc: int, port: int, run_id: str) -> dict:
+    """What torchrun --standalone --nproc_per_node=nproc sets for a worker, rank 0 holding the store
+    (TORCHELASTIC_USE_AGENT_STORE=False, as with a static rendezvous: there is no agent)."""
+    ranks = {"RANK": rank, "LOCAL_RANK": rank, "GROUP_RANK": 0, "ROLE_RANK": rank, "WORLD_SIZE": nproc,
+             "LOCAL_WORLD_SIZE": nproc, "ROLE_WORLD_SIZE": nproc, "GROUP_WORLD_SIZE": 1}
+    return {**env, **{k: str(v) for k, v in ranks.items()}, "ROLE_NAME": "default", "MASTER_ADDR": "localhost",
+            "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": "0",
+            "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_USE_AGENT_STORE": "False",
+            "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+
+
+# ---- the server and what it forks (this file run as a script) ----
+
+def serve(path: str):
+    """Import torch, answer 'ready', then fork a launcher per request; returns (request, connection)
+    in the launcher. Exits when its standard input closes (the pytest process that started it ended)."""
+    import torch  # noqa: F401  (the preload: what every rank would import)
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.checkpoint  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
+    if len(os.listdir("/proc/self/task")) != 1:
+        sys.exit("the preload started a thread: forking it is not safe")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sys.stdin:
+                sys.exit(0)
+            conn, _ = listener.accept()
+            request = json.loads(conn.makefile().readline())
+            if os.fork() == 0:
+                sel.close()
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                return request, conn
+            conn.close()
+
+
+def launch(request: dict, conn: socket.socket) -> tuple[dict, dict] | None:
+    """In the launcher: fork the ranks, wait, send their exit code. Returns (request, env) in a rank."""
+    os.setsid()
+    conn.sendall(f"{os.getpid()}\n".encode())
+    out, err = os.open(request["stdout"], os.O_WRONLY), os.open(request["stderr"], os.O_WRONLY)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    nproc, env = request["nproc"], request["env"]
+    if nproc:
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        run_id = str(uuid.uuid4())
+    ranks = {}
+    for rank in range(max(nproc, 1)):
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            return request, torchrun_env(env, rank, nproc, port, run_id) if nproc else env
+        ranks[pid] = rank
+    code = wait(ranks, single=not nproc)
+    conn.sendall(f"{code}\n".encode())
+    return None
+
+
+def wait(ranks: dict, single: bool) -> int:
+    """Every rank's end; the first failure stops the others. A plain run's exit code is its own
+    (−N: killed by signal N); torchrun's is 1 when any rank failed."""
+    codes, stop_at = [], None
+    while ranks:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            if stop_at is not None and time.monotonic() > stop_at:
+                for p in ranks:
+                    os.kill(p, signal.SIGKILL)
+            time.sleep(0.02)
+            continue
+        ranks.pop(pid, None)
+        codes.append(os.waitstatus_to_exitcode(status))
+        if codes[-1] != 0 and stop_at is None:
+            for p in ranks:
+                os.kill(p, signal.SIGTERM)
+            stop_at = time.monotonic() + STOP_GRACE_S
+    if single:
+        return codes[0]
+    return 0 if not any(codes) else 1
+
+
+def become(request: dict, env: dict, base_path: list[str]) -> None:
+    """Turn this rank into `python -m MODULE ARGS` in the request's folder and environment."""
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(env)
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [request["cwd"], *extra, *base_path]
+    sys.argv = [request["module"], *request["args"]]
+
+
+# ---- the client: one server per pytest process ----
+
+_server: dict = {}
+
+
+def _start_server(env: dict) -> dict | None:
+    folder = tempfile.mkdtemp(prefix="distid-fork-")
+    path = os.path.join(folder, "socket")
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, cwd=folder, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        return None
+    return {"proc": proc, "path": path, "fixed": {k: v for k, v in env.items() if k.startswith(FIXED)},
+            "folder": folder}
+
+
+def server(env: dict) -> dict | None:
+    """This process's fork server (started, or restarted if it died), or None if it cannot start."""
+    s = _server.get("s")
+    if s is None or s["proc"].poll() is not None:
+        s = _server["s"] = _start_server(env)
+    return s
+
+
+def run(cmd: list[str], timeout: float, env: dict, cwd: str,
+        modules: tuple[str, ...] = MODULES) -> subprocess.CompletedProcess | None:
+    """`cmd` run as forks (see the module's docstring), or None where it must run as a real process.
+    Past `timeout`, the launcher's whole session is killed and TimeoutError names what it printed."""
+    parsed = parse(cmd, modules) if enabled() else None
+    if parsed is None:
+        return None
+    s = server(env)
+    fixed = {k: v for k, v in env.items() if k.startswith(FIXED) and k != "PYTHONPATH"}
+    if s is None or fixed != s["fixed"]:
+        return None
+    nproc, module, args = parsed
+    with tempfile.TemporaryDirectory(prefix="distid-fork-out-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        open(out, "w").close()
+        open(err, "w").close()
+        request = dict(nproc=nproc, module=module, args=args, env=env, cwd=cwd, stdout=out, stderr=err)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(s["path"])
+            conn.sendall((json.dumps(request) + "\n").encode())
+            conn.settimeout(timeout)
+            reply = conn.makefile()
+            pid = int(reply.readline())
+            try:
+                code = int(reply.readline())
+            except (TimeoutError, socket.timeout):
+                os.killpg(pid, signal.SIGKILL)
+                raise TimeoutError(f"{' '.join(cmd)} timed out after {timeout} s:\n{read(out)[-3000:]}\n{read(err)[-3000:]}")
+        return subprocess.CompletedProcess(cmd, code, read(out), read(err))
+
+
+def read(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+if __name__ == "__main__" and len(sys.argv) == 2:
+    base = sys.path[1:]  # without this file's folder, as `python -m` starts
+    in_launcher = launch(*serve(sys.argv[1]))
+    if in_launcher is None:
+        sys.exit(0)
+    become(*in_launcher, base)
+    del base, in_launcher
+    import runpy
+
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    sys.exit(0)
