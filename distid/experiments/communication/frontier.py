@@ -169,9 +169,17 @@ def compute_step_s(cfg, n: int, steps: int = 30, warm: int = 5) -> float:
     return statistics.median(times) if period == 1 else statistics.mean(times)
 
 
+def fresh_process() -> multiprocessing.context.BaseContext:
+    """A context whose processes are forks of a server that has imported torch and this module and
+    nothing more (no process group, no threads): a fresh process without a fresh import per cell."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", __spec__.name if __spec__ else __name__])
+    return ctx
+
+
 def measure_compute(args, cell: Cell, out: Path) -> float:
-    """compute_step_s of the cell's first seed, timed in a fresh process that rank 0 starts while the
-    other ranks wait (a world of one: the strategy calls no collective), or read from
+    """compute_step_s of the cell's first seed, timed in a fresh process (`fresh_process`) that rank 0
+    starts while the other ranks wait (a world of one: the strategy calls no collective), or read from
     out/<cell>/compute.json when the config, world size and code match, as a cell's runs are; every
     rank's answer."""
     box = [None]
@@ -182,7 +190,7 @@ def measure_compute(args, cell: Cell, out: Path) -> float:
         key = dict(config_hash=config_hash(cfg), world_size=dist.get_world_size(), code_version=runtime.code_version())
         saved = json.loads(path.read_text()) if path.is_file() else {}
         if {k: saved.get(k) for k in key} != key:
-            with multiprocessing.get_context("spawn").Pool(1) as alone:
+            with fresh_process().Pool(1) as alone:
                 seconds = alone.apply(compute_step_s, (cfg, dist.get_world_size()))
             saved = dict(key, compute_step_s=seconds)
             path.parent.mkdir(parents=True, exist_ok=True)
