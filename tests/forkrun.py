@@ -20,6 +20,7 @@ server's (read when an interpreter or torch starts), and every command when DIST
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -83,6 +84,7 @@ def serve(path: str):
     import torch.utils.tensorboard  # noqa: F401
     if len(os.listdir("/proc/self/task")) != 1:
         sys.exit("the preload started a thread: forking it is not safe")
+    gc.freeze()  # the preload's objects: no collection, and no finalisation at each rank's exit, scans them
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
