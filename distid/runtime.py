@@ -15,7 +15,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT_S = float(os.environ.get("DISTID_TIMEOUT_S", "120"))
+
+def default_timeout_s() -> float:
+    """The process group's timeout where the caller names none: DISTID_TIMEOUT_S, else 120 s."""
+    return float(os.environ.get("DISTID_TIMEOUT_S", "120"))
+
 
 # torch ≥ 2.13 renames the tensor-in/tensor-out collectives; older releases have only the old names.
 all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -96,9 +100,10 @@ def share_cores() -> None:
     _shared = True
 
 
-def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
-    """Join the process group if launched by torchrun; returns (rank, world_size). backend: 'gloo',
-    'nccl', or None / 'auto' (`pick_backend`).
+def init(timeout_s: float | None = None, backend: str | None = None) -> tuple[int, int]:
+    """Join the process group if launched by torchrun; returns (rank, world_size). timeout_s: every
+    collective's bound (None: `default_timeout_s`). backend: 'gloo', 'nccl', or None / 'auto'
+    (`pick_backend`).
 
     A plain `python -m ...` run is world size 1 and creates a one-rank gloo group, so the same
     code path (collectives included) runs everywhere.
@@ -117,7 +122,8 @@ def init(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tu
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         kwargs["device_id"] = torch.device("cuda", local)  # binds the group to this GPU (barrier() asks for it)
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    timeout = timedelta(seconds=default_timeout_s() if timeout_s is None else timeout_s)
+    dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return dist.get_rank(), dist.get_world_size()
 
 

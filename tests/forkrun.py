@@ -21,6 +21,7 @@ server's (read when an interpreter or torch starts), and every command when DIST
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import selectors
@@ -35,10 +36,13 @@ import uuid
 STOP_GRACE_S = 30  # torchrun's: SIGTERM to the other ranks, SIGKILL this long after
 FIXED = ("PYTHON", "TORCH", "OMP_", "MKL_", "KMP_")  # read at start-up: a request that differs runs for real
 MODULES = ("distid.",)  # the modules a fork runs
+PRELOAD = ("distid",  # first, as in every entry: it sets THP_MEM_ALLOC_ENABLE before torch allocates
+           "torch", "torch._dynamo", "torch.distributed.checkpoint", "torch.utils.tensorboard",
+           "distid.run.cli", "distid.run.job")  # what every rank imports; an entry module is run afresh
 
 
 def enabled() -> bool:
-    return os.environ.get("DISTID_TEST_FORK", "1") != "0"
+    return sys.platform == "linux" and os.environ.get("DISTID_TEST_FORK", "1") != "0"
 
 
 def parse(cmd: list[str], modules: tuple[str, ...] = MODULES) -> tuple[int, str, list[str]] | None:
@@ -78,10 +82,8 @@ def torchrun_env(env: dict, rank: int, nproc: int, port: int, run_id: str) -> di
 def serve(path: str):
     """Import torch, answer 'ready', then fork a launcher per request; returns (request, connection)
     in the launcher. Exits when its standard input closes (the pytest process that started it ended)."""
-    import torch  # noqa: F401  (the preload: what every rank would import)
-    import torch._dynamo  # noqa: F401
-    import torch.distributed.checkpoint  # noqa: F401
-    import torch.utils.tensorboard  # noqa: F401
+    for name in PRELOAD:
+        importlib.import_module(name)
     if len(os.listdir("/proc/self/task")) != 1:
         sys.exit("the preload started a thread: forking it is not safe")
     gc.freeze()  # the preload's objects: no collection, and no finalisation at each rank's exit, scans them
@@ -164,6 +166,8 @@ def become(request: dict, env: dict, base_path: list[str]) -> None:
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [request["cwd"], *extra, *base_path]
     sys.argv = [request["module"], *request["args"]]
+    for name in (request["module"], request["module"] + ".__main__"):  # run as __main__ only, as by `python -m`
+        sys.modules.pop(name, None)
 
 
 # ---- the client: one server per pytest process ----

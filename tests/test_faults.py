@@ -17,17 +17,23 @@ pytestmark = pytest.mark.skipif(not have_mnist(), reason="needs MNIST: python -m
 STEPS = 16
 
 
-def torchrun(out, *extra, restarts=0, fault="", timeout=240, steps=STEPS, resume=False, nproc=2):
-    """distid.train on 2 ranks, d = 64, a checkpoint every 5 steps; DISTID_FAULT = `fault`. With a
-    store per restart (TORCH_DISABLE_SHARE_RDZV_TCP_STORE) the workers meet at the agent's address,
-    by default the host's name: 127.0.0.1 instead, whatever this machine's name resolves to."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={restarts}", "--monitor-interval=0.5", "--local-addr=127.0.0.1", "-m", "distid.train",
-           "--config", "configs/mnist_fc_subspace.toml", "--out", str(out)] + (["--resume"] if resume else [])
+def torchrun(out, *extra, restarts=0, fault="", timeout=240, steps=STEPS, resume=False, nproc=2, agent=False):
+    """distid.train on 2 ranks, d = 64, a checkpoint every 5 steps; DISTID_FAULT = `fault`. With
+    restarts, or `agent` (a test of what torchrun's agent prints), under torchrun itself, else as forks
+    (tests/forkrun.py: torchrun's worker environment and its rule that a failed rank stops the others).
+    With a store per restart (TORCH_DISABLE_SHARE_RDZV_TCP_STORE) the workers meet at the agent's
+    address, by default the host's name: 127.0.0.1 instead, whatever this machine's name resolves to."""
+    agent = agent or restarts > 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    if agent:
+        cmd += [f"--max-restarts={restarts}", "--monitor-interval=0.5", "--local-addr=127.0.0.1"]
+    cmd += ["-m", "distid.train", "--config", "configs/mnist_fc_subspace.toml", "--out", str(out)]
+    cmd += ["--resume"] if resume else []
     for kv in (f"data.root={DATA_ROOT}", f"train.steps={steps}", "subspace.d=64", "checkpoint.every=5",
                "train.log_every=100", *extra):
         cmd += ["--set", kv]
-    return run(cmd, timeout=timeout, env=user_env(DISTID_FAULT=fault, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"))
+    env = user_env(DISTID_FAULT=fault, **({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if agent else {}))
+    return run(cmd, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,7 @@ def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path, 
 
 
 def test_a_rank_that_dies_stops_the_group_and_is_named(tmp_path):
-    res = torchrun(tmp_path, fault="rank=1,step=3", timeout=120)  # bound: 120 s (docs/when_things_go_wrong.md)
+    res = torchrun(tmp_path, fault="rank=1,step=3", timeout=120, agent=True)  # bound: 120 s (docs/when_things_go_wrong.md)
     assert res.returncode != 0
     assert "rank 1: DISTID_FAULT: exit after 3 steps" in res.stderr
     assert "rank       : 1 (local_rank: 1)" in res.stderr.replace("rank      :", "rank       :")

@@ -70,7 +70,9 @@ def worker(rank, lighthouse, args, queue):
             manager.start_quorum()
             fragment.prepare_sync()
             fragment.perform_sync()
-    queue.put((rank, torch.cat([p.detach().reshape(-1) for p in model.parameters()])))
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    queue.put((rank, flat.numpy()))  # by value: a tensor would go by a file descriptor that this
+    # process's exit can close before the parent has taken it
     manager.shutdown()
 
 
@@ -88,7 +90,7 @@ def main(out, root, steps, h, batch, parts=1, delay=0, mix=0.0):
     for p in procs:
         p.join(timeout=60)
     lighthouse.shutdown()
-    torch.save([results[0], results[1]], out)
+    torch.save([torch.from_numpy(results[0]), torch.from_numpy(results[1])], out)
 
 
 if __name__ == "__main__":
