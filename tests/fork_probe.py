@@ -1,6 +1,7 @@
 """A rank that reports how it was started, for tests/test_forkrun.py: `python -m fork_probe OUT MODE`
 writes OUT/rank<RANK>.json (its torchrun variables, argv, sys.path[0], working folder, pid), then
-MODE: "ok" exits 0; "fail" exits 3 on rank 1 while the others sleep; "raise" raises; "hang" sleeps."""
+MODE: "ok" exits 0; "fail" exits 3 on rank 1, once every rank has written its report, while the others
+sleep; "raise" raises; "hang" sleeps."""
 
 import json
 import os
@@ -21,6 +22,8 @@ if __name__ == "__main__":
     if mode == "raise":
         raise RuntimeError("the probe raised")
     if mode == "fail" and rank == "1":
+        while len(os.listdir(out)) < int(os.environ["WORLD_SIZE"]):
+            time.sleep(0.05)
         sys.exit(3)
     if mode in ("fail", "hang"):
         time.sleep(120)

@@ -2,39 +2,47 @@
 as forks of a process that has already imported torch.
 
 Most of a tiny run's time is start-up: each rank imports torch and, at its first optimizer or object
-collective, torch._dynamo (about 2 s of CPU a process, 4 ranks and torchrun's own agent per command).
-A fork server per pytest process imports them once; each command is a launcher forked from it, in a
-session of its own, which forks the ranks. A rank gets the environment torchrun gives its workers
-(`torchrun_env`; tests/test_forkrun.py compares it with torchrun's own), the command's working folder,
-`sys.path` and `sys.argv` as `python -m` sets them, and runs its module as `__main__`. As under
-torchrun, the first rank to fail stops the others (SIGTERM, then SIGKILL after STOP_GRACE_S) and the
-command exits 1.
+collective, torch._dynamo (about 2 s of CPU a process, 4 ranks and torchrun's own agent per command),
+and finalises them at exit. A fork server per pytest process imports them once (PRELOAD) and freezes
+them for the collector (`gc.freeze`); each command is a launcher forked from it, in a session of its
+own, which forks the ranks. A rank gets the environment torchrun gives its workers (`torchrun_env`;
+tests/test_forkrun.py compares it with torchrun's own), unbuffered output as under torchrun's
+`python -u`, the command's working folder, `sys.path` and `sys.argv` as `python -m` sets them, and
+runs its module as `__main__`. As under torchrun, the first rank to fail stops the others (SIGTERM,
+then SIGKILL after STOP_GRACE_S) and the command exits 1; a launcher whose test process is gone
+stops its ranks.
 
 What a fork does not give: each rank's own hash seed (they share the server's) and its own Python
 start-up. So the tests that are about processes and torchrun itself use real ones: any torchrun
 option beyond --standalone and --nproc_per_node (restarts, nodes, monitor interval), a command that
-is not a distid module, an environment whose PYTHON*/TORCH*/OMP*/MKL* variables differ from the
-server's (read when an interpreter or torch starts), and every command when DISTID_TEST_FORK=0.
+is not a distid module, an environment whose start-up variables (FIXED) differ from the server's,
+every command off Linux or when DISTID_TEST_FORK=0, and what `procs.start` starts.
 `procs.run` calls `run` here first and starts a real process when it answers None.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
+import io
 import json
 import os
+import select
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
 STOP_GRACE_S = 30  # torchrun's: SIGTERM to the other ranks, SIGKILL this long after
-FIXED = ("PYTHON", "TORCH", "OMP_", "MKL_", "KMP_")  # read at start-up: a request that differs runs for real
+FIXED = ("PYTHON", "TORCH", "OMP_", "MKL_", "KMP_", "THP_", "LANG", "LC_")  # read at start-up: a request
+# whose value differs from the server's runs as a real process
 MODULES = ("distid.",)  # the modules a fork runs
 PRELOAD = ("distid",  # first, as in every entry: it sets THP_MEM_ALLOC_ENABLE before torch allocates
            "torch", "torch._dynamo", "torch.distributed.checkpoint", "torch.utils.tensorboard",
@@ -74,7 +82,8 @@ def torchrun_env(env: dict, rank: int, nproc: int, port: int, run_id: str) -> di
             "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": "0",
             "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_USE_AGENT_STORE": "False",
             "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}  # no TORCHELASTIC_ERROR_FILE: distid does
+    # not record errors through torch.distributed.elastic
 
 
 # ---- the server and what it forks (this file run as a script) ----
@@ -130,18 +139,21 @@ def launch(request: dict, conn: socket.socket) -> tuple[dict, dict] | None:
             conn.close()
             return request, torchrun_env(env, rank, nproc, port, run_id) if nproc else env
         ranks[pid] = rank
-    code = wait(ranks, single=not nproc)
+    code = wait(ranks, single=not nproc, client=conn)
     conn.sendall(f"{code}\n".encode())
     return None
 
 
-def wait(ranks: dict, single: bool) -> int:
-    """Every rank's end; the first failure stops the others. A plain run's exit code is its own
-    (−N: killed by signal N); torchrun's is 1 when any rank failed."""
+def wait(ranks: dict, single: bool, client: socket.socket) -> int:
+    """Every rank's end; the first failure stops the others, and a client gone (the test process
+    ended: its socket reads EOF) stops them all. A plain run's exit code is its own (−N: killed by
+    signal N); torchrun's is 1 when any rank failed."""
     codes, stop_at = [], None
     while ranks:
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
+            if stop_at is None and select.select([client], [], [], 0)[0]:
+                stop_at = 0.0  # nobody waits for this run any more
             if stop_at is not None and time.monotonic() > stop_at:
                 for p in ranks:
                     os.kill(p, signal.SIGKILL)
@@ -163,49 +175,75 @@ def become(request: dict, env: dict, base_path: list[str]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(env)
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what importing distid sets, for this rank's children
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [request["cwd"], *extra, *base_path]
     sys.argv = [request["module"], *request["args"]]
-    for name in (request["module"], request["module"] + ".__main__"):  # run as __main__ only, as by `python -m`
-        sys.modules.pop(name, None)
+    module = request["module"]
+    sys.modules.pop(module + ".__main__", None)  # the code `python -m` runs as __main__ is not imported yet
+    if not hasattr(sys.modules.get(module), "__path__"):  # a package stays imported, as under `python -m`
+        sys.modules.pop(module, None)
+    if request["nproc"]:  # torchrun starts its workers with `python -u`
+        for name in ("stdout", "stderr"):
+            old = getattr(sys, name)
+            new = io.TextIOWrapper(io.FileIO(old.fileno(), "w", closefd=False), encoding=old.encoding,
+                                   errors=old.errors, write_through=True)
+            setattr(sys, name, new)
+            setattr(sys, f"__{name}__", new)
 
 
 # ---- the client: one server per pytest process ----
 
 _server: dict = {}
+_lock = threading.Lock()  # tests/test_docs.py runs two commands at once
 
 
-def _start_server(env: dict) -> dict | None:
+def _start_server(env: dict, cwd: str) -> dict | None:
+    """A server in `env` (without PYTHONPATH), in `cwd`; None, said once on stderr, if it cannot start."""
     folder = tempfile.mkdtemp(prefix="distid-fork-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = os.path.join(folder, "socket")
     env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, cwd=folder, text=True)
-    if proc.stdout.readline().strip() != "ready":
+                            stdout=subprocess.PIPE, env=env, cwd=cwd, text=True)
+    atexit.register(_stop, proc)
+    if select.select([proc.stdout], [], [], 120)[0] and proc.stdout.readline().strip() == "ready":
+        return {"proc": proc, "path": path, "fixed": fixed(env)}
+    _stop(proc)
+    print("forkrun: the fork server did not start; commands run as real processes", file=sys.stderr)
+    return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.kill()
-        return None
-    return {"proc": proc, "path": path, "fixed": {k: v for k, v in env.items() if k.startswith(FIXED)},
-            "folder": folder}
+    proc.wait()
 
 
-def server(env: dict) -> dict | None:
-    """This process's fork server (started, or restarted if it died), or None if it cannot start."""
-    s = _server.get("s")
-    if s is None or s["proc"].poll() is not None:
-        s = _server["s"] = _start_server(env)
-    return s
+def fixed(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(FIXED) and k != "PYTHONPATH"}
 
 
-def run(cmd: list[str], timeout: float, env: dict, cwd: str,
+def server(env: dict, cwd: str) -> dict | None:
+    """This process's fork server, started in `env` the first time (restarted if it died), or None
+    if it could not start."""
+    with _lock:
+        s = _server.get("s", {})
+        if s == {} or (s is not None and s["proc"].poll() is not None):
+            s = _server["s"] = _start_server(env, cwd)
+        return s
+
+
+def run(cmd: list[str], timeout: float, env: dict, cwd: str, server_env: dict | None = None,
         modules: tuple[str, ...] = MODULES) -> subprocess.CompletedProcess | None:
     """`cmd` run as forks (see the module's docstring), or None where it must run as a real process.
-    Past `timeout`, the launcher's whole session is killed and TimeoutError names what it printed."""
+    The server starts in `server_env` (default: `env`). Past `timeout`, the launcher's whole session
+    is killed and TimeoutError names what it printed."""
     parsed = parse(cmd, modules) if enabled() else None
     if parsed is None:
         return None
-    s = server(env)
-    fixed = {k: v for k, v in env.items() if k.startswith(FIXED) and k != "PYTHONPATH"}
-    if s is None or fixed != s["fixed"]:
+    s = server(server_env or env, cwd)
+    if s is None or fixed(env) != s["fixed"]:
         return None
     nproc, module, args = parsed
     with tempfile.TemporaryDirectory(prefix="distid-fork-out-") as tmp:
@@ -221,9 +259,10 @@ def run(cmd: list[str], timeout: float, env: dict, cwd: str,
             pid = int(reply.readline())
             try:
                 code = int(reply.readline())
-            except (TimeoutError, socket.timeout):
+            except (TimeoutError, socket.timeout, ValueError) as e:  # ValueError: the launcher died
                 os.killpg(pid, signal.SIGKILL)
-                raise TimeoutError(f"{' '.join(cmd)} timed out after {timeout} s:\n{read(out)[-3000:]}\n{read(err)[-3000:]}")
+                said = f"timed out after {timeout} s" if not isinstance(e, ValueError) else "lost its launcher"
+                raise TimeoutError(f"{' '.join(cmd)} {said}:\n{read(out)[-3000:]}\n{read(err)[-3000:]}")
         return subprocess.CompletedProcess(cmd, code, read(out), read(err))
 
 
@@ -234,9 +273,10 @@ def read(path: str) -> str:
 
 if __name__ == "__main__" and len(sys.argv) == 2:
     base = sys.path[1:]  # without this file's folder, as `python -m` starts
+    sys.path[0] = os.getcwd()  # the preload imports distid from the repository, as a command does
     in_launcher = launch(*serve(sys.argv[1]))
     if in_launcher is None:
-        sys.exit(0)
+        os._exit(0)  # the launcher: its exit code is sent; nothing more to print or finalise
     become(*in_launcher, base)
     del base, in_launcher
     import runpy

@@ -43,7 +43,7 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
 
 def run(cmd: list[str], timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        forked = forkrun.run(cmd, timeout, env or user_env(), REPO)
+        forked = forkrun.run(cmd, timeout, env or user_env(), REPO, server_env=user_env())
     except TimeoutError as e:
         pytest.fail(str(e))
     return forked if forked is not None else finish(start(cmd, env), timeout)

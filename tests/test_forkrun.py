@@ -4,6 +4,7 @@ as torchrun does, a timeout kills the whole run, and what a fork cannot give run
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -18,6 +19,10 @@ AGENT = ("TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE")  # torchrun'
 # names an error file; a fork has no agent: rank 0 holds the store (torch's static rendezvous) and no error file
 
 
+pytestmark = pytest.mark.skipif(not forkrun.enabled(), reason="DISTID_TEST_FORK=0 or not Linux: every command "
+                                                               "runs as a real process")
+
+
 def env(**extra) -> dict:
     return user_env(PYTHONPATH=TESTS, **extra)
 
@@ -27,7 +32,7 @@ def torchrun_cmd(n: int, *args: str) -> list[str]:
 
 
 def forked(cmd, timeout=60, **extra):
-    res = forkrun.run(cmd, timeout, env(**extra), REPO, modules=("fork_probe",))
+    res = forkrun.run(cmd, timeout, env(**extra), REPO, server_env=user_env(), modules=("fork_probe",))
     assert res is not None, "the probe should run as forks"
     return res
 
@@ -51,7 +56,8 @@ def test_a_forked_rank_sees_what_a_torchrun_worker_sees(tmp_path):
     real = finish(start(torchrun_cmd(2, "fork_probe", str(tmp_path / "real"), "ok"), env(FORK_PROBE="x")), 120)
     fork = forked(torchrun_cmd(2, "fork_probe", str(tmp_path / "fork"), "ok"), FORK_PROBE="x")
     assert real.returncode == fork.returncode == 0, real.stderr[-2000:] + fork.stderr[-2000:]
-    assert sorted(fork.stdout.splitlines()) == sorted(real.stdout.splitlines()) == ["rank 0 started", "rank 1 started"]
+    said = [sorted(re.findall(r"rank \d started", r.stdout)) for r in (real, fork)]  # unbuffered (`python -u`):
+    assert said[0] == said[1] == ["rank 0 started", "rank 1 started"]  # two ranks' text and newline may interleave
     them, us = reports(tmp_path / "real"), reports(tmp_path / "fork")
     assert sorted(them) == sorted(us) == [0, 1]
     for rank in (0, 1):
@@ -103,7 +109,9 @@ def test_what_a_fork_cannot_give_runs_as_a_real_process(monkeypatch):
                 torchrun_cmd(2, "fork_probe")):  # not a distid module
         assert forkrun.parse(cmd) is None, cmd
     cmd = [py, "-m", "distid.train", "--help"]
-    assert forkrun.run(cmd, 60, user_env(PYTHONHASHSEED="7"), REPO) is None  # read when Python starts
-    assert forkrun.run(cmd, 60, user_env(TORCH_LOGS="dynamo"), REPO) is None  # read when torch is imported
+    base = user_env()
+    assert forkrun.run(cmd, 60, user_env(PYTHONHASHSEED="7"), REPO, server_env=base) is None  # read when Python starts
+    assert forkrun.run(cmd, 60, user_env(TORCH_LOGS="dynamo"), REPO, server_env=base) is None  # when torch is imported
+    assert forkrun.run(cmd, 60, base, REPO, server_env=base).returncode == 0  # the same command, forked
     monkeypatch.setenv("DISTID_TEST_FORK", "0")
-    assert forkrun.run(cmd, 60, user_env(), REPO) is None
+    assert forkrun.run(cmd, 60, base, REPO, server_env=base) is None

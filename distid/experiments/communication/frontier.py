@@ -173,7 +173,8 @@ def fresh_process() -> multiprocessing.context.BaseContext:
     """A context whose processes are forks of a server that has imported torch and this module and
     nothing more (no process group, no threads): a fresh process without a fresh import per cell."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", __spec__.name if __spec__ else __name__])
+    ctx.set_forkserver_preload([__spec__.name if __spec__ else __name__, "torch._dynamo"])  # distid before
+    # torch, as in every entry (distid sets THP_MEM_ALLOC_ENABLE before torch's first allocation)
     return ctx
 
 
