@@ -29,7 +29,6 @@ import io
 import json
 import os
 import select
-import selectors
 import shutil
 import signal
 import socket
@@ -100,18 +99,14 @@ def serve(path: str):
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(16)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    sel.register(sys.stdin, selectors.EVENT_READ)
     print("ready", flush=True)
     while True:
-        for key, _ in sel.select():
-            if key.fileobj is sys.stdin:
+        for ready in select.select([listener, sys.stdin], [], [])[0]:
+            if ready is sys.stdin:
                 sys.exit(0)
             conn, _ = listener.accept()
             request = json.loads(conn.makefile().readline())
             if os.fork() == 0:
-                sel.close()
                 listener.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 return request, conn
@@ -132,19 +127,19 @@ def launch(request: dict, conn: socket.socket) -> tuple[dict, dict] | None:
             s.bind(("localhost", 0))
             port = s.getsockname()[1]
         run_id = str(uuid.uuid4())
-    ranks = {}
+    ranks = set()
     for rank in range(max(nproc, 1)):
         pid = os.fork()
         if pid == 0:
             conn.close()
             return request, torchrun_env(env, rank, nproc, port, run_id) if nproc else env
-        ranks[pid] = rank
+        ranks.add(pid)
     code = wait(ranks, single=not nproc, client=conn)
     conn.sendall(f"{code}\n".encode())
     return None
 
 
-def wait(ranks: dict, single: bool, client: socket.socket) -> int:
+def wait(ranks: set[int], single: bool, client: socket.socket) -> int:
     """Every rank's end; the first failure stops the others, and a client gone (the test process
     ended: its socket reads EOF) stops them all. A plain run's exit code is its own (−N: killed by
     signal N); torchrun's is 1 when any rank failed."""
@@ -159,7 +154,7 @@ def wait(ranks: dict, single: bool, client: socket.socket) -> int:
                     os.kill(p, signal.SIGKILL)
             time.sleep(0.02)
             continue
-        ranks.pop(pid, None)
+        ranks.discard(pid)
         codes.append(os.waitstatus_to_exitcode(status))
         if codes[-1] != 0 and stop_at is None:
             for p in ranks:
@@ -259,7 +254,7 @@ def run(cmd: list[str], timeout: float, env: dict, cwd: str, server_env: dict | 
             pid = int(reply.readline())
             try:
                 code = int(reply.readline())
-            except (TimeoutError, socket.timeout, ValueError) as e:  # ValueError: the launcher died
+            except (TimeoutError, ValueError) as e:  # ValueError: the launcher died (an empty reply)
                 os.killpg(pid, signal.SIGKILL)
                 said = f"timed out after {timeout} s" if not isinstance(e, ValueError) else "lost its launcher"
                 raise TimeoutError(f"{' '.join(cmd)} {said}:\n{read(out)[-3000:]}\n{read(err)[-3000:]}")

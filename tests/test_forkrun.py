@@ -66,7 +66,8 @@ def test_a_forked_rank_sees_what_a_torchrun_worker_sees(tmp_path):
         assert {k: v for k, v in a["env"].items() if k not in RUN_ONLY + AGENT} == \
                {k: v for k, v in b["env"].items() if k not in RUN_ONLY + AGENT}
         assert b["env"]["TORCHELASTIC_USE_AGENT_STORE"] == "False"
-        assert a["argv"][2:] == b["argv"][2:] == ["ok"] and a["argv"][0] == b["argv"][0] == os.path.join(TESTS, "fork_probe.py")
+        assert a["argv"][2:] == b["argv"][2:] == ["ok"]
+        assert a["argv"][0] == b["argv"][0] == os.path.join(TESTS, "fork_probe.py")
         assert a["path0"] == b["path0"] == a["cwd"] == b["cwd"] == REPO
         assert a["probe"] == b["probe"] == "x"  # the request's own environment
     assert len({us[0]["env"]["MASTER_PORT"], us[1]["env"]["MASTER_PORT"]}) == 1

@@ -146,8 +146,9 @@ def label_points(ax, points: list[tuple[float, float]], texts: list[str], fontsi
     """Labels beside scattered points (data coordinates, [n] pairs), placed greedily in order: for
     each, the first spot on rings of growing radius around its point whose text box overlaps no label
     placed before, no box in `avoid` (display boxes: markers, a legend) — LABEL_PAD_PT apart — and
-    stays inside the axes; a thin leader line once it stands off its point. Call it once the axes' limits, the figure's layout
-    and its dpi (the one `save` writes at: text widths do not scale exactly with it) are final."""
+    stays inside the axes; a thin leader line once it stands off its point. Call it once the axes'
+    limits, the figure's layout and its dpi (the one `save` writes at: text widths do not scale
+    exactly with it) are final."""
     from matplotlib.text import Text
 
     renderer = ax.figure.canvas.get_renderer()
